@@ -1,0 +1,67 @@
+"""viva-glyph: residual vector quantization of vectors into coarse-to-fine glyphs."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from viva_glyph import codebook, glyph, rvq
+from viva_glyph.codebook import Codebook
+from viva_glyph.rvq import (
+    RvqConfig,
+    RvqEncoder,
+    RvqTokens,
+    decode,
+    default_config,
+    encode,
+    from_codebooks,
+    new,
+    reconstruct,
+    reconstruction_error,
+    total_vocabulary,
+)
+
+__version__ = "0.1.0"
+
+# Parts with optional dependencies or heavier imports load on first use.
+_LAZY = {
+    "fit": "viva_glyph.training",
+    "TrainingSummary": "viva_glyph.training",
+    "load": "viva_glyph.io",
+    "save": "viva_glyph.io",
+    "ModelFormatError": "viva_glyph.io",
+}
+
+if TYPE_CHECKING:
+    from viva_glyph.io import ModelFormatError, load, save
+    from viva_glyph.training import TrainingSummary, fit
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'viva_glyph' has no attribute {name!r}")
+
+__all__ = [
+    "Codebook",
+    "ModelFormatError",
+    "RvqConfig",
+    "RvqEncoder",
+    "RvqTokens",
+    "TrainingSummary",
+    "__version__",
+    "codebook",
+    "decode",
+    "default_config",
+    "encode",
+    "fit",
+    "from_codebooks",
+    "glyph",
+    "load",
+    "new",
+    "reconstruct",
+    "reconstruction_error",
+    "rvq",
+    "save",
+    "total_vocabulary",
+]

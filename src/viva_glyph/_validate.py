@@ -1,0 +1,124 @@
+"""Input validation shared by every public entry point.
+
+Arrays are checked for shape and dtype here without being copied or read, so a
+memory-mapped input stays on disk; finiteness is checked chunk by chunk by the
+callers that stream (:func:`require_finite`).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["as_matrix", "as_vector", "positive_int", "require_finite"]
+
+
+def positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is a positive integer, else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return operator.index(value)
+
+
+def _to_array(data: object, name: str) -> NDArray[Any]:
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, (str, bytes)):
+        raise TypeError(f"{name} must be numeric vectors, got {type(data).__name__}")
+    try:
+        arr = np.asarray(data)
+    except ValueError as exc:  # numpy >= 1.24 raises for ragged nested sequences
+        raise ValueError(f"{name} is ragged: all vectors must have the same length") from exc
+    if arr.dtype == object:
+        raise ValueError(f"{name} is ragged or holds non-numbers: got {_describe(data)}")
+    return arr
+
+
+def _describe(data: object) -> str:
+    if isinstance(data, Sequence) and len(data) > 0:
+        return f"a {type(data).__name__} of {type(data[0]).__name__}"
+    return type(data).__name__
+
+
+def _check_dtype(arr: NDArray[Any], name: str) -> None:
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must hold real numbers (float or int), got dtype {arr.dtype}; "
+            "convert it with np.asarray(..., dtype=np.float32)"
+        )
+
+
+def as_matrix(data: object, dim: int | None, name: str = "X") -> NDArray[Any]:
+    """View ``data`` as an (N, D) numeric array without copying ndarrays.
+
+    Parameters
+    ----------
+    data : array_like, shape (N, D) or (D,)
+        Vectors; a 1-D input is one vector. ndarrays (memory maps included) are
+        returned as views, never copied or read.
+    dim : int or None
+        Required dimension D, or None to accept any.
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray, shape (N, D), the input's numeric dtype
+
+    Raises
+    ------
+    TypeError
+        For non-numeric input.
+    ValueError
+        For ragged, empty, wrongly shaped input.
+    """
+    arr = _to_array(data, name)
+    _check_dtype(arr, name)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a vector (D,) or a matrix (N, D), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"{name} has dimension {arr.shape[1]}, but the encoder expects dimension {dim}"
+        )
+    return arr
+
+
+def as_vector(data: object, dim: int | None, name: str = "input") -> NDArray[np.float64]:
+    """Return one vector as a finite float64 array of shape (D,)."""
+    arr = _to_array(data, name)
+    _check_dtype(arr, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one vector of shape (D,), got shape {arr.shape}")
+    out = as_matrix(arr, dim, name).astype(np.float64)
+    require_finite(out, 0, name)
+    return out[0]
+
+
+def require_finite(chunk: NDArray[Any], start_row: int, name: str = "X") -> None:
+    """Raise ``ValueError`` naming the first row of ``chunk`` holding NaN or inf.
+
+    Parameters
+    ----------
+    chunk : ndarray, shape (n, D)
+        Rows ``start_row .. start_row + n - 1`` of the caller's input.
+    start_row : int
+        Row number of ``chunk[0]`` in the caller's input, for the message.
+    """
+    if chunk.dtype.kind != "f":
+        return
+    finite = np.isfinite(chunk)
+    if finite.all():
+        return
+    bad = int(np.flatnonzero(~finite.all(axis=1))[0])
+    row = start_row + bad
+    raise ValueError(f"{name} row {row} holds NaN or inf: {chunk[bad].tolist()[:8]}")

@@ -1,0 +1,198 @@
+"""The codebook: K code vectors of dimension D and nearest-code search.
+
+This is the ``codebook`` module the spec's ``RvqEncoder`` is built from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into
+from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
+
+__all__ = ["Codebook"]
+
+
+def _float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"codebook dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class Codebook:
+    """An immutable codebook of K entries of dimension D.
+
+    Parameters
+    ----------
+    vectors : array_like, shape (K, D)
+        Code vectors; finite real numbers. Copied, stored read-only.
+    dtype : float32 or float64, optional
+        Storage and compute dtype. Default: float32 input stays float32,
+        anything else becomes float64.
+
+    Examples
+    --------
+    >>> cb = Codebook([[0.0, 0.0], [1.0, 1.0]])
+    >>> cb.nearest([0.9, 0.8])
+    (1, 0.05)
+    """
+
+    __slots__ = ("_table", "_vectors")
+
+    def __init__(self, vectors: ArrayLike, *, dtype: DTypeLike | None = None) -> None:
+        arr = as_matrix(vectors, None, "codebook vectors")
+        if dtype is None:
+            dtype = np.float32 if arr.dtype == np.float32 else np.float64
+        arr = np.array(arr, dtype=_float_dtype(dtype), order="C", copy=True)
+        require_finite(arr, 0, "codebook vectors")
+        arr.setflags(write=False)
+        self._vectors = arr
+        self._table: NDArray[np.floating[Any]] | None = None
+
+    @classmethod
+    def random(
+        cls,
+        size: int,
+        dimension: int,
+        *,
+        seed: int = 0,
+        scale: float = 1.0,
+        dtype: DTypeLike = np.float32,
+    ) -> Codebook:
+        """Codebook of entries uniform in ``[-scale, scale]^D``, bit-identical everywhere.
+
+        The bits come from numpy's PCG64 stream and IEEE arithmetic only, so the
+        same arguments give the same codebook on every platform.
+
+        Parameters
+        ----------
+        size, dimension : int
+            K and D.
+        seed : int
+            Non-negative seed.
+        scale : float
+            Half-width of the cube.
+        dtype : float32 or float64
+        """
+        size = positive_int(size, "size")
+        dimension = positive_int(dimension, "dimension")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if not np.isfinite(scale) or scale < 0:
+            raise ValueError(f"scale must be finite and >= 0, got {scale!r}")
+        rng = np.random.Generator(np.random.PCG64(int(seed)))
+        unit = rng.random((size, dimension))  # float64 in [0, 1)
+        return cls((2.0 * unit - 1.0) * float(scale), dtype=dtype)
+
+    @property
+    def vectors(self) -> NDArray[np.floating[Any]]:
+        """Read-only code vectors, shape (K, D)."""
+        return self._vectors
+
+    @property
+    def size(self) -> int:
+        """Number of entries K."""
+        return int(self._vectors.shape[0])
+
+    @property
+    def dimension(self) -> int:
+        """Dimension D of each entry."""
+        return int(self._vectors.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Storage and compute dtype (float32 or float64)."""
+        return self._vectors.dtype
+
+    @property
+    def table(self) -> NDArray[np.floating[Any]]:
+        """Augmented distance table ``[-2 C^T ; ||c||^2]``, shape (D + 1, K)."""
+        if self._table is None:
+            table = augmented_table(self._vectors)
+            table.setflags(write=False)
+            self._table = table
+        return self._table
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"Codebook(size={self.size}, dimension={self.dimension}, dtype={self.dtype})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Codebook):
+            return NotImplemented
+        return self.dtype == other.dtype and np.array_equal(self._vectors, other._vectors)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def lookup(self, indices: ArrayLike) -> NDArray[np.floating[Any]]:
+        """Entries at ``indices``, shape ``indices.shape + (D,)``.
+
+        Raises
+        ------
+        ValueError
+            If an index is outside ``[0, K)``.
+        """
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.size):
+            raise ValueError(
+                f"index out of range: codes must be in [0, {self.size}), "
+                f"got min {idx.min()} and max {idx.max()}"
+            )
+        return self._vectors[idx]
+
+    def nearest(self, vector: ArrayLike) -> tuple[int, float]:
+        """Nearest entry to one vector.
+
+        Parameters
+        ----------
+        vector : array_like, shape (D,)
+
+        Returns
+        -------
+        index : int
+            Lowest index among the nearest entries.
+        squared_distance : float
+            ``||vector - vectors[index]||^2`` in float64.
+        """
+        x = as_vector(vector, self.dimension, "vector")
+        idx, dist = self.nearest_batch(x[None, :])
+        return int(idx[0]), float(dist[0])
+
+    def nearest_batch(self, vectors: ArrayLike) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        """Nearest entry to each row, streamed in cache-sized chunks.
+
+        Parameters
+        ----------
+        vectors : array_like, shape (N, D)
+
+        Returns
+        -------
+        indices : ndarray, shape (N,), intp
+        squared_distances : ndarray, shape (N,), float64
+            Exact squared distance to the chosen entry (recomputed in float64).
+        """
+        x = as_matrix(vectors, self.dimension, "vectors")
+        n, d = x.shape
+        rows = chunk_rows(self.size, d, self.dtype.itemsize)
+        indices = np.empty(n, dtype=np.intp)
+        dists = np.empty(n, dtype=np.float64)
+        buf = np.ones((min(rows, n), d + 1), dtype=self.dtype)
+        work = np.empty((min(rows, n), self.size), dtype=self.dtype)
+        for start in range(0, n, rows):
+            chunk = x[start : start + rows]
+            require_finite(chunk, start, "vectors")
+            m = chunk.shape[0]
+            buf[:m, :d] = chunk
+            idx = nearest_into(buf[:m], self.table, work[:m])
+            indices[start : start + m] = idx
+            diff = chunk.astype(np.float64) - self._vectors[idx]
+            dists[start : start + m] = np.einsum("nd,nd->n", diff, diff)
+        return indices, dists
