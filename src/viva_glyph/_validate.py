@@ -99,9 +99,9 @@ def as_vector(data: object, dim: int | None, name: str = "input") -> NDArray[np.
     _check_dtype(arr, name)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one vector of shape (D,), got shape {arr.shape}")
-    out = as_matrix(arr, dim, name).astype(np.float64)
-    require_finite(out, 0, name)
-    return out[0]
+    out: NDArray[np.float64] = as_matrix(arr, dim, name)[0].astype(np.float64)
+    require_finite(out[None, :], 0, name)
+    return out
 
 
 def require_finite(chunk: NDArray[Any], start_row: int, name: str = "X") -> None:

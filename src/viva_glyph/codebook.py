@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into
+from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into, refine_near_ties
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
 
 __all__ = ["Codebook"]
@@ -41,7 +41,7 @@ class Codebook:
     (1, 0.05)
     """
 
-    __slots__ = ("_table", "_vectors")
+    __slots__ = ("_norms", "_table", "_vectors", "_vectors64")
 
     def __init__(self, vectors: ArrayLike, *, dtype: DTypeLike | None = None) -> None:
         arr = as_matrix(vectors, None, "codebook vectors")
@@ -50,8 +50,12 @@ class Codebook:
         arr = np.array(arr, dtype=_float_dtype(dtype), order="C", copy=True)
         require_finite(arr, 0, "codebook vectors")
         arr.setflags(write=False)
-        self._vectors = arr
+        self._vectors: NDArray[np.floating[Any]] = arr
         self._table: NDArray[np.floating[Any]] | None = None
+        vectors64 = arr.astype(np.float64)
+        vectors64.setflags(write=False)
+        self._vectors64: NDArray[np.float64] = vectors64
+        self._norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
 
     @classmethod
     def random(
@@ -94,6 +98,11 @@ class Codebook:
         return self._vectors
 
     @property
+    def vectors64(self) -> NDArray[np.float64]:
+        """Read-only code vectors in float64, shape (K, D)."""
+        return self._vectors64
+
+    @property
     def size(self) -> int:
         """Number of entries K."""
         return int(self._vectors.shape[0])
@@ -130,6 +139,34 @@ class Codebook:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def assign(
+        self,
+        rows_aug: NDArray[np.floating[Any]],
+        residual: NDArray[np.float64],
+        work: NDArray[np.floating[Any]],
+    ) -> NDArray[np.intp]:
+        """Nearest entry of each row: the kernel under every encoder and search.
+
+        Parameters
+        ----------
+        rows_aug : ndarray, shape (n, D + 1), this codebook's dtype
+            The rows with a last column of ones.
+        residual : ndarray, shape (n, D), float64
+            The same rows, exact.
+        work : ndarray, shape (n, K), this codebook's dtype
+            Scratch buffer.
+
+        Returns
+        -------
+        ndarray, shape (n,), intp
+            Index of the nearest entry (ties to the lowest), exact to a relative 1e-5
+            of the float64 distance.
+        """
+        idx = nearest_into(rows_aug, self.table, work)
+        if self.dtype == np.float32:
+            refine_near_ties(work, idx, residual, self._vectors64, self._norms)
+        return idx
+
     def lookup(self, indices: ArrayLike) -> NDArray[np.floating[Any]]:
         """Entries at ``indices``, shape ``indices.shape + (D,)``.
 
@@ -146,7 +183,8 @@ class Codebook:
                 f"index out of range: codes must be in [0, {self.size}), "
                 f"got min {idx.min()} and max {idx.max()}"
             )
-        return self._vectors[idx]
+        entries: NDArray[np.floating[Any]] = self._vectors[idx]
+        return entries
 
     def nearest(self, vector: ArrayLike) -> tuple[int, float]:
         """Nearest entry to one vector.
@@ -190,9 +228,10 @@ class Codebook:
             chunk = x[start : start + rows]
             require_finite(chunk, start, "vectors")
             m = chunk.shape[0]
-            buf[:m, :d] = chunk
-            idx = nearest_into(buf[:m], self.table, work[:m])
+            exact = chunk.astype(np.float64)
+            buf[:m, :d] = exact
+            idx = self.assign(buf[:m], exact, work[:m])
             indices[start : start + m] = idx
-            diff = chunk.astype(np.float64) - self._vectors[idx]
-            dists[start : start + m] = np.einsum("nd,nd->n", diff, diff)
+            exact -= self._vectors64[idx]
+            dists[start : start + m] = np.einsum("nd,nd->n", exact, exact)
         return indices, dists

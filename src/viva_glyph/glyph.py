@@ -170,7 +170,8 @@ def unpack_codes(packed: ArrayLike, codebook_size: int, num_stages: int) -> NDAr
 
 def to_bytes(indices: Sequence[int], codebook_size: int) -> bytes:
     """Pack one token sequence into ``packed_size(K, M)`` bytes."""
-    return pack_codes(np.asarray([list(indices)], dtype=np.int64), codebook_size)[0].tobytes()
+    packed = pack_codes(np.asarray([list(indices)], dtype=np.int64), codebook_size)
+    return bytes(packed[0])
 
 
 def from_bytes(data: bytes, codebook_size: int, num_stages: int) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from viva_glyph import glyph
-from viva_glyph._kernels import chunk_rows, code_dtype, nearest_into
+from viva_glyph._kernels import chunk_rows, code_dtype
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
 from viva_glyph.codebook import Codebook
 
@@ -178,7 +178,7 @@ class RvqEncoder:
         self.training = training
         stack = np.stack([cb.vectors for cb in books])
         stack.setflags(write=False)
-        self._stack = stack
+        self._stack: NDArray[np.floating[Any]] = stack
         self._stack64: NDArray[np.float64] | None = None
 
     # -- properties ---------------------------------------------------------------
@@ -273,7 +273,7 @@ class RvqEncoder:
         codes = np.empty((n, m), dtype=self.code_dtype)
         errs = np.empty(n, dtype=np.float64) if errors else None
         first = next(self._row_chunks(n))
-        residual = np.ones((first.stop, d + 1), dtype=self.dtype)
+        rows_aug = np.ones((first.stop, d + 1), dtype=self.dtype)
         work = np.empty((first.stop, self.config.codebook_size), dtype=self.dtype)
         for rows in self._row_chunks(n):
             chunk = x[rows]
@@ -283,28 +283,36 @@ class RvqEncoder:
                 from viva_glyph.beam import beam_search
 
                 codes[rows] = beam_search(self, chunk.astype(self.dtype, copy=False), m, beam)
+                if errs is not None:
+                    diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
+                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
             else:
-                residual[:k, :d] = chunk
-                self._greedy(residual[:k], work[:k], codes[rows])
-            if errs is not None:
-                errs[rows] = self._errors(chunk, codes[rows])
+                left = self._greedy(chunk, rows_aug[:k], work[:k], codes[rows])
+                if errs is not None:
+                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", left, left))
         return codes, errs
 
     def _greedy(
-        self, residual: NDArray[np.floating[Any]], work: NDArray[Any], codes: NDArray[Any]
-    ) -> None:
-        """SoundStream's Algorithm 1 on one chunk; ``residual`` carries a ones column."""
+        self,
+        x: NDArray[Any],
+        rows_aug: NDArray[np.floating[Any]],
+        work: NDArray[np.floating[Any]],
+        codes: NDArray[Any],
+    ) -> NDArray[np.float64]:
+        """SoundStream's Algorithm 1 on one chunk; returns the final residual (float64).
+
+        ``rows_aug`` (n, D + 1) holds the residual in the compute dtype beside a
+        column of ones; the exact residual is kept in float64.
+        """
         d = self.config.dimension
+        residual = x.astype(np.float64)
         for stage in range(codes.shape[1]):
             book = self.codebooks[stage]
-            q = nearest_into(residual, book.table, work)  # q = argmin_c ||r - c||
+            rows_aug[:, :d] = residual
+            q = book.assign(rows_aug, residual, work)  # q = argmin_c ||r - c||
             codes[:, stage] = q
-            residual[:, :d] -= book.vectors[q]  # r <- r - c_q
-
-    def _errors(self, chunk: NDArray[Any], codes: NDArray[Any]) -> NDArray[np.float64]:
-        diff = chunk.astype(np.float64)
-        diff -= self._decode_rows(codes, np.float64)
-        return np.sqrt(np.einsum("nd,nd->n", diff, diff))
+            residual -= book.vectors64[q]  # r <- r - c_q
+        return residual
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write this encoder to a model file (safetensors), atomically.
@@ -358,10 +366,16 @@ class RvqEncoder:
             if self._stack64 is None:
                 self._stack64 = stack.astype(np.float64)
             stack = self._stack64
-        out = stack[0][codes[:, 0]]
+        out: NDArray[Any] = stack[0][codes[:, 0]]
         for stage in range(1, codes.shape[1]):
             out += stack[stage][codes[:, stage]]
         return out
+
+
+def _grid_scale(value: float) -> float:
+    """``value`` rounded to a multiple of 2**-24, so a 1-ulp difference between two
+    platforms' ``pow`` cannot change the codebook bits."""
+    return math.ldexp(round(math.ldexp(value, 24)), -24)
 
 
 # -- the spec's functions --------------------------------------------------------------
@@ -369,7 +383,7 @@ def new(config: RvqConfig, seed: int = 0, *, dtype: DTypeLike = np.float32) -> R
     """RVQ encoder with deterministic initialization.
 
     Stage ``s`` (0-based) holds the origin as entry 0 and K - 1 points uniform in
-    ``[-σ_s, σ_s]^D`` with ``σ_s = K**(-s / D)``, the side of the cell one of K
+    ``[-h_s, h_s]^D`` with ``h_s = K**(-s / D)``, the side of the cell one of K
     codes covers in a unit cube. The origin makes every stage's greedy choice at
     least as good as skipping it, so decoding more stages never raises any
     vector's error. Same config and seed give bit-identical codebooks on every
@@ -390,7 +404,7 @@ def new(config: RvqConfig, seed: int = 0, *, dtype: DTypeLike = np.float32) -> R
     for stage in range(config.num_stages):
         cb = Codebook.random(k, d, seed=seed, scale=1.0, dtype=np.float64).vectors.copy()
         cb[0] = 0.0
-        books.append(cb * float(k) ** (-stage / d))
+        books.append(cb * _grid_scale(float(k) ** (-stage / d)))
         seed = (seed * 6364136223846793005 + 1442695040888963407) % (1 << 63)
     return RvqEncoder([Codebook(v, dtype=dtype) for v in books], config)
 
@@ -462,4 +476,5 @@ def reconstruction_error(encoder: RvqEncoder, input: Sequence[float] | ArrayLike
 def total_vocabulary(encoder: RvqEncoder) -> int:
     """Total vocabulary ``codebook_size ** num_stages``: how many glyphs are possible."""
     c = _check_encoder(encoder).config
-    return c.codebook_size**c.num_stages
+    vocabulary: int = c.codebook_size**c.num_stages
+    return vocabulary

@@ -1,0 +1,106 @@
+"""Every kind of bad input gets a clear ValueError or TypeError."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import viva_glyph as vg
+from viva_glyph import Codebook, RvqTokens
+
+
+@pytest.fixture
+def enc() -> vg.RvqEncoder:
+    return vg.new(vg.default_config())
+
+
+def test_wrong_dimension(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="dimension 5, but the encoder expects dimension 6"):
+        vg.encode(enc, [0.0] * 5)
+    with pytest.raises(ValueError, match="expects dimension 6"):
+        enc.encode(np.zeros((3, 7)))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_inf_name_the_row(enc: vg.RvqEncoder, bad: float) -> None:
+    x = np.zeros((10, 6))
+    x[7, 2] = bad
+    with pytest.raises(ValueError, match="row 7 holds NaN or inf"):
+        enc.encode(x)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        vg.encode(enc, [0, 0, bad, 0, 0, 0])
+
+
+def test_empty_input(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        enc.encode(np.zeros((0, 6)))
+    with pytest.raises(ValueError, match="empty"):
+        vg.encode(enc, [])
+
+
+def test_ragged_lists(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="ragged"):
+        enc.encode([[0.0] * 6, [0.0] * 5])
+
+
+@pytest.mark.parametrize("bad", [["a"] * 6, "abcdef", [None] * 6, [True] * 6])
+def test_non_numeric_values(enc: vg.RvqEncoder, bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"numer|ragged|real"):
+        vg.encode(enc, bad)  # type: ignore[arg-type]
+
+
+def test_wrong_rank(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="one vector of shape"):
+        vg.encode(enc, np.zeros((2, 6)))
+    with pytest.raises(ValueError, match=r"vector .D,. or a matrix"):
+        enc.encode(np.zeros((2, 3, 6)))
+
+
+def test_token_count_and_index_out_of_range(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="1 <= m <= 4"):
+        vg.decode(enc, RvqTokens((1, 2, 3, 4, 5), 0.0))
+    with pytest.raises(ValueError, match="1 <= m <= 4"):
+        vg.decode(enc, RvqTokens((), 0.0))
+    with pytest.raises(ValueError, match=r"out of range: expected \[0, 256\)"):
+        vg.decode(enc, RvqTokens((1, 256), 0.0))
+    with pytest.raises(ValueError, match="out of range"):
+        enc.decode(np.array([[0, -1]]))
+    with pytest.raises(TypeError, match="integers"):
+        enc.decode(np.array([[0.5]]))
+    with pytest.raises(TypeError, match="RvqTokens"):
+        vg.decode(enc, [1, 2])  # type: ignore[arg-type]
+
+
+def test_num_stages_out_of_range(enc: vg.RvqEncoder) -> None:
+    with pytest.raises(ValueError, match="num_stages must be <= 4"):
+        enc.encode(np.zeros(6), num_stages=5)
+    with pytest.raises(ValueError, match="positive int"):
+        enc.encode(np.zeros(6), num_stages=0)
+
+
+def test_mismatched_codebooks() -> None:
+    with pytest.raises(ValueError, match="all must match"):
+        vg.from_codebooks([np.zeros((4, 2)), np.zeros((5, 2))])
+    with pytest.raises(ValueError, match="all must match"):
+        vg.from_codebooks([np.zeros((4, 2)), np.zeros((4, 3))])
+    with pytest.raises(ValueError, match="at least one codebook"):
+        vg.from_codebooks([])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        vg.from_codebooks([np.array([[0.0, math.nan]])])
+    with pytest.raises(ValueError, match=r"\(M, K, D\)"):
+        vg.from_codebooks(np.zeros((4, 2)))
+    with pytest.raises(TypeError, match="Codebook"):
+        vg.RvqEncoder(["not a codebook"])  # type: ignore[list-item]
+
+
+def test_bad_codebook_arguments() -> None:
+    with pytest.raises(TypeError, match="float32 or float64"):
+        Codebook(np.zeros((2, 2)), dtype=np.int64)
+    with pytest.raises(ValueError, match="seed"):
+        Codebook.random(4, 2, seed=-1)
+    with pytest.raises(ValueError, match="out of range"):
+        Codebook(np.zeros((2, 2))).lookup([2])
+    with pytest.raises(TypeError, match="RvqConfig"):
+        vg.new((4, 6, 256))  # type: ignore[arg-type]
