@@ -1,0 +1,268 @@
+"""The RVQ encoder: codebooks per stage and the array engine that uses them.
+
+Encoding streams (N, D) inputs in cache-sized row chunks; each chunk runs the
+greedy residual loop of :meth:`RvqEncoder._greedy` (or the beam search of
+:mod:`viva_glyph.beam`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from viva_glyph._kernels import chunk_rows, code_dtype
+from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph.codebook import Codebook
+from viva_glyph.config import RvqConfig
+
+if TYPE_CHECKING:
+    from viva_glyph.training import TrainingSummary
+
+__all__ = ["RvqEncoder"]
+
+
+class RvqEncoder:
+    """RVQ encoder: one codebook per stage.
+
+    Parameters
+    ----------
+    codebooks : sequence of Codebook
+        One per stage, all of the same size K, dimension D and dtype.
+    config : RvqConfig, optional
+        Must agree with the codebooks; derived from them when omitted.
+    training : TrainingSummary, optional
+        What fitting recorded (set by :func:`viva_glyph.fit`).
+
+    Attributes
+    ----------
+    codebooks : tuple of Codebook
+    config : RvqConfig
+    training : TrainingSummary or None
+    """
+
+    __slots__ = ("_stack", "_stack64", "codebooks", "config", "training")
+
+    def __init__(
+        self,
+        codebooks: Sequence[Codebook],
+        config: RvqConfig | None = None,
+        *,
+        training: TrainingSummary | None = None,
+    ) -> None:
+        books = tuple(codebooks)
+        if not books:
+            raise ValueError("an RVQ encoder needs at least one codebook, got none")
+        for i, cb in enumerate(books):
+            if not isinstance(cb, Codebook):
+                raise TypeError(f"codebooks[{i}] must be a Codebook, got {type(cb).__name__}")
+        first = books[0]
+        for i, cb in enumerate(books[1:], start=1):
+            if (cb.size, cb.dimension, cb.dtype) != (first.size, first.dimension, first.dtype):
+                raise ValueError(
+                    f"codebooks[{i}] is {cb.size} x {cb.dimension} {cb.dtype}, but codebooks[0] "
+                    f"is {first.size} x {first.dimension} {first.dtype}: all must match"
+                )
+        derived = RvqConfig(len(books), first.dimension, first.size)
+        if config is not None and config != derived:
+            raise ValueError(f"config {config} does not match the codebooks ({derived})")
+        self.codebooks = books
+        self.config = derived
+        self.training = training
+        stack = np.stack([cb.vectors for cb in books])
+        stack.setflags(write=False)
+        self._stack: NDArray[np.floating[Any]] = stack
+        self._stack64: NDArray[np.float64] | None = None
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Compute dtype of the codebooks (float32 or float64)."""
+        return self._stack.dtype
+
+    @property
+    def code_dtype(self) -> np.dtype[Any]:
+        """dtype of codes: uint8 for K <= 256, uint16 for K <= 65536, else int32."""
+        return code_dtype(self.config.codebook_size)
+
+    @property
+    def codebook_array(self) -> NDArray[np.floating[Any]]:
+        """All codebooks as one read-only array, shape (M, K, D)."""
+        return self._stack
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"RvqEncoder(num_stages={c.num_stages}, dimension={c.dimension}, "
+            f"codebook_size={c.codebook_size}, dtype={self.dtype})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RvqEncoder):
+            return NotImplemented
+        return self.config == other.config and self.codebooks == other.codebooks
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _stages(self, num_stages: int | None) -> int:
+        if num_stages is None:
+            return self.config.num_stages
+        m = positive_int(num_stages, "num_stages")
+        if m > self.config.num_stages:
+            raise ValueError(f"num_stages must be <= {self.config.num_stages}, got {m}")
+        return m
+
+    def _row_chunks(self, n: int) -> Iterator[slice]:
+        rows = chunk_rows(self.config.codebook_size, self.config.dimension, self.dtype.itemsize)
+        for start in range(0, n, rows):
+            yield slice(start, min(start + rows, n))
+
+    # -- encoding -----------------------------------------------------------------
+    def encode(
+        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int = 1
+    ) -> NDArray[Any]:
+        """Residual codes of each vector (greedy, or beam search).
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D) or (D,)
+            Any real dtype; memory maps are streamed, never loaded whole.
+        num_stages : int, optional
+            Encode only the first m <= M stages.
+        beam_size : int
+            1 (default) is the greedy encoder; B > 1 keeps the B best partial
+            reconstructions per vector at every stage (:mod:`viva_glyph.beam`).
+
+        Returns
+        -------
+        codes : ndarray, shape (N, m) or (m,), dtype :attr:`code_dtype`
+        """
+        codes, _ = self._encode(X, num_stages, beam_size, errors=False)
+        return codes[0] if np.ndim(X) == 1 else codes
+
+    def encode_with_errors(
+        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int = 1
+    ) -> tuple[NDArray[Any], NDArray[np.float64]]:
+        """Codes and per-vector errors ``||x - decode(codes)||`` in one pass.
+
+        Parameters are those of :meth:`encode`.
+
+        Returns
+        -------
+        codes : ndarray, shape (N, m), dtype :attr:`code_dtype`
+        errors : ndarray, shape (N,), float64
+        """
+        codes, errors = self._encode(X, num_stages, beam_size, errors=True)
+        assert errors is not None
+        return codes, errors
+
+    def _encode(
+        self, X: ArrayLike, num_stages: int | None, beam_size: int, *, errors: bool
+    ) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
+        x = as_matrix(X, self.config.dimension)
+        m = self._stages(num_stages)
+        beam = positive_int(beam_size, "beam_size")
+        n, d = x.shape
+        codes = np.empty((n, m), dtype=self.code_dtype)
+        errs = np.empty(n, dtype=np.float64) if errors else None
+        first = next(self._row_chunks(n))
+        rows_aug = np.ones((first.stop, d + 1), dtype=self.dtype)
+        work = np.empty((first.stop, self.config.codebook_size), dtype=self.dtype)
+        for rows in self._row_chunks(n):
+            chunk = x[rows]
+            require_finite(chunk, rows.start)
+            k = chunk.shape[0]
+            if beam > 1:
+                from viva_glyph.beam import beam_search
+
+                codes[rows] = beam_search(self, chunk.astype(self.dtype, copy=False), m, beam)
+                if errs is not None:
+                    diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
+                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
+            else:
+                left = self._greedy(chunk, rows_aug[:k], work[:k], codes[rows])
+                if errs is not None:
+                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", left, left))
+        return codes, errs
+
+    def _greedy(
+        self,
+        x: NDArray[Any],
+        rows_aug: NDArray[np.floating[Any]],
+        work: NDArray[np.floating[Any]],
+        codes: NDArray[Any],
+    ) -> NDArray[np.float64]:
+        """SoundStream's Algorithm 1 on one chunk; returns the final residual (float64).
+
+        ``rows_aug`` (n, D + 1) holds the residual in the compute dtype beside a
+        column of ones; the exact residual is kept in float64.
+        """
+        d = self.config.dimension
+        residual = x.astype(np.float64)
+        for stage in range(codes.shape[1]):
+            book = self.codebooks[stage]
+            rows_aug[:, :d] = residual
+            q = book.assign(rows_aug, residual, work)  # q = argmin_c ||r - c||
+            codes[:, stage] = q
+            residual -= book.vectors64[q]  # r <- r - c_q
+        return residual
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this encoder to a model file (safetensors), atomically.
+
+        See :func:`viva_glyph.io.save`; needs the ``cli`` extra (safetensors).
+        """
+        from viva_glyph.io import save
+
+        save(self, path)
+
+    # -- decoding -----------------------------------------------------------------
+    def decode(self, codes: ArrayLike) -> NDArray[np.floating[Any]]:
+        """Vectors from codes; fewer than M columns decodes the first stages only.
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, m) or (m,), 1 <= m <= M
+
+        Returns
+        -------
+        ndarray, shape (N, D) or (D,), dtype :attr:`dtype`
+        """
+        arr = self._check_codes(codes)
+        out = np.empty((arr.shape[0], self.config.dimension), dtype=self.dtype)
+        for rows in self._row_chunks(arr.shape[0]):
+            out[rows] = self._decode_rows(arr[rows], self.dtype)
+        return out[0] if np.ndim(codes) == 1 else out
+
+    def _check_codes(self, codes: ArrayLike) -> NDArray[Any]:
+        arr = np.asarray(codes)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or not 1 <= arr.shape[1] <= self.config.num_stages:
+            raise ValueError(
+                f"codes must have shape (N, m) with 1 <= m <= {self.config.num_stages}, "
+                f"got {np.shape(codes)}"
+            )
+        k = self.config.codebook_size
+        if arr.size and (arr.min() < 0 or arr.max() >= k):
+            raise ValueError(
+                f"token index out of range: expected [0, {k}), got min {arr.min()} max {arr.max()}"
+            )
+        return arr
+
+    def _decode_rows(self, codes: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
+        """Sum of the chosen entries, accumulated in ``dtype``, shape (n, D)."""
+        stack = self._stack
+        if np.dtype(dtype) != stack.dtype:
+            if self._stack64 is None:
+                self._stack64 = stack.astype(np.float64)
+            stack = self._stack64
+        out: NDArray[Any] = stack[0][codes[:, 0]]
+        for stage in range(1, codes.shape[1]):
+            out += stack[stage][codes[:, stage]]
+        return out

@@ -1,0 +1,355 @@
+"""Model files: round trips, independent readers, atomic writes, fuzzed malformed files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import viva_glyph as vg
+from viva_glyph import io as vio
+from viva_glyph.io import ModelFormatError
+
+safetensors = pytest.importorskip("safetensors")
+
+
+def small(dtype: Any = np.float32, seed: int = 0) -> vg.RvqEncoder:
+    rng = np.random.default_rng(seed)
+    return vg.from_codebooks(rng.normal(size=(3, 5, 4)).astype(dtype))
+
+
+def raw_file(header: object, data: bytes = b"", *, length: int | None = None) -> bytes:
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + data
+
+
+def valid_header(m: int = 3, k: int = 5, d: int = 4, dt: str = "F32") -> dict[str, Any]:
+    size = m * k * d * (4 if dt == "F32" else 8)
+    return {
+        "__metadata__": {
+            "format": "viva-glyph-rvq",
+            "format_version": "1",
+            "config": json.dumps({"num_stages": m, "dimension": d, "codebook_size": k}),
+            "dtype": "float32" if dt == "F32" else "float64",
+            "library_version": "0.1.0",
+        },
+        "codebooks": {"dtype": dt, "shape": [m, k, d], "data_offsets": [0, size]},
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_keeps_codebooks_bit_exact(tmp_path: Path, dtype: Any) -> None:
+    enc = small(dtype)
+    path = tmp_path / "m.safetensors"
+    enc.save(path)
+    back = vg.load(path)
+    assert back == enc
+    assert back.dtype == np.dtype(dtype)
+    assert back.training is None
+    x = np.random.default_rng(1).normal(size=(50, 4))
+    np.testing.assert_array_equal(back.encode(x), enc.encode(x))
+
+
+def test_file_is_plain_safetensors(tmp_path: Path) -> None:
+    """The safetensors library (numpy and torch) reads the tensor and metadata directly."""
+    from safetensors import safe_open
+
+    enc = vg.new(vg.default_config(), seed=3)
+    path = tmp_path / "m.safetensors"
+    vio.save(enc, path)
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+        assert list(f.keys()) == ["codebooks"]
+        np.testing.assert_array_equal(f.get_tensor("codebooks"), enc.codebook_array)
+    assert meta["format"] == "viva-glyph-rvq"
+    assert meta["format_version"] == "1"
+    assert meta["dtype"] == "float32"
+    assert meta["library_version"] == vg.__version__
+    assert json.loads(meta["config"]) == {"num_stages": 4, "dimension": 6, "codebook_size": 256}
+    torch_st = pytest.importorskip("safetensors.torch")
+    t = torch_st.load_file(str(path))["codebooks"]
+    np.testing.assert_array_equal(t.numpy(), enc.codebook_array)
+
+
+def test_training_summary_round_trips(tmp_path: Path) -> None:
+    training = pytest.importorskip("viva_glyph.training")
+    x = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
+    enc = training.fit(x, num_stages=2, codebook_size=8, iterations=3)
+    path = tmp_path / "fit.safetensors"
+    enc.save(path)
+    back = vg.load(path)
+    assert back == enc
+    assert back.training is not None
+    assert back.training.to_dict() == enc.training.to_dict()
+    assert json.loads(vio.read_metadata(path)["training"]) == enc.training.to_dict()
+
+
+def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        vg.load(tmp_path / "nope.safetensors")
+
+
+def test_save_rejects_non_encoders(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="RvqEncoder"):
+        vio.save(np.zeros((1, 2, 3)), tmp_path / "x.safetensors")  # type: ignore[arg-type]
+
+
+# -- atomic writes ---------------------------------------------------------------------
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "m.safetensors"
+    old = small(seed=1)
+    old.save(path)
+    before = path.read_bytes()
+    real_open = open
+
+    class HalfWriter:
+        """A file that writes half the payload, then fails like a full disk."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.fh = real_open(*args, **kwargs)
+
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> int:
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vio, "open", HalfWriter, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        small(seed=2).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert vg.load(path) == old
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_failure_at_commit_keeps_the_old_file(tmp_path: Path, monkeypatch: Any, step: str) -> None:
+    path = tmp_path / "m.safetensors"
+    small(seed=1).save(path)
+    before = path.read_bytes()
+
+    def boom(*args: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(vio.os, step, boom)
+    with pytest.raises(OSError):
+        small(seed=2).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_save_replaces_and_keeps_usual_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    small(seed=1).save(path)
+    small(seed=2).save(path)
+    assert vg.load(path) == small(seed=2)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert leftovers(tmp_path) == []
+
+
+# -- malformed files: only ModelFormatError, never a large allocation ----------------
+def load_bytes(tmp_path: Path, data: bytes) -> vg.RvqEncoder:
+    path = tmp_path / "fuzz.safetensors"
+    path.write_bytes(data)
+    return vg.load(path)
+
+
+class ReachedSafetensors(BaseException):
+    """Raised if a malformed file got past the library's own header checks."""
+
+
+def assert_rejected(tmp_path: Path, data: bytes) -> None:
+    """Only ModelFormatError, raised before safetensors sees the bytes, small allocations."""
+    import safetensors.numpy
+
+    def guard(*args: object) -> None:
+        raise ReachedSafetensors
+
+    real = safetensors.numpy.load
+    safetensors.numpy.load = guard
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFormatError):
+            load_bytes(tmp_path, data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        safetensors.numpy.load = real
+    assert peak < 8 << 20, f"rejecting a {len(data)}-byte file allocated {peak} bytes"
+
+
+@pytest.fixture(scope="module")
+def good_bytes(tmp_path_factory: Any) -> bytes:
+    path = tmp_path_factory.mktemp("good") / "m.safetensors"
+    small().save(path)
+    return path.read_bytes()
+
+
+@settings(max_examples=80)
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_truncated_files(tmp_path_factory: Any, good_bytes: bytes, cut: int) -> None:
+    cut %= len(good_bytes)
+    assert_rejected(tmp_path_factory.mktemp("t"), good_bytes[:cut])
+
+
+@settings(max_examples=150)
+@given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 7)), min_size=1, max_size=4))
+def test_bit_flipped_files(
+    tmp_path_factory: Any, good_bytes: bytes, flips: list[tuple[int, int]]
+) -> None:
+    data = bytearray(good_bytes)
+    for pos, bit in flips:
+        data[pos % len(data)] ^= 1 << bit
+    try:
+        enc = load_bytes(tmp_path_factory.mktemp("b"), bytes(data))
+    except ModelFormatError:
+        return
+    # A flip that still loads (a float bit, a JSON space) gives a sound encoder.
+    assert enc.config == vg.RvqConfig(3, 4, 5)
+    assert np.isfinite(enc.codebook_array).all()
+
+
+HOSTILE_TENSORS = [
+    {"dtype": "F32", "shape": [3, 5, 4], "data_offsets": [0, 200]},  # wrong size vs shape
+    {"dtype": "F32", "shape": [1 << 40, 1 << 40, 1 << 40], "data_offsets": [0, 240]},
+    {"dtype": "F32", "shape": [3, 5, 4], "data_offsets": [0, 1 << 62]},
+    {"dtype": "F16", "shape": [3, 5, 4], "data_offsets": [0, 120]},
+    {"dtype": "I64", "shape": [3, 5, 4], "data_offsets": [0, 480]},
+    {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 60]},
+    {"dtype": "F32", "shape": [3, 5, -4], "data_offsets": [0, 240]},
+    {"dtype": "F32", "shape": [3, 5, 4.0], "data_offsets": [0, 240]},
+    {"dtype": "F32", "shape": [3, 5, 4], "data_offsets": [8, 248]},
+    {"dtype": "F32", "shape": "3,5,4", "data_offsets": [0, 240]},
+    [1, 2, 3],
+]
+
+
+@pytest.mark.parametrize("tensor", HOSTILE_TENSORS)
+def test_hostile_tensor_entries(tmp_path: Path, tensor: Any) -> None:
+    header = valid_header()
+    header["codebooks"] = tensor
+    assert_rejected(tmp_path, raw_file(header, b"\0" * 240))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("format", "gguf"),
+        ("format_version", "2"),
+        ("dtype", "float16"),
+        ("config", "{not json"),
+        ("config", json.dumps({"num_stages": 0, "dimension": 4, "codebook_size": 5})),
+        ("config", json.dumps({"num_stages": 3, "dimension": 4})),
+        ("config", json.dumps([3, 5, 4])),
+        ("config", json.dumps({"num_stages": 1 << 40, "dimension": 1 << 40, "codebook_size": 5})),
+        ("training", "{not json"),
+        ("training", "[" * 100_000),
+    ],
+    ids=lambda v: v[:20] if isinstance(v, str) else str(v),
+)
+def test_hostile_metadata(tmp_path: Path, key: str, value: str) -> None:
+    header = valid_header()
+    header["__metadata__"][key] = value
+    assert_rejected(tmp_path, raw_file(header, np.zeros(60, np.float32).tobytes()))
+
+
+def test_non_finite_codebooks_are_rejected(tmp_path: Path) -> None:
+    values = np.zeros(60, np.float32)
+    values[17] = np.nan
+    with pytest.raises(ModelFormatError, match="NaN or inf"):
+        load_bytes(tmp_path, raw_file(valid_header(), values.tobytes()))
+
+
+def test_valid_handmade_file_loads(tmp_path: Path) -> None:
+    """The checks accept a file written without the library (guards against over-rejection)."""
+    values = np.arange(60, dtype=np.float64) / 7
+    enc = load_bytes(tmp_path, raw_file(valid_header(dt="F64"), values.tobytes()))
+    np.testing.assert_array_equal(enc.codebook_array, values.reshape(3, 5, 4))
+    assert enc.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01",
+        struct.pack("<Q", 1 << 63) + b"{}",
+        struct.pack("<Q", 1 << 19) + b"{}",
+        raw_file("{", b""),
+        raw_file("null"),
+        raw_file("\xff\xfe"),
+        raw_file("[" * 200_000),
+        raw_file({"codebooks": valid_header()["codebooks"]}, b"\0" * 240),
+        raw_file({**valid_header(), "extra": valid_header()["codebooks"]}, b"\0" * 240),
+        raw_file({**valid_header(), "__metadata__": {"format": 1}}, b"\0" * 240),
+    ],
+    ids=lambda v: repr(v[:12]),
+)
+def test_hostile_framing(tmp_path: Path, data: bytes) -> None:
+    assert_rejected(tmp_path, data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=120)
+@given(
+    shape=st.lists(st.integers(-5, 1 << 62), min_size=0, max_size=4),
+    dtype=st.sampled_from(["F32", "F64", "F16", "BF16", "I8", "U8", "BOOL", "bogus"]),
+    offsets=st.lists(st.integers(-5, 1 << 62), min_size=0, max_size=3),
+    extra=json_values,
+    data_len=st.integers(0, 600),
+)
+def test_random_hostile_headers(
+    tmp_path_factory: Any,
+    shape: list[int],
+    dtype: str,
+    offsets: list[int],
+    extra: object,
+    data_len: int,
+) -> None:
+    header = valid_header()
+    header["codebooks"] = {"dtype": dtype, "shape": shape, "data_offsets": offsets, "x": extra}
+    data = raw_file(header, b"\x01" * data_len)
+    folder = tmp_path_factory.mktemp("h")
+    try:
+        enc = load_bytes(folder, data)
+    except ModelFormatError:
+        return
+    # Only a self-consistent header can load: the valid shape, dtype and offsets.
+    assert (shape, dtype, offsets) == ([3, 5, 4], "F32", [0, 240])
+    assert enc.config == vg.RvqConfig(3, 4, 5)
+
+
+@settings(max_examples=60)
+@given(header=json_values)
+def test_random_json_headers(tmp_path_factory: Any, header: object) -> None:
+    assert_rejected(tmp_path_factory.mktemp("j"), raw_file(header, b"\0" * 16))
