@@ -1,0 +1,395 @@
+"""``ResidualVQ``: the residual vector quantizer as a ``torch.nn.Module``.
+
+Stage ``s`` quantizes what the stages before it left over (SoundStream's
+Algorithm 1), with stop-gradient between stages: every stage's code is chosen
+for, and its loss measured on, a residual that does not carry gradients of the
+earlier codebooks. The losses' gradients are computed in closed form in the same
+pass over the stages, so no autograd graph is built through the stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from viva_glyph._validate import positive_int
+from viva_glyph.torch import _distributed as ddp
+from viva_glyph.torch._kmeans import init_stages, random_rows
+from viva_glyph.torch._ops import perplexity, surrogate_loss, usage_counts
+from viva_glyph.torch._output import RvqOutput
+from viva_glyph.torch._pass import Pass, draw_dropout, run_stages
+from viva_glyph.torch._state import check_options, ema_update, flatten
+
+if TYPE_CHECKING:
+    from viva_glyph.rvq import RvqEncoder
+
+__all__ = ["ResidualVQ", "RvqOutput"]
+
+logger = logging.getLogger(__name__)
+
+# Values of the ``init_state`` buffer.
+_NEEDS_KMEANS, _NEEDS_COUNTS, _READY = 0, 1, 2
+
+
+class ResidualVQ(nn.Module):
+    """Residual vector quantizer for neural codecs and tokenizers.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension D of the vectors (the last axis of the input, channel-last).
+    num_stages : int
+        Number of stages M (codes per vector).
+    codebook_size : int
+        Codes per stage K.
+    ema : bool
+        True (default): codebooks follow exponential moving averages of the
+        vectors assigned to them (sums and Laplace-smoothed counts). False:
+        codebooks are parameters learned by your optimizer from the codebook loss.
+    decay : float
+        EMA decay in [0, 1).
+    eps : float
+        Laplace smoothing of the EMA counts.
+    commitment_weight, codebook_weight : float
+        Weights of the commitment loss (gradient to the input) and, in learned
+        mode, of the codebook loss (gradient to the codebooks).
+    kmeans_init : bool
+        Initialize the codebooks by k-means (k-means++ seeding) on the first
+        training batch, or call :meth:`init_from_data`. False keeps the random
+        codebooks and only counts their use on the first batch.
+    kmeans_iters : int
+        Lloyd iterations of that k-means.
+    kmeans_max_samples : int, optional
+        Rows k-means sees at most (a random subset beyond that); default 256 K.
+    dead_after : int
+        A code no row chose for this many consecutive training steps (on all
+        ranks) is replaced in that step, its whole EMA state reset (count 1, sum
+        equal to the new code): the new code lies halfway between a random stage
+        input of the batch and that input's code, so it splits a used cell. The
+        rule counts steps, independent of decay and batch size. 0 disables it.
+    dropout : float
+        Quantizer dropout probability (SoundStream): with it, a training step
+        (``dropout_mode="batch"``) or each row (``"sample"``) uses only a random
+        number of stages, uniform in ``[dropout_min_stages, M]``.
+    dropout_mode : {"batch", "sample"}
+    dropout_min_stages : int
+    seed : int
+        Seed of the one ``torch.Generator`` (CPU) that drives k-means seeding,
+        code replacement and dropout.
+
+    Notes
+    -----
+    ``forward`` in eval mode is a pure function of the input and the codebooks:
+    no initialization branch, no random draw, no collective, no host-device
+    synchronisation, so it compiles (``fullgraph=True``) and exports. With
+    ``torch.distributed`` initialized, training broadcasts k-means and
+    replacements from rank 0 and averages the EMA statistics of all stages with
+    one all-reduce per step.
+    """
+
+    codebook: Tensor
+    ema_sum: Tensor
+    ema_count: Tensor
+    unused_steps: Tensor
+    init_state: Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        num_stages: int,
+        codebook_size: int,
+        *,
+        ema: bool = True,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        commitment_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        kmeans_max_samples: int | None = None,
+        dead_after: int = 20,
+        dropout: float = 0.0,
+        dropout_mode: str = "batch",
+        dropout_min_stages: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self.num_stages = positive_int(num_stages, "num_stages")
+        self.codebook_size = positive_int(codebook_size, "codebook_size")
+        opts = check_options(
+            decay=decay,
+            eps=eps,
+            commitment_weight=commitment_weight,
+            codebook_weight=codebook_weight,
+            kmeans_iters=kmeans_iters,
+            dead_after=dead_after,
+            dropout=dropout,
+            dropout_mode=dropout_mode,
+            dropout_min_stages=dropout_min_stages,
+            num_stages=self.num_stages,
+            seed=seed,
+        )
+        self.ema = bool(ema)
+        self.decay, self.eps = float(decay), float(eps)
+        self.commitment_weight, self.codebook_weight = opts["weights"]
+        self.kmeans_iters, self.dead_after = int(kmeans_iters), int(dead_after)
+        self.kmeans_max_samples = (
+            256 * self.codebook_size
+            if kmeans_max_samples is None
+            else positive_int(kmeans_max_samples, "kmeans_max_samples")
+        )
+        self.dropout, self.dropout_mode = float(dropout), dropout_mode
+        self.dropout_min_stages = int(dropout_min_stages)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+        m, k, d = self.num_stages, self.codebook_size, self.dim
+        books = torch.randn((m, k, d), generator=self.generator)
+        if self.ema:
+            self.register_buffer("codebook", books)
+            self.register_buffer("ema_sum", books.clone())
+            self.register_buffer("ema_count", torch.ones(m, k))
+        else:
+            self.codebook = nn.Parameter(books)
+        self.register_buffer("unused_steps", torch.zeros(m, k, dtype=torch.int64))
+        state = _NEEDS_KMEANS if kmeans_init else _NEEDS_COUNTS
+        self.register_buffer("init_state", torch.tensor(state, dtype=torch.int64))
+        self._state = state
+        self.register_load_state_dict_post_hook(_sync_state)  # type: ignore[no-untyped-call]
+
+    def extra_repr(self) -> str:
+        mode = f"decay={self.decay}" if self.ema else "learned"
+        return (
+            f"dim={self.dim}, num_stages={self.num_stages}, "
+            f"codebook_size={self.codebook_size}, {mode}, dead_after={self.dead_after}"
+        )
+
+    # -- initialization --------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Initialize every stage from data: k-means++ and Lloyd on its residuals.
+
+        Stage ``s`` is fitted to what stages ``< s`` leave of ``x``; the EMA state
+        starts consistent with it (count = rows assigned, sum = centroid x count).
+        After :meth:`from_encoder` or with ``kmeans_init=False`` the codebooks are
+        kept and only the counts are taken from ``x``. In distributed training,
+        call it on every rank: rank 0 computes and broadcasts.
+
+        Parameters
+        ----------
+        x : Tensor, shape (..., D), floating point
+        """
+        x2 = flatten(x, self.dim)
+        m, k, d = self.num_stages, self.codebook_size, self.dim
+        state = torch.zeros((m, k, 2 * d + 1), device=x2.device)
+        if ddp.rank() == 0:
+            n = x2.shape[0]
+            if n > self.kmeans_max_samples:
+                pick = random_rows(n, self.kmeans_max_samples, self.generator, x2.device)
+                x2 = x2.index_select(0, pick)
+            if x2.shape[0] < k:
+                logger.warning("initializing %d codes per stage from %d rows", k, x2.shape[0])
+            fit = self.kmeans_iters if self._state == _NEEDS_KMEANS else None
+            state = init_stages(x2, self._books(m), fit, self.generator)
+        ddp.broadcast_(state)
+        self.codebook.data.copy_(state[..., :d])
+        if self.ema:
+            self.ema_sum.copy_(state[..., d : 2 * d])
+            self.ema_count.copy_(state[..., 2 * d])
+        self.unused_steps.zero_()
+        self.init_state.fill_(_READY)
+        self._state = _READY
+
+    @classmethod
+    def from_encoder(cls, encoder: RvqEncoder, **kwargs: Any) -> ResidualVQ:
+        """A quantizer starting from the codebooks of a numpy :class:`~viva_glyph.RvqEncoder`.
+
+        Parameters
+        ----------
+        encoder : RvqEncoder
+            E.g. from :func:`viva_glyph.fit` or :func:`viva_glyph.load`.
+        **kwargs
+            Other :class:`ResidualVQ` options. The first training batch only
+            counts code use to seed the EMA state; no k-means runs.
+        """
+        from viva_glyph.rvq import RvqEncoder
+
+        if not isinstance(encoder, RvqEncoder):
+            raise TypeError(
+                f"encoder must be a viva_glyph.RvqEncoder, got {type(encoder).__name__}"
+            )
+        c = encoder.config
+        kwargs["kmeans_init"] = False
+        model = cls(c.dimension, c.num_stages, c.codebook_size, **kwargs)
+        books = torch.from_numpy(encoder.codebook_array.astype("float32"))
+        model.codebook.data.copy_(books)
+        if model.ema:
+            model.ema_sum.copy_(books)
+        return model
+
+    def to_encoder(self) -> RvqEncoder:
+        """The numpy :class:`~viva_glyph.RvqEncoder` with these codebooks (float32 copies).
+
+        It gives the same codes as :meth:`encode` on the same float32 inputs,
+        up to ties within float rounding.
+        """
+        from viva_glyph.rvq import from_codebooks
+
+        return from_codebooks(self.codebook.detach().float().cpu().numpy().copy())
+
+    # -- the passes ------------------------------------------------------------------
+    def _stages(self, num_stages: int | None) -> int:
+        if num_stages is None:
+            return self.num_stages
+        m = positive_int(num_stages, "num_stages")
+        if m > self.num_stages:
+            raise ValueError(f"num_stages must be <= {self.num_stages}, got {m}")
+        return m
+
+    def _books(self, m: int) -> Tensor:
+        return self.codebook.detach()[:m].float()
+
+    def _loss(self, x: Tensor, p: Pass, stage_losses: Tensor, grad_books: Tensor | None) -> Tensor:
+        learned = self.training and not self.ema  # the codebook loss counts in training
+        weight = self.commitment_weight + (self.codebook_weight if learned else 0.0)
+        value = weight * stage_losses.sum()
+        pairs: list[tuple[Tensor, Tensor]] = []
+        if p.grad_x is not None:
+            gx = p.grad_x * (2.0 * self.commitment_weight / self.dim)
+            pairs.append((x, gx.view(x.shape)))
+        if grad_books is not None:
+            pairs.append((self.codebook, grad_books))
+        return surrogate_loss(value, *pairs) if pairs else value
+
+    def _output(
+        self, x: Tensor, p: Pass, m: int, counts: Tensor, grad_books: Tensor | None
+    ) -> RvqOutput:
+        ran = p.codes.shape[1]
+        q = x.detach().reshape(-1, self.dim).float() - p.residual
+        quantized = q.to(x.dtype).view(x.shape)
+        if x.requires_grad:
+            quantized = quantized + (x - x.detach())  # straight-through estimator
+        stage_losses = p.stage_sq / (p.rows.clamp_min(1.0) * self.dim)
+        codes = p.codes
+        dead = (counts == 0).float().mean(1)
+        if ran < m:  # stages skipped by batch dropout
+            pad = m - ran
+            codes = F.pad(codes, (0, pad), value=-1)
+            stage_losses = F.pad(stage_losses, (0, pad))
+            dead = F.pad(dead, (0, pad))
+        loss = self._loss(x, p, stage_losses, grad_books)
+        return RvqOutput(
+            quantized=quantized,
+            codes=codes.view(*x.shape[:-1], m),
+            loss=loss,
+            stage_losses=stage_losses,
+            perplexity=F.pad(perplexity(counts), (0, m - ran), value=1.0),
+            dead_share=dead,
+        )
+
+    def forward(self, x: Tensor, num_stages: int | None = None) -> RvqOutput:
+        """Quantize ``x``; in training mode also update the codebooks.
+
+        Parameters
+        ----------
+        x : Tensor, shape (..., D), float32, bfloat16 or any floating dtype
+            Distances are computed in float32.
+        num_stages : int, optional
+            Use only the first m <= M stages (variable bit rate).
+
+        Returns
+        -------
+        RvqOutput
+        """
+        m = self._stages(num_stages)
+        x2 = flatten(x, self.dim)
+        if self.training:
+            return self._train_step(x, x2, m)
+        grad = x.requires_grad and torch.is_grad_enabled()
+        p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=grad)
+        return self._output(x, p, m, usage_counts(p.codes, self.codebook_size), None)
+
+    def _train_step(self, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
+        if self._state != _READY:
+            self.init_from_data(x2)
+        ran, keep = draw_dropout(
+            self.generator,
+            x2.shape[0],
+            m,
+            self.dropout,
+            self.dropout_mode,
+            self.dropout_min_stages,
+            x2.device,
+        )
+        learned = not self.ema and self.codebook.requires_grad and torch.is_grad_enabled()
+        grad = torch.is_grad_enabled() and x.requires_grad
+        p = run_stages(self._books(ran), x2, keep, self.generator, train=True, grad=grad)
+        assert p.sums is not None and p.candidates is not None
+        local = usage_counts(p.codes, self.codebook_size)
+        grad_books = None
+        if learned:  # d loss / d c_k = -2 w / (D n_s) * sum_{i -> k} (r_i - c_k)
+            books = self.codebook.detach()[:ran]
+            diff = p.sums - local[:, :, None] * books
+            scale = -2.0 * self.codebook_weight / (self.dim * p.rows.clamp_min(1.0))
+            grad_books = F.pad(diff * scale[:, None, None], (0, 0, 0, 0, 0, self.num_stages - ran))
+        counts = ema_update(self, p.sums, local, p.candidates)
+        return self._output(x, p, m, counts[:ran], grad_books)
+
+    # -- codes -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor, num_stages: int | None = None) -> Tensor:
+        """Codes of ``x`` (never updates the codebooks).
+
+        Parameters
+        ----------
+        x : Tensor, shape (..., D), floating point
+        num_stages : int, optional
+            The first m <= M stages only.
+
+        Returns
+        -------
+        Tensor, shape (..., m), int64
+        """
+        m = self._stages(num_stages)
+        p = run_stages(
+            self._books(m), flatten(x, self.dim), None, self.generator, train=False, grad=False
+        )
+        return p.codes.view(*x.shape[:-1], m)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Vectors from codes: the sum of the chosen codes of the first m stages.
+
+        Parameters
+        ----------
+        codes : Tensor, shape (..., m), integer, 1 <= m <= M
+            Values in ``[0, K)``; ``-1`` (a stage skipped by dropout) adds nothing.
+
+        Returns
+        -------
+        Tensor, shape (..., D), float32
+        """
+        if not isinstance(codes, Tensor):
+            raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise TypeError(f"codes must be integers, got dtype {codes.dtype}")
+        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_stages:
+            raise ValueError(
+                f"codes must have shape (..., m) with 1 <= m <= {self.num_stages}, "
+                f"got {tuple(codes.shape)}"
+            )
+        idx = codes.long()
+        out = torch.zeros((*codes.shape[:-1], self.dim), device=self.codebook.device)
+        for s in range(codes.shape[-1]):
+            c = idx[..., s]
+            out = out + F.embedding(c.clamp_min(0), self.codebook[s]) * (c >= 0)[..., None]
+        return out
+
+
+def _sync_state(module: nn.Module, incompatible: Any) -> None:
+    """Mirror the loaded ``init_state`` buffer in a Python int (read by training only)."""
+    assert isinstance(module, ResidualVQ)
+    module._state = int(module.init_state)

@@ -1,0 +1,169 @@
+"""Training-state updates of :class:`~viva_glyph.torch.ResidualVQ` and input checks.
+
+One training step, for all stages at once: the batch statistics (per-code sums
+and counts) are averaged over ranks with a single all-reduce, the EMA sums and
+counts move by ``decay``, each codebook becomes ``sum / smoothed count``, the
+steps-unused counters advance, and codes unused for ``dead_after`` steps are
+replaced by random stage inputs with a fresh EMA state. The replacement comes
+after the EMA update, so nothing overwrites it in the same step.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from viva_glyph.torch import _distributed as ddp
+
+if TYPE_CHECKING:
+    from viva_glyph.torch._module import ResidualVQ
+
+__all__ = ["RESET_COUNT", "check_options", "ema_update", "flatten", "replace_dead"]
+
+#: EMA count a replaced code restarts with (its EMA sum is the new code itself).
+RESET_COUNT = 1.0
+
+
+def flatten(x: object, dim: int) -> Tensor:
+    """``x`` (..., D) as detached float32 rows (N, D); no copy when already float32."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (float32, bfloat16...), got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != dim:
+        raise ValueError(f"x must have shape (..., {dim}) (channel-last), got {tuple(x.shape)}")
+    return x.detach().reshape(-1, dim).float()
+
+
+def _number(value: object, name: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (lo <= v <= hi) or (hi_open and v == hi):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
+    return v
+
+
+def _count(value: object, name: str, lo: int) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = operator.index(value)
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def check_options(
+    *,
+    decay: object,
+    eps: object,
+    commitment_weight: object,
+    codebook_weight: object,
+    kmeans_iters: object,
+    dead_after: object,
+    dropout: object,
+    dropout_mode: object,
+    dropout_min_stages: object,
+    num_stages: int,
+    seed: object,
+) -> dict[str, Any]:
+    """Validate the options of ``ResidualVQ``; raise TypeError/ValueError naming the bad one."""
+    inf = float("inf")
+    _number(decay, "decay", 0.0, 1.0, hi_open=True)
+    if _number(eps, "eps", 0.0, inf) <= 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    weights = (
+        _number(commitment_weight, "commitment_weight", 0.0, inf),
+        _number(codebook_weight, "codebook_weight", 0.0, inf),
+    )
+    _count(kmeans_iters, "kmeans_iters", 0)
+    _count(dead_after, "dead_after", 0)
+    _number(dropout, "dropout", 0.0, 1.0)
+    if dropout_mode not in ("batch", "sample"):
+        raise ValueError(f"dropout_mode must be 'batch' or 'sample', got {dropout_mode!r}")
+    lo = _count(dropout_min_stages, "dropout_min_stages", 1)
+    if lo > num_stages:
+        raise ValueError(f"dropout_min_stages must be <= num_stages={num_stages}, got {lo}")
+    _count(seed, "seed", 0)
+    return {"weights": weights}
+
+
+@torch.no_grad()
+def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor) -> Tensor:
+    """Apply one training step's statistics to ``vq``'s state; return the batch counts.
+
+    Parameters
+    ----------
+    vq : ResidualVQ
+    sums : Tensor, shape (m, K, D), float32
+        Per-code sums of the rows assigned to each code by the first m stages run.
+    counts : Tensor, shape (m, K), float32
+        Rows assigned to each code.
+    candidates : Tensor, shape (m, K, D), float32
+        Random stage inputs that replace dead codes (rank 0's are used).
+
+    Returns
+    -------
+    Tensor, shape (M, K), float32
+        The batch counts, averaged over ranks (zeros for stages not run).
+    """
+    m, k, d = vq.num_stages, vq.codebook_size, vq.dim
+    ran = counts.shape[0]
+    ran_on_rank0 = torch.full((ran, 1), float(ddp.rank() == 0), device=counts.device)
+    parts = [counts, ran_on_rank0]
+    if vq.ema:
+        parts.insert(0, sums.reshape(ran, k * d))
+    stats = F.pad(torch.cat(parts, 1), (0, 0, 0, m - ran))
+    ddp.all_reduce_mean_(stats)  # the one collective of the step, all stages fused
+    batch_counts = stats[:, -(k + 1) : -1]
+    active = batch_counts.sum(1) > 0
+    a2 = active[:, None]
+    if vq.ema:
+        decay = vq.decay
+        new_count = vq.ema_count * decay + batch_counts * (1.0 - decay)
+        new_sum = vq.ema_sum * decay + stats[:, : k * d].view(m, k, d) * (1.0 - decay)
+        vq.ema_count.copy_(torch.where(a2, new_count, vq.ema_count))
+        vq.ema_sum.copy_(torch.where(a2[..., None], new_sum, vq.ema_sum))
+        n = vq.ema_count.sum(-1, keepdim=True)
+        smoothed = (vq.ema_count + vq.eps) / (n + k * vq.eps) * n  # Laplace smoothing
+        book = vq.ema_sum / smoothed[..., None]
+        vq.codebook.copy_(torch.where(a2[..., None], book, vq.codebook))
+    unused = torch.where(batch_counts > 0, 0, vq.unused_steps + 1)
+    vq.unused_steps.copy_(torch.where(a2, unused, vq.unused_steps))
+    if vq.dead_after > 0:
+        eligible = active & (stats[:, -1] > 0)  # rank 0 has candidates for the stage
+        replace_dead(vq, F.pad(candidates, (0, 0, 0, 0, 0, m - ran)), eligible)
+    return batch_counts
+
+
+@torch.no_grad()
+def replace_dead(vq: ResidualVQ, candidates: Tensor, eligible: Tensor) -> None:
+    """Replace codes unused for ``vq.dead_after`` steps; reset their whole EMA state.
+
+    Without a process group this is branch-free (no host-device sync). With one,
+    every rank holds the same counters, checks once whether any code is dead and
+    if so takes rank 0's candidates (one broadcast).
+
+    Parameters
+    ----------
+    vq : ResidualVQ
+    candidates : Tensor, shape (M, K, D), float32
+    eligible : Tensor, shape (M,), bool
+        Stages whose codes may be replaced this step.
+    """
+    dead = (vq.unused_steps >= vq.dead_after) & eligible[:, None]
+    if ddp.is_distributed():
+        if not bool(dead.any()):
+            return
+        ddp.broadcast_(candidates)
+    d3 = dead[..., None]
+    vq.codebook.data.copy_(torch.where(d3, candidates, vq.codebook.data))
+    if vq.ema:
+        vq.ema_sum.copy_(torch.where(d3, candidates * RESET_COUNT, vq.ema_sum))
+        vq.ema_count.copy_(torch.where(dead, RESET_COUNT, vq.ema_count))
+    vq.unused_steps.masked_fill_(dead, 0)
