@@ -168,9 +168,11 @@ class RvqEncoder:
         n, d = x.shape
         codes = np.empty((n, m), dtype=self.code_dtype)
         errs = np.empty(n, dtype=np.float64) if errors else None
-        first = next(self._row_chunks(n))
-        rows_aug = np.ones((first.stop, d + 1), dtype=self.dtype)
-        work = np.empty((first.stop, self.config.codebook_size), dtype=self.dtype)
+        rows_max = next(self._row_chunks(n)).stop
+        # scratch reused by every chunk: no large allocation inside the loop
+        rows_aug = np.ones((rows_max, d + 1), dtype=self.dtype)
+        work = np.empty((rows_max, self.config.codebook_size), dtype=self.dtype)
+        exact = np.empty((2, rows_max, d), dtype=np.float64)
         for rows in self._row_chunks(n):
             chunk = x[rows]
             require_finite(chunk, rows.start)
@@ -183,7 +185,7 @@ class RvqEncoder:
                     diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
                     errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
             else:
-                left = self._greedy(chunk, rows_aug[:k], work[:k], codes[rows])
+                left = self._greedy(chunk, rows_aug[:k], work[:k], exact[:, :k], codes[rows])
                 if errs is not None:
                     errs[rows] = np.sqrt(np.einsum("nd,nd->n", left, left))
         return codes, errs
@@ -193,21 +195,26 @@ class RvqEncoder:
         x: NDArray[Any],
         rows_aug: NDArray[np.floating[Any]],
         work: NDArray[np.floating[Any]],
+        exact: NDArray[np.float64],
         codes: NDArray[Any],
     ) -> NDArray[np.float64]:
         """SoundStream's Algorithm 1 on one chunk; returns the final residual (float64).
 
         ``rows_aug`` (n, D + 1) holds the residual in the compute dtype beside a
-        column of ones; the exact residual is kept in float64.
+        column of ones; ``exact`` (2, n, D) float64 holds the exact residual and
+        the chosen entries; ``work`` (n, K) the distances.
         """
         d = self.config.dimension
-        residual = x.astype(np.float64)
+        residual: NDArray[np.float64] = exact[0]
+        chosen = exact[1]
+        residual[...] = x
         for stage in range(codes.shape[1]):
             book = self.codebooks[stage]
             rows_aug[:, :d] = residual
             q = book.assign(rows_aug, residual, work)  # q = argmin_c ||r - c||
             codes[:, stage] = q
-            residual -= book.vectors64[q]  # r <- r - c_q
+            np.take(book.vectors64, q, axis=0, out=chosen)
+            residual -= chosen  # r <- r - c_q
         return residual
 
     def save(self, path: str | os.PathLike[str]) -> None:
