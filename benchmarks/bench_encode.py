@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--case", type=int, nargs="+", choices=sorted(CASES), default=[6, 128])
     args = parser.parse_args()
-    print(f"faiss {faiss.__version__}, numpy {np.__version__}, threads: faiss {faiss.omp_get_max_threads()}")
+    threads = faiss.omp_get_max_threads()
+    print(f"faiss {faiss.__version__}, numpy {np.__version__}, faiss threads {threads}")
     ratios = [run_case(*CASES[c], repeats=args.repeats) for c in args.case]
     print("\nratios (faiss best / viva-glyph): " + ", ".join(f"{r:.2f}x" for r in ratios))
 

@@ -259,7 +259,8 @@ def test_fit_matches_in_memory_fit(
     assert got.training.params["distributed"] is True
     assert got.training.params["samples_used"] == ref.training.params["samples_used"]
     assert len(got.training.stage_errors) == 2
-    np.testing.assert_allclose(got.training.stage_errors, ref.training.stage_errors, rtol=1e-3)
+    if beam == 1:  # the same algorithm step for step; beam > 1 draws its beam pairs per block
+        np.testing.assert_allclose(got.training.stage_errors, ref.training.stage_errors, rtol=1e-3)
     mse_ref, mse_got = _heldout_mse(ref, h, beam), _heldout_mse(got, h, beam)
     assert abs(mse_got - mse_ref) <= 0.01 * mse_ref
     # Training did something: far better than the data's own spread.

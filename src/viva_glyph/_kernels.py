@@ -100,9 +100,11 @@ def refine_near_ties(
 ) -> None:
     """Re-decide in float64 the rows whose float32 minimum is within rounding error.
 
-    With unit roundoff u, each ``work[i, j]`` is within
-    ``b_j = (D + 2) u (||c_j||^2 + 2 ||r|| ||c_j||)`` of its exact value (the
-    float32 rounding of the residual included). Any code truly nearer than the
+    With unit roundoff u, each ``work[i, j]`` is typically within
+    ``b_j = sqrt(D + 2) u (||c_j||^2 + 2 ||r|| ||c_j||)`` of its exact value (the
+    float32 rounding of the residual included; rounding errors of a dot product
+    grow like sqrt(D), the worst case like D, which would send nearly every
+    128-D row to float64 for no change). Any code truly nearer than the
     chosen q satisfies ``||c_j|| <= ||r|| + sqrt(d_q)``, which bounds ``b_j``;
     so a code can beat q only if ``work[i, j] <= work[i, q] + b_q + b_j``. Rows
     where ``b_q + b_j`` is below ``RELATIVE_ACCURACY`` times the distance keep q;
@@ -123,7 +125,7 @@ def refine_near_ties(
         ``||c||`` of every entry.
     """
     n, dim = residual.shape
-    gamma = (dim + 2) * float(np.finfo(np.float32).eps) / 2
+    gamma = np.sqrt(dim + 2) * float(np.finfo(np.float32).eps) / 2
     r_norm = np.sqrt(np.einsum("nd,nd->n", residual, residual))
     c_norm = code_norms[idx]
     chosen_slack = gamma * c_norm * (c_norm + 2.0 * r_norm)

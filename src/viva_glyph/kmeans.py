@@ -1,0 +1,393 @@
+"""k-means as small pure steps: assign, accumulate, combine, update.
+
+The steps compose into :func:`lloyd` here and into a distributed Lloyd
+iteration elsewhere (:mod:`viva_glyph.dask`): every worker runs :func:`assign`
+and :func:`accumulate` on its chunk, partial results are merged with
+:func:`combine`, and one :func:`update` makes the new centroids. Sums are
+accumulated in float64, in row order, so results do not depend on how rows are
+split into chunks beyond float64 rounding, and are bit-identical run to run.
+
+Distances use the shared nearest-code kernel (:mod:`viva_glyph._kernels`): one
+GEMM per chunk against the augmented table ``[-2 C^T; ||c||^2]``, in the
+centroids' dtype (pass float32 centroids for float32 speed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into
+
+__all__ = [
+    "accumulate",
+    "assign",
+    "combine",
+    "kmeans_plus_plus",
+    "lloyd",
+    "partial_step",
+    "progressive_kmeans",
+    "update",
+]
+
+_log = logging.getLogger(__name__)
+
+Accumulation = tuple[NDArray[np.float64], NDArray[np.int64], float]
+
+#: Relative inertia improvement under which :func:`progressive_kmeans` steps stop.
+TOL = 1e-4
+
+#: Working-set budget of one distance GEMM in :func:`assign` (few large BLAS calls).
+ASSIGN_BYTES = 16 << 20
+
+#: Relative size of the perturbation that splits a cluster to re-seed an empty one.
+SPLIT_EPS = 1.0 / 1024.0
+
+
+def _compute_dtype(centroids: NDArray[Any]) -> np.dtype[Any]:
+    return np.dtype(np.float32) if centroids.dtype == np.float32 else np.dtype(np.float64)
+
+
+def assign(
+    X_chunk: NDArray[Any], centroids: NDArray[Any]
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """Nearest centroid of each row.
+
+    Parameters
+    ----------
+    X_chunk : ndarray, shape (n, D), float32 or float64 (any real dtype)
+        Rows; processed in cache-sized sub-chunks, never copied whole.
+    centroids : ndarray, shape (K, D), float32 or float64
+        The search runs in this dtype (float32 is about twice as fast).
+
+    Returns
+    -------
+    labels : ndarray, shape (n,), intp
+        Index of the nearest centroid (ties to the lowest index).
+    sqdist : ndarray, shape (n,), float64
+        Exact squared distance to it, recomputed in float64.
+    """
+    if X_chunk.ndim != 2 or centroids.ndim != 2 or X_chunk.shape[1] != centroids.shape[1]:
+        raise ValueError(
+            f"assign needs X_chunk (n, D) and centroids (K, D) of equal D, "
+            f"got {X_chunk.shape} and {centroids.shape}"
+        )
+    dtype = _compute_dtype(centroids)
+    cent = np.ascontiguousarray(centroids, dtype=dtype)
+    cent64 = cent.astype(np.float64)
+    table = augmented_table(cent)
+    n, d = X_chunk.shape
+    k = cent.shape[0]
+    rows = min(chunk_rows(k, d, dtype.itemsize, ASSIGN_BYTES), n)
+    labels = np.empty(n, dtype=np.intp)
+    sqdist = np.empty(n, dtype=np.float64)
+    buf = np.ones((rows, d + 1), dtype=dtype)
+    work = np.empty((rows, k), dtype=dtype)
+    for start in range(0, n, rows):
+        chunk = X_chunk[start : start + rows]
+        m = chunk.shape[0]
+        buf[:m, :d] = chunk
+        idx = nearest_into(buf[:m], table, work[:m])
+        labels[start : start + m] = idx
+        diff = chunk.astype(np.float64) - cent64[idx]
+        sqdist[start : start + m] = np.einsum("nd,nd->n", diff, diff)
+    return labels, sqdist
+
+
+def accumulate(
+    X_chunk: NDArray[Any],
+    labels: NDArray[np.integer[Any]],
+    K: int,
+    sqdist: NDArray[np.floating[Any]] | None = None,
+) -> Accumulation:
+    """Per-cluster sums and counts of one chunk, in float64.
+
+    Parameters
+    ----------
+    X_chunk : ndarray, shape (n, D)
+    labels : ndarray of int, shape (n,), values in [0, K)
+    K : int
+    sqdist : ndarray, shape (n,), optional
+        Squared distances from :func:`assign`; their sum is the chunk's inertia.
+        Without them the inertia returned is 0.0 (use :func:`partial_step`,
+        which passes them).
+
+    Returns
+    -------
+    sums : ndarray, shape (K, D), float64
+    counts : ndarray, shape (K,), int64
+    inertia : float
+        Sum of ``sqdist`` (0.0 when not given).
+    """
+    n, d = X_chunk.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    lab = labels.astype(np.int64, copy=False)
+    counts = np.bincount(lab, minlength=K).astype(np.int64, copy=False)
+    if counts.shape[0] != K:
+        raise ValueError(f"labels must be in [0, {K}), got max {int(lab.max())}")
+    # One bincount over all n*D entries: entry (i, j) goes to bin labels[i]*D + j.
+    sums = np.empty((K, d), dtype=np.float64)
+    step = max(1, (1 << 20) // d)
+    flat = np.zeros(K * d, dtype=np.float64)
+    cols = np.arange(d, dtype=np.int64)
+    for start in range(0, n, step):
+        part = X_chunk[start : start + step]
+        bins = (lab[start : start + step, None] * d + cols).ravel()
+        flat += np.bincount(bins, weights=part.astype(np.float64).ravel(), minlength=K * d)
+    sums[:] = flat.reshape(K, d)
+    inertia = float(np.sum(sqdist, dtype=np.float64)) if sqdist is not None else 0.0
+    return sums, counts, inertia
+
+
+def partial_step(X_chunk: NDArray[Any], centroids: NDArray[Any]) -> Accumulation:
+    """:func:`assign` then :func:`accumulate` with the inertia: one worker's Lloyd share."""
+    labels, sqdist = assign(X_chunk, centroids)
+    return accumulate(X_chunk, labels, centroids.shape[0], sqdist)
+
+
+def combine(a: Accumulation, b: Accumulation) -> Accumulation:
+    """Sum of two partial accumulations (associative; same shapes in, same out)."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def update(
+    sums: NDArray[np.float64],
+    counts: NDArray[np.int64],
+    centroids: NDArray[Any],
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.float64], int]:
+    """New centroids: cluster means; empty clusters re-seeded by splitting.
+
+    Each empty cluster takes a copy of the currently largest cluster's mean
+    (ties to the lowest index), and the two are pushed apart by a small random
+    perturbation (``SPLIT_EPS`` times the centroids' RMS spread); the largest
+    cluster's count is halved for the next choice, as FAISS does.
+
+    Parameters
+    ----------
+    sums : ndarray, shape (K, D), float64
+    counts : ndarray, shape (K,), int
+    centroids : ndarray, shape (K, D)
+        Previous centroids (not modified).
+    rng : numpy.random.Generator
+        Source of the split perturbations (used only when a cluster is empty).
+
+    Returns
+    -------
+    new_centroids : ndarray, shape (K, D), float64
+    n_empty : int
+    """
+    new = np.array(centroids, dtype=np.float64, copy=True)
+    full = counts > 0
+    new[full] = sums[full] / counts[full, None]
+    empty = np.flatnonzero(~full)
+    if empty.size:
+        sizes = counts.astype(np.float64)
+        spread = float(np.sqrt(np.mean((new[full] - new[full].mean(axis=0)) ** 2)))
+        scale = SPLIT_EPS * (spread if spread > 0 else 1.0)
+        for e in empty:
+            big = int(np.argmax(sizes))
+            delta = scale * rng.standard_normal(new.shape[1])
+            new[e] = new[big] + delta
+            new[big] = new[big] - delta
+            sizes[big] /= 2.0
+            sizes[e] = sizes[big]
+    return new, int(empty.size)
+
+
+def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; ``2 + log K`` trials per pick).
+
+    Parameters
+    ----------
+    sample : ndarray, shape (n, D), n >= K
+    K : int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray, shape (K, D), float64
+        Rows of ``sample``; once every point is covered (fewer than K distinct
+        points) the remaining picks are uniform, so duplicates can occur.
+    """
+    x = np.ascontiguousarray(sample, dtype=np.float64)
+    n = x.shape[0]
+    if n < K:
+        raise ValueError(f"k-means++ needs at least K = {K} points, got {n}")
+    trials = 2 + int(math.log(K))
+    sq = np.einsum("nd,nd->n", x, x)
+    centers = np.empty((K, x.shape[1]), dtype=np.float64)
+    first = int(rng.integers(n))
+    centers[0] = x[first]
+    closest = np.maximum(sq - 2.0 * (x @ x[first]) + sq[first], 0.0)
+    for c in range(1, K):
+        cum = np.cumsum(closest)
+        pot = float(cum[-1])
+        if pot <= 0.0:
+            centers[c] = x[int(rng.integers(n))]
+            continue
+        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * pot, side="right"), n - 1)
+        d = np.maximum(sq[:, None] - 2.0 * (x @ x[cand].T) + sq[cand], 0.0)
+        np.minimum(d, closest[:, None], out=d)
+        best = int(np.argmin(d.sum(axis=0)))
+        centers[c] = x[cand[best]]
+        closest = d[:, best].copy()
+    return centers
+
+
+def lloyd(
+    X: NDArray[Any],
+    K: int,
+    *,
+    iterations: int = 25,
+    tol: float = 1e-4,
+    rng: np.random.Generator,
+    init: NDArray[Any] | None = None,
+    seed_samples: int | None = None,
+    dtype: Any = np.float32,
+    callback: Callable[[int, float], None] | None = None,
+) -> tuple[NDArray[np.float64], int, float]:
+    """Lloyd's k-means built from :func:`assign`, :func:`accumulate` and :func:`update`.
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, D), N >= K
+        Streamed in chunks (a memory map is never loaded whole).
+    K : int
+    iterations : int
+        Maximum number of Lloyd iterations (assign + update).
+    tol : float
+        Stop when the inertia improves by less than ``tol`` relative to the
+        previous iteration.
+    rng : numpy.random.Generator
+    init : ndarray, shape (K, D), optional
+        Initial centroids; default k-means++ on ``seed_samples`` rows.
+    seed_samples : int, optional
+        Rows drawn for k-means++ (default ``min(N, 16 K)``).
+    dtype : float32 or float64
+        Distance-search dtype.
+    callback : callable(iteration, inertia), optional
+        Called after every iteration.
+
+    Returns
+    -------
+    centroids : ndarray, shape (K, D), float64
+    n_iter : int
+        Iterations run.
+    inertia : float
+        Sum of squared distances for the last assignment.
+    """
+    n, d = X.shape
+    if n < K:
+        raise ValueError(f"k-means with K = {K} needs at least {K} rows, got {n}")
+    if init is None:
+        m = min(n, seed_samples if seed_samples is not None else 64 * K)
+        idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+        cent = kmeans_plus_plus(np.asarray(X[idx]), K, rng)
+    else:
+        cent = np.array(init, dtype=np.float64, copy=True)
+    rows = max(chunk_rows(K, d, np.dtype(dtype).itemsize, ASSIGN_BYTES), 1)
+    prev = math.inf
+    inertia = math.inf
+    n_iter = 0
+    for it in range(iterations):
+        cdt = cent.astype(dtype)
+        acc: Accumulation | None = None
+        for start in range(0, n, rows):
+            part = partial_step(X[start : start + rows], cdt)
+            acc = part if acc is None else combine(acc, part)
+        assert acc is not None
+        sums, counts, inertia = acc
+        cent, n_empty = update(sums, counts, cent, rng)
+        n_iter = it + 1
+        if n_empty:
+            _log.debug("k-means iteration %d: re-seeded %d empty clusters", n_iter, n_empty)
+        if callback is not None:
+            callback(n_iter, inertia)
+        if n_empty == 0 and math.isfinite(prev) and prev - inertia <= tol * prev:
+            break
+        prev = inertia
+    return cent, n_iter, inertia
+
+
+#: Dimensions up to which :func:`progressive_kmeans` runs BLAS single-threaded.
+SMALL_DIM = 32
+
+
+def _blas_threads(limit: int | None) -> AbstractContextManager[Any]:
+    """Limit BLAS threads inside the block (no-op without threadpoolctl or limit)."""
+    if limit is None:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # optional: only a speed matter
+        return nullcontext()
+    return threadpool_limits(limits=limit, user_api="blas")  # type: ignore[no-any-return]
+
+
+#: Number of dimension steps of :func:`progressive_kmeans`.
+PROGRESSIVE_STEPS = 6
+
+
+def progressive_kmeans(
+    x: NDArray[np.float32],
+    k: int,
+    iterations: int,
+    rng: np.random.Generator,
+    steps: int | None = None,
+) -> tuple[NDArray[np.float64], int]:
+    """k-means in the principal axes of ``x``, on growing leading dimensions.
+
+    FAISS's ``ProgressiveDimClustering``: the data are rotated to their principal
+    axes and clustered on the first ``D**(i/S)`` of them for i = 1..S, each
+    step starting from the previous step's centroids (new coordinates 0), the
+    first from k-means++ on the first step's few axes (k-means++ in all D
+    dimensions favours outliers of the Gaussian-like residuals of later stages,
+    whose tiny clusters fit the training rows but not new data). Coarse
+    structure is settled on the high-variance axes first, which finds better
+    optima than one full-D run.
+
+    Returns
+    -------
+    centroids : ndarray, shape (K, D), float64
+    iterations : int
+        Lloyd iterations run in all steps together.
+    """
+    n, d = x.shape
+    steps = PROGRESSIVE_STEPS if steps is None else steps
+    mean = x.mean(axis=0, dtype=np.float64)
+    xc = x - mean.astype(np.float32)
+    cov = (xc.T @ xc).astype(np.float64) / n  # only the axes matter: float32 is plenty
+    with _blas_threads(1):
+        _, vecs = np.linalg.eigh(cov)
+    rot = vecs[:, ::-1]  # principal axes, largest variance first
+    xr = xc @ rot.astype(np.float32)
+    dims = sorted({max(1, min(d, round(d ** ((i + 1) / steps)))) for i in range(steps)})
+    m = min(n, 64 * k)
+    pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+    with _blas_threads(1):
+        cent = kmeans_plus_plus(xr[pick, : dims[0]], k, rng)
+    total = 0
+    for di in dims:
+        init = np.zeros((k, di))
+        init[:, : cent.shape[1]] = cent
+        # thin GEMMs gain nothing from threads and stall on busy machines
+        with _blas_threads(1 if di <= SMALL_DIM else None):
+            cent, it, _ = lloyd(
+                np.ascontiguousarray(xr[:, :di]),
+                k,
+                iterations=iterations,
+                tol=TOL,
+                rng=rng,
+                init=init,
+            )
+        total += it
+    out: NDArray[np.float64] = cent @ rot.T + mean
+    return out, total

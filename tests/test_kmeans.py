@@ -1,0 +1,139 @@
+"""k-means steps against brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from viva_glyph import kmeans
+
+
+def brute_labels(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :].astype(np.float64)) ** 2).sum(-1)
+    return d.argmin(axis=1), d.min(axis=1)
+
+
+def test_assign_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((700, 5))
+    c = rng.standard_normal((13, 5))
+    labels, sq = kmeans.assign(x, c)
+    ref_l, ref_d = brute_labels(x, c)
+    assert labels.dtype == np.intp and sq.dtype == np.float64
+    np.testing.assert_array_equal(labels, ref_l)
+    np.testing.assert_allclose(sq, ref_d, rtol=1e-12, atol=1e-12)
+
+
+def test_assign_float32_and_ties_to_lowest_index() -> None:
+    c = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    x = np.array([[0.0, 0.0], [0.9, 0.1], [-2.0, 0.0]], dtype=np.float32)
+    labels, sq = kmeans.assign(x, c)
+    np.testing.assert_array_equal(labels, [0, 0, 1])  # (0,0) is equidistant: lowest wins
+    np.testing.assert_allclose(sq, [1.0, 0.02, 1.0], rtol=1e-6)
+
+
+def test_assign_shape_error() -> None:
+    with pytest.raises(ValueError, match="equal D"):
+        kmeans.assign(np.zeros((3, 2)), np.zeros((4, 3)))
+
+
+def test_accumulate_and_combine_match_reference() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 3)).astype(np.float32)
+    lab = rng.integers(0, 7, 500)
+    sq = rng.random(500)
+    sums, counts, inertia = kmeans.accumulate(x, lab, 7, sq)
+    ref = np.zeros((7, 3))
+    np.add.at(ref, lab, x.astype(np.float64))
+    np.testing.assert_allclose(sums, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(counts, np.bincount(lab, minlength=7))
+    assert counts.dtype == np.int64
+    assert inertia == pytest.approx(sq.sum())
+    a = kmeans.accumulate(x[:123], lab[:123], 7, sq[:123])
+    b = kmeans.accumulate(x[123:], lab[123:], 7, sq[123:])
+    s2, c2, i2 = kmeans.combine(a, b)
+    np.testing.assert_allclose(s2, sums, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(c2, counts)
+    assert i2 == pytest.approx(inertia)
+
+
+def test_accumulate_rejects_bad_labels() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        kmeans.accumulate(np.zeros((2, 2)), np.array([0, 5]), 3)
+
+
+def test_update_means_and_empty_split() -> None:
+    sums = np.array([[2.0, 4.0], [0.0, 0.0], [9.0, 3.0]])
+    counts = np.array([2, 0, 3], dtype=np.int64)
+    old = np.array([[0.0, 0.0], [5.0, 5.0], [1.0, 1.0]])
+    new, n_empty = kmeans.update(sums, counts, old, np.random.default_rng(0))
+    assert n_empty == 1
+    np.testing.assert_allclose(new[0], [1.0, 2.0])
+    # cluster 2 (largest) is split: both halves sit symmetrically around its mean
+    np.testing.assert_allclose((new[1] + new[2]) / 2, [3.0, 1.0])
+    assert not np.array_equal(new[1], new[2])
+    assert np.linalg.norm(new[1] - new[2]) < 0.05
+
+
+def test_one_lloyd_iteration_equals_brute_force_step() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 4))
+    init = x[:9].copy()
+    cent, n_iter, inertia = kmeans.lloyd(
+        x, 9, iterations=1, rng=np.random.default_rng(0), init=init, dtype=np.float64
+    )
+    lab, d = brute_labels(x, init)
+    ref = np.stack([x[lab == k].mean(axis=0) for k in range(9)])
+    assert n_iter == 1
+    np.testing.assert_allclose(cent, ref, rtol=1e-10, atol=1e-12)
+    assert inertia == pytest.approx(d.sum(), rel=1e-10)
+
+
+def test_kmeans_plus_plus_picks_distinct_rows_deterministically() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 3))
+    c1 = kmeans.kmeans_plus_plus(x, 20, np.random.default_rng(5))
+    c2 = kmeans.kmeans_plus_plus(x, 20, np.random.default_rng(5))
+    np.testing.assert_array_equal(c1, c2)
+    rows = {tuple(r) for r in x}
+    assert all(tuple(r) in rows for r in c1)
+    assert len({tuple(r) for r in c1}) == 20
+    with pytest.raises(ValueError, match="at least K"):
+        kmeans.kmeans_plus_plus(x[:5], 6, np.random.default_rng(0))
+
+
+def test_lloyd_recovers_separated_clusters() -> None:
+    rng = np.random.default_rng(4)
+    centers = rng.uniform(-100, 100, (6, 3))
+    x = np.repeat(centers, 50, axis=0) + rng.standard_normal((300, 3)) * 0.1
+    cent, _, _ = kmeans.lloyd(x, 6, iterations=20, rng=np.random.default_rng(0))
+    dist = np.linalg.norm(cent[:, None] - centers[None], axis=-1)
+    assert sorted(dist.argmin(axis=1).tolist()) == list(range(6))
+    assert dist.min(axis=1).max() < 0.1
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12))
+def test_lloyd_inertia_never_increases(seed: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((60, 3))
+    seen: list[float] = []
+    kmeans.lloyd(
+        x,
+        k,
+        iterations=8,
+        tol=0.0,
+        rng=np.random.default_rng(seed),
+        dtype=np.float64,
+        callback=lambda i, e: seen.append(e),
+    )
+    assert all(b <= a * (1 + 1e-12) + 1e-12 for a, b in itertools.pairwise(seen))
+
+
+def test_lloyd_needs_k_rows() -> None:
+    with pytest.raises(ValueError, match="at least 5 rows"):
+        kmeans.lloyd(np.zeros((4, 2)), 5, rng=np.random.default_rng(0))
