@@ -1,4 +1,4 @@
-"""Residual vector quantization: the ``viva_glyph/rvq`` API and its array engine.
+"""Residual vector quantization: the ``viva_glyph/rvq`` API.
 
 Stage 1 quantizes the input, every later stage quantizes what the stages
 before it left over (EnCodec, Défossez et al. 2022; SoundStream, Zeghidour et
@@ -9,8 +9,8 @@ al. 2021)::
     x' = sum_i codebook_i[q_i]
 
 The module-level functions mirror the spec one to one (lists in, lists out);
-:class:`RvqEncoder` methods do the same on (N, D) arrays, streamed in
-cache-sized chunks.
+:class:`RvqEncoder` (:mod:`viva_glyph.encoder`) does the same on (N, D)
+arrays, streamed in cache-sized chunks.
 """
 
 from __future__ import annotations
