@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -26,3 +29,14 @@ def brute_force_encode(books: np.ndarray, x: np.ndarray) -> tuple[list[int], np.
         stage_dists.append(dists)
         residual = residual - book[q]
     return indices, np.array(stage_dists)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is fastest and immune to busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,14 +12,7 @@ torch = pytest.importorskip("torch")
 import viva_glyph  # noqa: E402
 from viva_glyph.torch import ResidualVQ, RvqOutput  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny tensors: one intra-op thread is fastest and immune to busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mixture(n: int, d: int, seed: int, centers: int = 24) -> torch.Tensor:

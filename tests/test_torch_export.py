@@ -11,13 +11,7 @@ from viva_glyph.torch import ResidualVQ  # noqa: E402
 D, M, K = 6, 3, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny tensors: one intra-op thread is fastest and immune to busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
