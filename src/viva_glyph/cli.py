@@ -132,7 +132,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"{args.data} holds {source.shape[0]} vectors; fitting needs at least "
                 f"--codebook-size ({args.codebook_size})"
             )
-        encoder = fit(source.array(), **kwargs)
+        try:
+            encoder = fit(source.array(), **kwargs)
+        except ValueError as exc:  # name the file rather than the argument "X"
+            text = str(exc)
+            if text.startswith("X "):
+                raise ValueError(f"{args.data} {text[2:]}") from exc
+            raise
     encoder.save(args.output)
     if not args.quiet:
         c = encoder.config
@@ -220,6 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         beam_size=args.beam,
         block_rows=args.block_rows,
         progress=_show_progress(args),
+        name=args.data,
     )
     print(report.to_json() if args.json else report.table())
     if args.plot is not None:
@@ -374,7 +381,9 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
     if isinstance(exc, ModuleNotFoundError):
-        return f"needs the optional package {exc.name!r}: pip install 'viva-glyph[all]'"
+        extra = {"pyarrow": "parquet", "safetensors": "cli", "matplotlib": "cli", "tqdm": "cli"}
+        hint = extra.get((exc.name or "").split(".")[0], "all")
+        return f"needs the optional package {exc.name!r}: pip install 'viva-glyph[{hint}]'"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text
 

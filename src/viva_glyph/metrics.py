@@ -240,6 +240,7 @@ def evaluate(
     beam_size: int = 1,
     block_rows: int = BLOCK_ROWS,
     progress: bool = False,
+    name: str = "X",
 ) -> EvalReport:
     """Encode ``vectors`` block by block and measure the reconstructions.
 
@@ -254,6 +255,8 @@ def evaluate(
         Rows per block.
     progress : bool
         Show a tqdm progress bar on stderr.
+    name : str
+        What error messages call the input (e.g. its file name).
 
     Returns
     -------
@@ -276,8 +279,8 @@ def evaluate(
     bar = progress_bar(total, progress, "evaluate")
     try:
         for start, block in _blocks(vectors, block_rows):
-            x = as_matrix(block, c.dimension, "X")
-            require_finite(x, start, "X")
+            x = as_matrix(block, c.dimension, name)
+            require_finite(x, start, name)
             codes = encoder.encode(x, beam_size=beam_size)
             sub = max(256, _WORK_BYTES // (8 * c.dimension))
             for a in range(0, x.shape[0], sub):  # bounded float64 temporaries
