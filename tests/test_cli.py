@@ -124,7 +124,7 @@ def test_fit_bad_input_exits_2(files: dict[str, Any], capsys: Any) -> None:
     nan[77, 0] = np.inf
     np.save(d / "nan.npy", nan)
     for data_file, extra, message in [
-        ("nan.npy", ["--codebook-size", "8"], "row 77 holds NaN or inf"),
+        ("nan.npy", ["--codebook-size", "8"], "nan.npy row 77 holds NaN or inf"),
         ("x.npy", ["--codebook-size", "1000"], "fitting needs at least --codebook-size (1000)"),
     ]:
         argv = ["fit", str(d / data_file), "-o", str(d / "f.safetensors"), *extra]
@@ -164,8 +164,14 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Any], capsys: Any) -> 
             "-o",
             str(d / "c.npy"),
         ],
-        "row 123 holds NaN or inf": ["encode", model, str(d / "nan.npy"), "-o", str(d / "c.npy")],
-        "row 123 holds NaN": ["eval", model, str(d / "nan.npy")],
+        "nan.npy row 123 holds NaN or inf": [
+            "encode",
+            model,
+            str(d / "nan.npy"),
+            "-o",
+            str(d / "c.npy"),
+        ],
+        "nan.npy row 123 holds NaN": ["eval", model, str(d / "nan.npy")],
         "must end in .npy or .parquet": ["encode", model, str(d / "x.npy"), "-o", str(d / "c.txt")],
         "exceeds the model's 3 stages": [
             "encode",
