@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,27 @@ def _stop_sampler(dask_worker: Any) -> int:
     return int(getattr(dask_worker, "_vg_peak", 0))
 
 
+@contextlib.contextmanager
+def cluster_client(args: argparse.Namespace, memory_limit: str) -> Iterator[Any]:
+    """A LocalCluster of ``args.workers`` single-threaded worker processes and its client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        contextlib.nullcontext() if args.dask_malloc else vgd.worker_environ(),
+        LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True,
+            dashboard_address=":0", memory_limit=memory_limit,
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        yield client
+
+
 def _mb(values: dict[str, int]) -> str:
     return ", ".join(f"{v / 2**20:.0f}" for _, v in sorted(values.items()))
 
 
 def bench_encode(args: argparse.Namespace, path: Path, enc: vg.RvqEncoder) -> None:
-    from distributed import Client, LocalCluster
 
     mm = np.load(path, mmap_mode="r")
     n = mm.shape[0]
@@ -121,14 +137,7 @@ def bench_encode(args: argparse.Namespace, path: Path, enc: vg.RvqEncoder) -> No
     rows = vgd.rows_per_chunk(enc) * max(1, args.block_mb * 2**20 // (mm.shape[1] * 4)
                                          // vgd.rows_per_chunk(enc))  # fmt: skip
     out = path.with_name("codes.zarr")
-    with (
-        contextlib.nullcontext() if args.dask_malloc else vgd.worker_environ(),
-        LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True,
-            dashboard_address=":0", memory_limit=args.encode_memory,
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with cluster_client(args, args.encode_memory) as client:
         malloc = "dask's malloc env" if args.dask_malloc else "vgd.worker_environ"
         for count in (n // 10, n):
             X = vgd.from_npy(path, chunk_rows=rows)[:count]
@@ -157,7 +166,6 @@ def bench_encode(args: argparse.Namespace, path: Path, enc: vg.RvqEncoder) -> No
 
 
 def bench_fit(args: argparse.Namespace, path: Path) -> None:
-    from distributed import Client, LocalCluster
 
     mm = np.load(path, mmap_mode="r")
     n = mm.shape[0]
@@ -170,14 +178,7 @@ def bench_fit(args: argparse.Namespace, path: Path) -> None:
         diff = held.astype(np.float64) - e.decode(e.encode(held))
         return float(np.einsum("nd,nd->", diff, diff) / held.shape[0])
 
-    with (
-        contextlib.nullcontext() if args.dask_malloc else vgd.worker_environ(),
-        LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True,
-            dashboard_address=":0", memory_limit=args.fit_memory,
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with cluster_client(args, args.fit_memory) as client:
         X = vgd.from_npy(path, chunk_rows=args.fit_block_rows)[:rows]
         base = client.run(_start_sampler)
         t = time.perf_counter()

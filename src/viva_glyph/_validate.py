@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["as_matrix", "as_vector", "positive_int", "require_finite"]
+__all__ = ["as_matrix", "as_vector", "check_matrix", "positive_int", "require_finite"]
 
 
 def positive_int(value: object, name: str) -> int:
@@ -79,18 +79,34 @@ def as_matrix(data: object, dim: int | None, name: str = "X") -> NDArray[Any]:
         For ragged, empty, wrongly shaped input.
     """
     arr = _to_array(data, name)
-    _check_dtype(arr, name)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
+    check_matrix(arr, dim, name, shapes="a vector (D,) or a matrix (N, D)")
+    return arr
+
+
+def check_matrix(
+    arr: Any, dim: int | None, name: str = "X", *, shapes: str = "a matrix (N, D)"
+) -> None:
+    """Check dtype and shape of any array-like with ``.dtype``, ``.ndim`` and ``.shape``
+    (numpy or dask) as an (N, D) matrix of reals, without reading its data.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric dtype.
+    ValueError
+        For a shape other than (N, D) with N, D >= 1 and D equal to ``dim``.
+    """
+    _check_dtype(arr, name)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be a vector (D,) or a matrix (N, D), got shape {arr.shape}")
+        raise ValueError(f"{name} must be {shapes}, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} is empty: got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(
             f"{name} has dimension {arr.shape[1]}, but the encoder expects dimension {dim}"
         )
-    return arr
 
 
 def as_vector(data: object, dim: int | None, name: str = "input") -> NDArray[np.float64]:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._kernels import chunk_rows
-from viva_glyph._validate import positive_int
+from viva_glyph._validate import check_matrix, positive_int
 from viva_glyph.rvq import RvqEncoder
 
 if TYPE_CHECKING:
@@ -97,18 +97,9 @@ def as_dask_matrix(X: object, dimension: int | None, name: str = "X") -> da.Arra
             f"{name} must be a dask array of shape (N, D), got {type(X).__name__}; "
             "wrap arrays with dask.array.from_array or use viva_glyph.dask.from_npy / from_zarr"
         )
-    if X.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must hold real numbers (float or int), got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a matrix (N, D), got shape {X.shape}")
     if any(np.isnan(s) for s in X.shape):
         raise ValueError(f"{name} has unknown chunk sizes; call X.compute_chunk_sizes() first")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty: got shape {X.shape}")
-    if dimension is not None and X.shape[1] != dimension:
-        raise ValueError(
-            f"{name} has dimension {X.shape[1]}, but the encoder expects dimension {dimension}"
-        )
+    check_matrix(X, dimension, name)
     out: da.Array = X.rechunk({1: -1}) if len(X.chunks[1]) > 1 else X
     return out
 
