@@ -143,10 +143,10 @@ def main() -> None:
         help="try Train_refine_codebook too (probe) or not (off: it overfits, see issue 3)",
     )
     ap.add_argument("--ours", default="greedy,beam5,best", help="comma list of greedy, beam5, best")
-    ap.add_argument("--best-beam", type=int, default=10, help="training beam of 'best'")
+    ap.add_argument("--best-beam", type=int, default=20, help="training beam of 'best'")
     ap.add_argument("--best-encode-beam", type=int, default=128, help="encoding beam of 'best'")
     ap.add_argument("--best-refine", type=int, default=0, help="refine rounds of 'best'")
-    ap.add_argument("--iterations", type=int, default=10, help="our k-means iterations per step")
+    ap.add_argument("--iterations", type=int, default=15, help="our k-means iterations per step")
     ap.add_argument("--greedy-iterations", type=int, help="iterations of 'greedy' (default above)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train", type=int, default=50_000)

@@ -61,6 +61,24 @@ def test_accumulate_and_combine_match_reference() -> None:
     assert i2 == pytest.approx(inertia)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_accumulate_numba_and_numpy_bit_identical(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3000, 37)) * 1e3).astype(dtype)
+    lab = rng.integers(0, 50, 3000)
+    lab[:7] = 49  # a cluster whose rows are far apart in the input
+    strided = x[::2]  # not contiguous
+    fast = [kmeans.accumulate(v, lab[: len(v)], 50) for v in (x, strided)]
+    monkeypatch.setenv("VIVA_GLYPH_NUMBA", "0")
+    slow = [kmeans.accumulate(v, lab[: len(v)], 50) for v in (x, strided)]
+    for f, s in zip(fast, slow, strict=True):
+        assert f[0].tobytes() == s[0].tobytes()
+        np.testing.assert_array_equal(f[1], s[1])
+
+
 def test_accumulate_rejects_bad_labels() -> None:
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         kmeans.accumulate(np.zeros((2, 2)), np.array([0, 5]), 3)

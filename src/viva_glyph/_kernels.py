@@ -11,10 +11,14 @@ In float32 that expansion can misorder codes whose distances differ by less
 than its rounding error, which matters when the residual is small next to the
 code norms. :func:`refine_near_ties` re-decides exactly those rows in float64,
 so every choice is the true minimum up to a relative 1e-5.
+
+:func:`numba_kernels` hands out the optional numba kernels (:mod:`viva_glyph._numba`).
 """
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ __all__ = [
     "chunk_rows",
     "code_dtype",
     "nearest_into",
+    "numba_kernels",
     "refine_near_ties",
 ]
 
@@ -40,6 +45,26 @@ def code_dtype(codebook_size: int) -> np.dtype[Any]:
     if codebook_size <= 1 << 16:
         return np.dtype(np.uint16)
     return np.dtype(np.int32)
+
+
+def numba_kernels(backend: str = "auto") -> ModuleType | None:
+    """The numba kernels module (:mod:`viva_glyph._numba`), or None for numpy.
+
+    ``backend`` "auto" uses numba when it imports (set the environment variable
+    ``VIVA_GLYPH_NUMBA=0`` to turn it off), "numpy" never, "numba" always
+    (ImportError without numba).
+    """
+    if backend not in ("auto", "numpy", "numba"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'numba', got {backend!r}")
+    if backend == "numpy" or (backend == "auto" and os.environ.get("VIVA_GLYPH_NUMBA") == "0"):
+        return None
+    try:
+        from viva_glyph import _numba
+    except ImportError:
+        if backend == "numba":
+            raise
+        return None
+    return _numba
 
 
 def chunk_rows(codebook_size: int, dimension: int, itemsize: int, budget: int = CHUNK_BYTES) -> int:

@@ -16,7 +16,6 @@ the B kept candidates are the B smallest by (score, parent rank, code index).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import chunk_rows
+from viva_glyph._kernels import chunk_rows, numba_kernels
+from viva_glyph._threads import default_threads, parallel_map
 from viva_glyph.codebook import Codebook
 
 if TYPE_CHECKING:
@@ -262,17 +262,8 @@ def numba_kernel(backend: str = "auto") -> Any:
     ``backend`` "auto" uses numba when it imports (set the environment variable
     ``VIVA_GLYPH_NUMBA=0`` to turn it off), "numpy" never, "numba" always.
     """
-    if backend not in ("auto", "numpy", "numba"):
-        raise ValueError(f"backend must be 'auto', 'numpy' or 'numba', got {backend!r}")
-    if backend == "numpy" or (backend == "auto" and os.environ.get("VIVA_GLYPH_NUMBA") == "0"):
-        return None
-    try:
-        from viva_glyph._beam_numba import lut_step_kernel
-    except ImportError:
-        if backend == "numba":
-            raise
-        return None
-    return lut_step_kernel
+    kernels = numba_kernels(backend)
+    return None if kernels is None else kernels.lut_step_kernel
 
 
 #: Largest total size (bytes) of the cross tables for which the LUT search is used.
@@ -303,6 +294,10 @@ def use_lut(config: RvqConfig, beam_size: int, itemsize: int = 4) -> bool:
     return beam_size > 1 and m * (m - 1) // 2 * k * k * itemsize <= LUT_BYTES
 
 
+#: Rows per piece of the fused table path (all its per-piece data stay in L2).
+PIECE_ROWS = 512
+
+
 def beam_search(
     encoder: RvqEncoder,
     x_chunk: NDArray[Any],
@@ -315,8 +310,10 @@ def beam_search(
     """Beam-search codes of the first ``num_stages`` stages.
 
     Called by :meth:`viva_glyph.rvq.RvqEncoder.encode` for ``beam_size > 1``.
-    Rows are processed in sub-chunks of about ``chunk_rows / beam_size`` rows so
-    the working set stays cache-sized whatever the beam.
+    Rows are processed in pieces (about ``chunk_rows / beam_size`` rows, or
+    :data:`PIECE_ROWS` with the fused kernel) so the working set stays
+    cache-sized whatever the beam; with the numba kernel the pieces run on
+    :func:`~viva_glyph._threads.default_threads` threads.
 
     Parameters
     ----------
@@ -342,26 +339,29 @@ def beam_search(
     k = cfg.codebook_size
     tables = lut if lut is not None else use_lut(cfg, beam_size, encoder.dtype.itemsize)
     tables = tables and beam_size > 1
+    fused = tables and numba_kernel(backend) is not None
+    threads = default_threads() if fused else 1
+    if fused:  # equal pieces of at most PIECE_ROWS rows (not tied to the thread count)
+        per = max(1, -(-n // -(-n // PIECE_ROWS)))
+    else:
+        per = max(1, chunk_rows(k, d, encoder.dtype.itemsize) // beam_size)
+    cross = _encoder_tables(encoder) if tables else []
+    books = encoder.codebooks[:num_stages]
     codes = np.empty((n, num_stages), dtype=encoder.code_dtype)
-    kernel = numba_kernel(backend) if tables else None
-    per = max(1, chunk_rows(k, cfg.dimension, encoder.dtype.itemsize) // beam_size)
-    if kernel is not None:  # fused kernel: no (n, B, K) temporaries, fewer larger calls
-        per = max(per, n)
-    work = np.empty(0 if kernel is not None else 2 * min(per, n) * beam_size * k, encoder.dtype)
-    if tables:
-        cross = _encoder_tables(encoder)
-        table_all = np.concatenate([encoder.codebooks[m].table for m in range(num_stages)], axis=1)
-    for start in range(0, n, per):
+
+    def search(start: int) -> None:
         state = beam_start(x_chunk[start : start + per], encoder.dtype)
-        if tables:
-            assert state.residual is not None
-            base_all = state.residual.reshape(-1, d + 1) @ table_all
-            state.residual = None
-            for stage in range(num_stages):
-                base = base_all[:, stage * k : (stage + 1) * k]
-                state = lut_step(state, base, cross[stage], beam_size, work, backend=backend)
-        else:
-            for stage in range(num_stages):
-                state = beam_step(state, encoder.codebooks[stage], beam_size, work)
+        assert state.residual is not None
+        rows = state.residual.reshape(-1, d + 1)  # the rows beside a column of ones
+        work = None if fused else np.empty(2 * len(rows) * beam_size * k, encoder.dtype)
+        for stage, book in enumerate(books):
+            if tables:  # base = ||c||^2 - 2 x.c from one GEMM, then table additions
+                state = lut_step(
+                    state, rows @ book.table, cross[stage], beam_size, work, backend=backend
+                )
+            else:
+                state = beam_step(state, book, beam_size, work)
         codes[start : start + per] = state.best_codes
+
+    parallel_map(search, range(0, n, per), threads)
     return codes

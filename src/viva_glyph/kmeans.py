@@ -14,16 +14,17 @@ centroids' dtype (pass float32 centroids for float32 speed).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into
+from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into, numba_kernels
+from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
 
 __all__ = [
     "accumulate",
@@ -44,7 +45,10 @@ Accumulation = tuple[NDArray[np.float64], NDArray[np.int64], float]
 TOL = 1e-4
 
 #: Working-set budget of one distance GEMM in :func:`assign` (few large BLAS calls).
-ASSIGN_BYTES = 16 << 20
+ASSIGN_BYTES = 4 << 20
+
+#: Rows per centroid drawn for k-means++ seeding (Lloyd's iterations then use all rows).
+SEED_SAMPLES_PER_CODE = 16
 
 #: Relative size of the perturbation that splits a cluster to re-seed an empty one.
 SPLIT_EPS = 1.0 / 1024.0
@@ -71,7 +75,8 @@ def assign(
     labels : ndarray, shape (n,), intp
         Index of the nearest centroid (ties to the lowest index).
     sqdist : ndarray, shape (n,), float64
-        Exact squared distance to it, recomputed in float64.
+        Squared distance to it, ``||x||^2 + (||c||^2 - 2 x.c)`` from the
+        distance GEMM (precision of the compute dtype; clipped at 0).
     """
     if X_chunk.ndim != 2 or centroids.ndim != 2 or X_chunk.shape[1] != centroids.shape[1]:
         raise ValueError(
@@ -80,7 +85,6 @@ def assign(
         )
     dtype = _compute_dtype(centroids)
     cent = np.ascontiguousarray(centroids, dtype=dtype)
-    cent64 = cent.astype(np.float64)
     table = augmented_table(cent)
     n, d = X_chunk.shape
     k = cent.shape[0]
@@ -95,8 +99,11 @@ def assign(
         buf[:m, :d] = chunk
         idx = nearest_into(buf[:m], table, work[:m])
         labels[start : start + m] = idx
-        diff = chunk.astype(np.float64) - cent64[idx]
-        sqdist[start : start + m] = np.einsum("nd,nd->n", diff, diff)
+        out = sqdist[start : start + m]
+        out[:] = np.take_along_axis(work[:m], idx[:, None], axis=1)[:, 0]
+        x = buf[:m, :d]
+        out += np.einsum("nd,nd->n", x, x)
+        np.maximum(out, 0.0, out=out)
     return labels, sqdist
 
 
@@ -132,16 +139,19 @@ def accumulate(
     counts = np.bincount(lab, minlength=K).astype(np.int64, copy=False)
     if counts.shape[0] != K:
         raise ValueError(f"labels must be in [0, {K}), got max {int(lab.max())}")
-    # One bincount over all n*D entries: entry (i, j) goes to bin labels[i]*D + j.
-    sums = np.empty((K, d), dtype=np.float64)
-    step = max(1, (1 << 20) // d)
-    flat = np.zeros(K * d, dtype=np.float64)
-    cols = np.arange(d, dtype=np.int64)
-    for start in range(0, n, step):
-        part = X_chunk[start : start + step]
-        bins = (lab[start : start + step, None] * d + cols).ravel()
-        flat += np.bincount(bins, weights=part.astype(np.float64).ravel(), minlength=K * d)
-    sums[:] = flat.reshape(K, d)
+    fast = numba_kernels()
+    if fast is not None:  # same additions in the same order, without temporaries
+        sums = np.zeros((K, d), dtype=np.float64)
+        fast.accumulate_sums(X_chunk, lab, sums)
+    else:  # one bincount over all n*D entries: entry (i, j) goes to bin labels[i]*D + j
+        step = max(1, (1 << 20) // d)
+        flat = np.zeros(K * d, dtype=np.float64)
+        cols = np.arange(d, dtype=np.int64)
+        for start in range(0, n, step):
+            part = X_chunk[start : start + step]
+            bins = (lab[start : start + step, None] * d + cols).ravel()
+            flat += np.bincount(bins, weights=part.astype(np.float64).ravel(), minlength=K * d)
+        sums = flat.reshape(K, d)
     inertia = float(np.sum(sqdist, dtype=np.float64)) if sqdist is not None else 0.0
     return sums, counts, inertia
 
@@ -150,6 +160,10 @@ def partial_step(X_chunk: NDArray[Any], centroids: NDArray[Any]) -> Accumulation
     """:func:`assign` then :func:`accumulate` with the inertia: one worker's Lloyd share."""
     labels, sqdist = assign(X_chunk, centroids)
     return accumulate(X_chunk, labels, centroids.shape[0], sqdist)
+
+
+def _chunk_step(X: NDArray[Any], rows: int, centroids: NDArray[Any], start: int) -> Accumulation:
+    return partial_step(X[start : start + rows], centroids)
 
 
 def combine(a: Accumulation, b: Accumulation) -> Accumulation:
@@ -270,7 +284,7 @@ def lloyd(
     init : ndarray, shape (K, D), optional
         Initial centroids; default k-means++ on ``seed_samples`` rows.
     seed_samples : int, optional
-        Rows drawn for k-means++ (default ``min(N, 16 K)``).
+        Rows drawn for k-means++ (default ``min(N, SEED_SAMPLES_PER_CODE * K)``).
     dtype : float32 or float64
         Distance-search dtype.
     callback : callable(iteration, inertia), optional
@@ -288,23 +302,23 @@ def lloyd(
     if n < K:
         raise ValueError(f"k-means with K = {K} needs at least {K} rows, got {n}")
     if init is None:
-        m = min(n, seed_samples if seed_samples is not None else 64 * K)
+        m = min(n, seed_samples if seed_samples is not None else SEED_SAMPLES_PER_CODE * K)
         idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
         cent = kmeans_plus_plus(np.asarray(X[idx]), K, rng)
     else:
         cent = np.array(init, dtype=np.float64, copy=True)
+    # Chunks depend on the sizes only (not on the thread count), and are
+    # combined in order: results are the same on every machine.
     rows = max(chunk_rows(K, d, np.dtype(dtype).itemsize, ASSIGN_BYTES), 1)
+    starts = range(0, n, rows)
+    threads = default_threads()
     prev = math.inf
     inertia = math.inf
     n_iter = 0
     for it in range(iterations):
-        cdt = cent.astype(dtype)
-        acc: Accumulation | None = None
-        for start in range(0, n, rows):
-            part = partial_step(X[start : start + rows], cdt)
-            acc = part if acc is None else combine(acc, part)
-        assert acc is not None
-        sums, counts, inertia = acc
+        step = functools.partial(_chunk_step, X, rows, cent.astype(dtype))
+        parts = parallel_map(step, starts, threads)
+        sums, counts, inertia = functools.reduce(combine, parts)
         cent, n_empty = update(sums, counts, cent, rng)
         n_iter = it + 1
         if n_empty:
@@ -315,21 +329,6 @@ def lloyd(
             break
         prev = inertia
     return cent, n_iter, inertia
-
-
-#: Dimensions up to which :func:`progressive_kmeans` runs BLAS single-threaded.
-SMALL_DIM = 32
-
-
-def _blas_threads(limit: int | None) -> AbstractContextManager[Any]:
-    """Limit BLAS threads inside the block (no-op without threadpoolctl or limit)."""
-    if limit is None:
-        return nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # optional: only a speed matter
-        return nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")  # type: ignore[no-any-return]
 
 
 #: Number of dimension steps of :func:`progressive_kmeans`.
@@ -365,29 +364,27 @@ def progressive_kmeans(
     mean = x.mean(axis=0, dtype=np.float64)
     xc = x - mean.astype(np.float32)
     cov = (xc.T @ xc).astype(np.float64) / n  # only the axes matter: float32 is plenty
-    with _blas_threads(1):
+    with single_blas_thread():
         _, vecs = np.linalg.eigh(cov)
     rot = vecs[:, ::-1]  # principal axes, largest variance first
     xr = xc @ rot.astype(np.float32)
     dims = sorted({max(1, min(d, round(d ** ((i + 1) / steps)))) for i in range(steps)})
-    m = min(n, 64 * k)
+    m = min(n, SEED_SAMPLES_PER_CODE * k)
     pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-    with _blas_threads(1):
+    with single_blas_thread():
         cent = kmeans_plus_plus(xr[pick, : dims[0]], k, rng)
     total = 0
     for di in dims:
         init = np.zeros((k, di))
         init[:, : cent.shape[1]] = cent
-        # thin GEMMs gain nothing from threads and stall on busy machines
-        with _blas_threads(1 if di <= SMALL_DIM else None):
-            cent, it, _ = lloyd(
-                np.ascontiguousarray(xr[:, :di]),
-                k,
-                iterations=iterations,
-                tol=TOL,
-                rng=rng,
-                init=init,
-            )
+        cent, it, _ = lloyd(
+            np.ascontiguousarray(xr[:, :di]),
+            k,
+            iterations=iterations,
+            tol=TOL,
+            rng=rng,
+            init=init,
+        )
         total += it
     out: NDArray[np.float64] = cent @ rot.T + mean
     return out, total

@@ -12,6 +12,7 @@ sample, so it can never make that error worse.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import chunk_rows
+from viva_glyph._threads import default_threads, parallel_map
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.beam import (
     BeamState,
@@ -175,7 +177,9 @@ def _stagewise(
     slices = [slice(s, min(s + per, n)) for s in range(0, n, per)]
     states = [beam_start(x[s], np.float32) for s in slices]
     rows = [st.residual.reshape(-1, d + 1) for st in states] if lut else []  # type: ignore[union-attr]
-    work = np.empty(0 if fused else 2 * per * beam * k, dtype=np.float32)
+    # with the numpy path the pieces run one after the other and share scratch
+    threads = default_threads() if fused else 1
+    work = None if fused else np.empty(2 * per * beam * k, dtype=np.float32)
     books: list[Codebook] = []
     errors: list[float] = []
     iters: list[int] = []
@@ -187,11 +191,8 @@ def _stagewise(
         cent, n_iter = progressive_kmeans(residual, k, iterations, rng)
         book = Codebook(cent, dtype=np.float32)
         if lut:
-            cross = cross_tables(books, book)
-            states = [
-                lut_step(st, r @ book.table, cross, beam, work)
-                for st, r in zip(states, rows, strict=True)
-            ]
+            step = functools.partial(_table_step, book, cross_tables(books, book), beam, work)
+            states = parallel_map(step, list(zip(states, rows, strict=True)), threads)
         else:
             states = [beam_step(st, book, beam, work) for st in states]
         err = float(np.concatenate([st.dist[:, 0] for st in states]).astype(np.float64).mean())
@@ -208,6 +209,18 @@ def _stagewise(
         if bar is not None:
             bar.update(1)
     return books, states, errors, iters
+
+
+def _table_step(
+    book: Codebook,
+    cross: NDArray[np.float32],
+    beam: int,
+    work: NDArray[np.float32] | None,
+    piece: tuple[BeamState, NDArray[np.float32]],
+) -> BeamState:
+    """One table-path beam step of a piece: its rows (beside ones) against ``book``."""
+    state, rows = piece
+    return lut_step(state, rows @ book.table, cross, beam, work)
 
 
 def _beam_residuals(
@@ -231,9 +244,16 @@ def _beam_residuals(
 
 
 def _residual(x: NDArray[Any], books: list[Codebook], codes: NDArray[Any]) -> NDArray[np.float32]:
+    """``x - sum_m books[m][codes[:, m]]`` in float32, in cache-sized pieces on threads."""
     r = np.array(x, dtype=np.float32, copy=True)
-    for m, book in enumerate(books):
-        r -= book.vectors[codes[:, m]]
+    per = 4096
+
+    def subtract(start: int) -> None:
+        part, part_codes = r[start : start + per], codes[start : start + per]
+        for m, book in enumerate(books):
+            part -= book.vectors[part_codes[:, m]]
+
+    parallel_map(subtract, range(0, len(r), per), default_threads())
     return r
 
 

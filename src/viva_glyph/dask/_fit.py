@@ -14,7 +14,7 @@ blocks:
 - each stage is :func:`viva_glyph.kmeans.progressive_kmeans`: the residuals'
   mean and covariance (one reduction) give the principal axes; k-means++
   (:func:`viva_glyph.kmeans.kmeans_plus_plus`) on the same random sample of
-  rotated rows the in-memory fit draws (64 K rows, the only rows that reach the
+  rotated rows the in-memory fit draws (16 K rows, the only rows that reach the
   client) seeds Lloyd runs on growing leading dimensions;
 - a Lloyd iteration: :func:`viva_glyph.kmeans.partial_step` (assign +
   accumulate) on each block, a tree reduction with
@@ -42,6 +42,7 @@ from viva_glyph.dask._arrays import as_dask_matrix
 from viva_glyph.dask._compute import compute, current_client
 from viva_glyph.kmeans import (
     PROGRESSIVE_STEPS,
+    SEED_SAMPLES_PER_CODE,
     TOL,
     Accumulation,
     combine,
@@ -216,7 +217,7 @@ def _progressive_kmeans(
         xr = xr.persist()
     dims = sorted({max(1, min(d, round(d ** ((i + 1) / PROGRESSIVE_STEPS))))
                    for i in range(PROGRESSIVE_STEPS)})  # fmt: skip
-    m = min(n, 64 * k)
+    m = min(n, SEED_SAMPLES_PER_CODE * k)
     pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     sample = np.asarray(compute([xr[pick, : dims[0]]])[0])
     cent = kmeans_plus_plus(sample, k, rng)

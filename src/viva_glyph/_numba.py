@@ -1,0 +1,115 @@
+"""numba kernels (optional accelerated path, extra ``fast``).
+
+Imported only through :func:`viva_glyph._kernels.numba_kernels`; when numba is
+missing (or ``VIVA_GLYPH_NUMBA=0``) the numpy code they replace runs instead,
+with identical results:
+
+- :func:`lut_step_kernel`, one table-driven beam-search stage, replaces
+  :func:`viva_glyph.beam.lut_step`'s numpy path;
+- :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
+  the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
+  of each cluster in row order, so the sums are bit-identical).
+
+The beam kernel does the same float operations in the same order as the numpy path (scores
+``(base + dist) + cross_0 + cross_1 + ...`` in the compute dtype, no fastmath)
+and keeps the same B smallest candidates by (score, parent rank, code), so both
+paths give identical codes; fused per row, it needs no (n, B, K) temporaries.
+The kernel is serial and releases the GIL: callers run row pieces on several
+threads (:func:`viva_glyph._threads.parallel_map`), each with its own GEMM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["accumulate_sums", "lut_step_kernel"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignore[no-untyped-def]
+    n, b, m = codes.shape
+    k = base.shape[1]
+    keep = out_dist.shape[1]
+    tmp = np.empty(k, dtype=base.dtype)
+    best_s = np.empty(keep, dtype=base.dtype)
+    best_i = np.empty(keep, dtype=np.int64)
+    for i in range(n):
+        cnt = 0
+        for p in range(b):
+            if m == 0:
+                for c in range(k):
+                    tmp[c] = base[i, c]
+            else:
+                dp = dist[i, p]
+                for c in range(k):
+                    tmp[c] = base[i, c] + dp
+                for j in range(m):
+                    row = codes[i, p, j]
+                    for c in range(k):
+                        tmp[c] += cross[j, row, c]
+            for c in range(k):
+                s = tmp[c]
+                if cnt < keep:
+                    pos = cnt
+                    cnt += 1
+                elif s < best_s[keep - 1]:
+                    pos = keep - 1
+                else:
+                    continue
+                while pos > 0 and best_s[pos - 1] > s:
+                    best_s[pos] = best_s[pos - 1]
+                    best_i[pos] = best_i[pos - 1]
+                    pos -= 1
+                best_s[pos] = s
+                best_i[pos] = p * k + c
+        for q in range(keep):
+            p = best_i[q] // k
+            c = best_i[q] - p * k
+            out_dist[i, q] = best_s[q] + dist[i, 0] if m == 0 else best_s[q]
+            for j in range(m):
+                out_codes[i, q, j] = codes[i, p, j]
+            out_codes[i, q, m] = c
+
+
+def lut_step_kernel(
+    base: NDArray[Any], dist: NDArray[Any], codes: NDArray[np.intp], cross: NDArray[Any], beam: int
+) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """One beam stage; arguments and results as :func:`viva_glyph.beam.lut_step`.
+
+    ``cross`` is the (m, K, K) stack of the cross tables (a (0, K, K) array at stage 1).
+    """
+    n, b, m = codes.shape
+    keep = min(beam, b * base.shape[1])
+    out_dist = np.empty((n, keep), dtype=base.dtype)
+    out_codes = np.empty((n, keep, m + 1), dtype=np.intp)
+    _kernel(
+        np.ascontiguousarray(base),
+        np.ascontiguousarray(dist, dtype=base.dtype),
+        np.ascontiguousarray(codes),
+        np.ascontiguousarray(cross, dtype=base.dtype),
+        beam,
+        out_dist,
+        out_codes,
+    )
+    return out_dist, out_codes
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(x, labels, sums):  # type: ignore[no-untyped-def]
+    n, d = x.shape
+    for i in range(n):
+        row = labels[i]
+        for j in range(d):
+            sums[row, j] += x[i, j]
+
+
+def accumulate_sums(x: NDArray[Any], labels: NDArray[np.int64], sums: NDArray[np.float64]) -> None:
+    """Add every row of ``x`` (n, D) to ``sums[labels[i]]`` (K, D) float64, in row order.
+
+    ``labels`` must already be checked to lie in [0, K).
+    """
+    _accumulate(np.ascontiguousarray(x), np.ascontiguousarray(labels), sums)

@@ -1,0 +1,105 @@
+"""Thread control: the row-piece pool, the BLAS limit, and results independent of threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import viva_glyph as vg
+from viva_glyph import kmeans
+from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
+from viva_glyph.beam import PIECE_ROWS, beam_search
+
+
+def test_parallel_map_keeps_order_and_raises() -> None:
+    items = list(range(50))
+    assert parallel_map(lambda i: i * i, items, 4) == [i * i for i in items]
+    assert parallel_map(lambda i: -i, items, 1) == [-i for i in items]
+    assert parallel_map(lambda i: i, [], 3) == []
+
+    def boom(i: int) -> int:
+        if i == 7:
+            raise ZeroDivisionError("piece 7")
+        return i
+
+    with pytest.raises(ZeroDivisionError, match="piece 7"):
+        parallel_map(boom, items, 3)
+
+
+def test_default_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIVA_GLYPH_NUM_THREADS", raising=False)
+    assert default_threads() >= 1
+    monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", "3")
+    assert default_threads() == 3
+    for bad in ("0", "two", "-1", ""):
+        monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="VIVA_GLYPH_NUM_THREADS must be a positive integer"):
+            default_threads()
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_single_blas_thread_nests_and_restores_across_threads() -> None:
+    pytest.importorskip("threadpoolctl")
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    entered, release = threading.Barrier(3), threading.Event()
+    seen: list[list[int]] = []
+
+    def hold() -> None:
+        with single_blas_thread():
+            entered.wait()
+            release.wait()
+
+    workers = [threading.Thread(target=hold) for _ in range(2)]
+    for w in workers:
+        w.start()
+    entered.wait()
+    with single_blas_thread():  # a third, nested block
+        seen.append(_blas_threads())
+    seen.append(_blas_threads())  # the two workers still hold the limit
+    release.set()
+    for w in workers:
+        w.join()
+    assert seen == [[1] * len(before), [1] * len(before)]
+    assert _blas_threads() == before
+    # the user's own limits still work afterwards, from any thread
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+
+
+def test_beam_search_codes_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(21)
+    books = [rng.standard_normal((32, 6)) * 0.6**s for s in range(4)]
+    enc = vg.from_codebooks([vg.Codebook(b) for b in books])
+    x = rng.standard_normal((3 * PIECE_ROWS + 17, 6)).astype(np.float32)  # several pieces
+    got = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
+        got[threads] = beam_search(enc, x, 4, 6, lut=True, backend="numba")
+    np.testing.assert_array_equal(got["1"], got["3"])
+    np.testing.assert_array_equal(got["1"], beam_search(enc, x, 4, 6, lut=True, backend="numpy"))
+
+
+def test_lloyd_and_fit_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kmeans, "ASSIGN_BYTES", 1 << 12)  # many chunks per Lloyd iteration
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal((3000, 5)) @ rng.standard_normal((5, 5))).astype(np.float32)
+    runs = []
+    for threads in ("1", "2", "5"):
+        monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
+        cent, it, inertia = kmeans.lloyd(x, 12, iterations=8, rng=np.random.default_rng(1))
+        enc = vg.fit(x, num_stages=3, codebook_size=16, beam_size=3, iterations=5, seed=4)
+        runs.append((cent.tobytes(), it, inertia, enc.codebook_array.tobytes()))
+    assert runs[0] == runs[1] == runs[2]
