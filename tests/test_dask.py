@@ -301,7 +301,7 @@ def test_run_fit_and_run_encode(tmp_path: Path) -> None:
         )  # fmt: skip
 
 
-def test_worker_environ_sets_malloc_for_new_workers() -> None:
+def test_worker_environ_sets_malloc_and_threads_for_new_workers() -> None:
     import dask
 
     key = "distributed.nanny.pre-spawn-environ"
@@ -311,7 +311,9 @@ def test_worker_environ_sets_malloc_for_new_workers() -> None:
         assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(16 << 20)
     assert inside["MALLOC_MMAP_THRESHOLD_"] == 16 << 20
     assert inside["MALLOC_TRIM_THRESHOLD_"] == 64 << 20
-    assert {k: v for k, v in inside.items() if not k.startswith("MALLOC")} == {
-        k: v for k, v in before.items() if not k.startswith("MALLOC")
+    assert inside["VIVA_GLYPH_NUM_THREADS"] == 1
+    ours = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "VIVA_GLYPH_NUM_THREADS")
+    assert {k: v for k, v in inside.items() if k not in ours} == {
+        k: v for k, v in before.items() if k not in ours
     }
     assert dict(dask.config.get(key)) == before and dict(os.environ) == env_before

@@ -64,8 +64,13 @@ def compute(items: Sequence[Any], *, progress: bool = False, desc: str = "tasks"
     return values
 
 
-#: glibc malloc settings for worker processes (see :func:`worker_environ`).
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 16 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
+#: Environment of worker processes: glibc malloc settings and one viva-glyph
+#: thread per worker thread (see :func:`worker_environ`).
+WORKER_ENVIRON = {
+    "MALLOC_MMAP_THRESHOLD_": 16 << 20,
+    "MALLOC_TRIM_THRESHOLD_": 64 << 20,
+    "VIVA_GLYPH_NUM_THREADS": 1,
+}
 
 
 @contextmanager
@@ -78,8 +83,11 @@ def worker_environ() -> Iterator[None]:
     freed heap is returned to the system at once. The encoder's per-chunk
     temporaries made block encoding about 2x slower in worker processes than
     in a plain process. Inside this block, new nannies give their workers
-    :data:`WORKER_MALLOC` instead (16 MiB mmap threshold, 64 MiB trim
-    threshold): a worker keeps at most that much freed memory for reuse.
+    :data:`WORKER_ENVIRON` instead (16 MiB mmap threshold, 64 MiB trim
+    threshold): a worker keeps at most that much freed memory for reuse. They
+    also get ``VIVA_GLYPH_NUM_THREADS=1``: dask runs one task per worker thread
+    and already holds BLAS and OpenMP to one thread there, so beam search and
+    k-means run no thread pool of their own inside a task.
 
     The nanny reads these variables from the dask config and, first, from this
     process's environment (which it also writes), so both are set here and
@@ -89,9 +97,9 @@ def worker_environ() -> Iterator[None]:
 
     key = "distributed.nanny.pre-spawn-environ"
     environ = dict(dask.config.get(key, default={}) or {})
-    environ.update(WORKER_MALLOC)
-    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
-    os.environ.update({k: str(v) for k, v in WORKER_MALLOC.items()})
+    environ.update(WORKER_ENVIRON)
+    saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
+    os.environ.update({k: str(v) for k, v in WORKER_ENVIRON.items()})
     try:
         with dask.config.set({key: environ}):
             yield
