@@ -90,6 +90,7 @@ def test_beam_search_codes_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPa
         got[threads] = beam_search(enc, x, 4, 6, lut=True, backend="numba")
     np.testing.assert_array_equal(got["1"], got["3"])
     np.testing.assert_array_equal(got["1"], beam_search(enc, x, 4, 6, lut=True, backend="numpy"))
+    assert beam_search(enc, x[:0], 4, 6, lut=True, backend="numba").shape == (0, 4)
 
 
 def test_lloyd_and_fit_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -342,7 +342,7 @@ def beam_search(
     fused = tables and numba_kernel(backend) is not None
     threads = default_threads() if fused else 1
     if fused:  # equal pieces of at most PIECE_ROWS rows (not tied to the thread count)
-        per = max(1, -(-n // -(-n // PIECE_ROWS)))
+        per = max(1, -(-n // max(1, -(-n // PIECE_ROWS))))
     else:
         per = max(1, chunk_rows(k, d, encoder.dtype.itemsize) // beam_size)
     cross = _encoder_tables(encoder) if tables else []
