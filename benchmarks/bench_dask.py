@@ -107,17 +107,22 @@ def _mb(values: dict[str, int]) -> str:
 
 
 def bench_encode(args: argparse.Namespace, path: Path, enc: vg.RvqEncoder) -> None:
-
     mm = np.load(path, mmap_mode="r")
     n = mm.shape[0]
     # -- single process -----------------------------------------------------------------
     s = min(n, args.single_rows)
     np.asarray(mm[:s]).sum()  # warm the page cache, as the cluster run will find it
-    rates = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        enc.encode(mm[:s])
-        rates.append(s / (time.perf_counter() - t))
+
+    def encode_rates() -> list[float]:
+        """Rows/s of ``args.repeat`` encodings of the first s rows."""
+        out = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            enc.encode(mm[:s])
+            out.append(s / (time.perf_counter() - t))
+        return out
+
+    rates = encode_rates()
     single = statistics.median(rates)
     print(f"single process: {single:,.0f} rows/s (median of {args.repeat} runs on "
           f"the first {s:,} rows, default BLAS threads; runs "
@@ -125,12 +130,7 @@ def bench_encode(args: argparse.Namespace, path: Path, enc: vg.RvqEncoder) -> No
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        one = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            enc.encode(mm[:s])
-            one.append(s / (time.perf_counter() - t))
-    single1 = statistics.median(one)
+        single1 = statistics.median(encode_rates())
     print(f"single process, 1 BLAS thread: {single1:,.0f} rows/s "
           f"(median of {args.repeat} runs)")  # fmt: skip
     # -- cluster ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -134,6 +134,43 @@ def _resolve_config(
     if config.dimension != dim:
         raise ValueError(f"X has dimension {dim}, but config.dimension is {config.dimension}")
     return config
+
+
+class _FitArgs(NamedTuple):
+    config: RvqConfig
+    beam: int
+    iterations: int
+    seed: int
+    samples: int  # rows to train on: min(N, max_samples)
+
+
+def _fit_args(
+    n: int,
+    dim: int,
+    config: RvqConfig | None,
+    num_stages: int | None,
+    codebook_size: int | None,
+    beam_size: object,
+    iterations: object,
+    seed: object,
+    max_samples: object,
+) -> _FitArgs:
+    """The checks and defaults that :func:`fit` and the dask fit share, for N rows of dim D."""
+    cfg = _resolve_config(config, num_stages, codebook_size, dim)
+    k = cfg.codebook_size
+    if n < k:
+        raise ValueError(f"fit needs at least codebook_size = {k} rows, got N = {n}")
+    default = SAMPLES_PER_CODE * k
+    limit = min(n, default) if max_samples is None else positive_int(max_samples, "max_samples")
+    if limit < k:
+        raise ValueError(f"max_samples must be >= codebook_size = {k}, got {limit}")
+    return _FitArgs(
+        cfg,
+        positive_int(beam_size, "beam_size"),
+        positive_int(iterations, "iterations"),
+        _nonneg_int(seed, "seed"),
+        min(limit, n),
+    )
 
 
 def _read_rows(x: NDArray[Any], idx: NDArray[np.intp] | None) -> NDArray[np.float32]:
@@ -317,19 +354,11 @@ def fit(
     t0 = time.perf_counter()
     x = as_matrix(X, None)
     n, dim = x.shape
-    cfg = _resolve_config(config, num_stages, codebook_size, dim)
-    beam = positive_int(beam_size, "beam_size")
-    iters = positive_int(iterations, "iterations")
+    cfg, beam, iters, seed, limit = _fit_args(
+        n, dim, config, num_stages, codebook_size, beam_size, iterations, seed, max_samples
+    )
     rounds = _nonneg_int(refine, "refine")
-    seed = _nonneg_int(seed, "seed")
     k = cfg.codebook_size
-    if n < k:
-        raise ValueError(f"fit needs at least codebook_size = {k} rows, got N = {n}")
-    default = SAMPLES_PER_CODE * k
-    limit = min(n, default) if max_samples is None else positive_int(max_samples, "max_samples")
-    if limit < k:
-        raise ValueError(f"max_samples must be >= codebook_size = {k}, got {limit}")
-    limit = min(limit, n)
     if rounds and cfg.num_stages * k > MAX_REFINE_UNKNOWNS:
         raise ValueError(
             f"refine needs num_stages * codebook_size <= {MAX_REFINE_UNKNOWNS}, "

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._kernels import chunk_rows
-from viva_glyph._validate import positive_int, require_finite
+from viva_glyph._validate import require_finite
 from viva_glyph.beam import beam_start, beam_step, use_lut
 from viva_glyph.codebook import Codebook
 from viva_glyph.dask._arrays import as_dask_matrix
@@ -52,11 +52,11 @@ from viva_glyph.kmeans import (
 )
 from viva_glyph.rvq import RvqConfig, RvqEncoder
 from viva_glyph.training import (
-    SAMPLES_PER_CODE,
+    BEAM_SAMPLES_PER_CODE,
     TrainingSummary,
+    _fit_args,
     _nonneg_int,
     _residual,
-    _resolve_config,
 )
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _beam_residuals(
     b = 1  # beams per row after the stages so far
     for _ in books:
         b = min(beam, b * k)
-    cap = SAMPLES_PER_CODE * k
+    cap = BEAM_SAMPLES_PER_CODE * k
     pick = np.sort(rng.choice(n * b, cap, replace=False)) if n * b > cap else np.arange(n * b)
     key = delayed(tuple(books), pure=True, traverse=False)
     parts = []
@@ -340,23 +340,15 @@ def fit(
     t0 = time.perf_counter()
     x = as_dask_matrix(X, None)
     n, dim = (int(s) for s in x.shape)
-    cfg = _resolve_config(config, num_stages, codebook_size, dim)
-    beam = positive_int(beam_size, "beam_size")
-    iters = positive_int(iterations, "iterations")
+    cfg, beam, iters, seed, limit = _fit_args(
+        n, dim, config, num_stages, codebook_size, beam_size, iterations, seed, max_samples
+    )
     if _nonneg_int(refine, "refine"):
         raise ValueError(
             "refine > 0 is not supported on dask arrays; fit without it, or refine "
             "in memory with viva_glyph.fit on a sample"
         )
-    seed = _nonneg_int(seed, "seed")
     k = cfg.codebook_size
-    if n < k:
-        raise ValueError(f"fit needs at least codebook_size = {k} rows, got N = {n}")
-    default = SAMPLES_PER_CODE * k
-    limit = min(n, default) if max_samples is None else positive_int(max_samples, "max_samples")
-    if limit < k:
-        raise ValueError(f"max_samples must be >= codebook_size = {k}, got {limit}")
-    limit = min(limit, n)
     if persist is not None and not isinstance(persist, bool):
         raise TypeError(f"persist must be a bool or None, got {type(persist).__name__}")
     rng = np.random.default_rng(seed)

@@ -62,65 +62,53 @@ def run_stages(
         Gather the training statistics / the commitment gradient.
     """
     with torch.autocast(x2.device.type, enabled=False):
-        return _run(books, x2, keep, generator, train=train, grad=grad)
-
-
-def _run(
-    books: Tensor,
-    x2: Tensor,
-    keep: Tensor | None,
-    generator: torch.Generator,
-    *,
-    train: bool,
-    grad: bool,
-) -> Pass:
-    n, d = x2.shape
-    m, k = books.shape[0], books.shape[1]
-    tables = augmented_tables(books)  # (m, D + 1, K)
-    r_aug = with_ones(x2)
-    r = r_aug[:, :d]
-    g = torch.zeros_like(x2) if grad else None
-    sums = torch.zeros((m, k + 1, d), device=r.device) if train else None
-    pick = random_rows(n, m * k, generator, r.device).view(m, k) if train else None
-    codes, sq, rows, cands = [], [], [], []
-    for s in range(m):
-        book = books[s]
-        idx = nearest(r_aug, tables[s])
-        if pick is not None:  # split the cell of a random row
-            home = F.embedding(idx.index_select(0, pick[s]), book)
-            cands.append(torch.lerp(home, r.index_select(0, pick[s]), SPLIT))
-        if keep is None:
-            if sums is not None:
-                sums[s].index_add_(0, idx, r)
-            r.sub_(F.embedding(idx, book))
-            flat = r_aug.view(-1)
-            sq.append(torch.dot(flat, flat) - n)  # the ones column adds n
-            rows.append(torch.full((), n, dtype=torch.float32, device=r.device))
-            if g is not None:
-                g.add_(r, alpha=1.0 / max(n, 1))
-            codes.append(idx)
-        else:
-            w = keep[:, s]
-            idx = torch.where(w, idx, k)  # bin k collects skipped rows
-            if sums is not None:
-                sums[s].index_add_(0, idx, r)
-            r.sub_(F.embedding(idx, F.pad(book, (0, 0, 0, 1))))
-            wf = w.float()
-            n_s = wf.sum()
-            sq.append(((r * r).sum(1) * wf).sum())
-            rows.append(n_s)
-            if g is not None:
-                g.add_(r * (wf / n_s.clamp_min(1.0))[:, None])
-            codes.append(torch.where(w, idx, -1))
-    return Pass(
-        codes=torch.stack(codes, 1),
-        residual=r,
-        stage_sq=torch.stack(sq),
-        rows=torch.stack(rows),
-        grad_x=g,
-        sums=None if sums is None else sums[:, :k],
-        candidates=torch.stack(cands) if cands else None,
-    )
+        n, d = x2.shape
+        m, k = books.shape[0], books.shape[1]
+        tables = augmented_tables(books)  # (m, D + 1, K)
+        r_aug = with_ones(x2)
+        r = r_aug[:, :d]
+        g = torch.zeros_like(x2) if grad else None
+        sums = torch.zeros((m, k + 1, d), device=r.device) if train else None
+        pick = random_rows(n, m * k, generator, r.device).view(m, k) if train else None
+        codes, sq, rows, cands = [], [], [], []
+        for s in range(m):
+            book = books[s]
+            idx = nearest(r_aug, tables[s])
+            if pick is not None:  # split the cell of a random row
+                home = F.embedding(idx.index_select(0, pick[s]), book)
+                cands.append(torch.lerp(home, r.index_select(0, pick[s]), SPLIT))
+            if keep is None:
+                if sums is not None:
+                    sums[s].index_add_(0, idx, r)
+                r.sub_(F.embedding(idx, book))
+                flat = r_aug.view(-1)
+                sq.append(torch.dot(flat, flat) - n)  # the ones column adds n
+                rows.append(torch.full((), n, dtype=torch.float32, device=r.device))
+                if g is not None:
+                    g.add_(r, alpha=1.0 / max(n, 1))
+                codes.append(idx)
+            else:
+                w = keep[:, s]
+                idx = torch.where(w, idx, k)  # bin k collects skipped rows
+                if sums is not None:
+                    sums[s].index_add_(0, idx, r)
+                r.sub_(F.embedding(idx, F.pad(book, (0, 0, 0, 1))))
+                wf = w.float()
+                n_s = wf.sum()
+                sq.append(((r * r).sum(1) * wf).sum())
+                rows.append(n_s)
+                if g is not None:
+                    g.add_(r * (wf / n_s.clamp_min(1.0))[:, None])
+                codes.append(torch.where(w, idx, -1))
+        return Pass(
+            codes=torch.stack(codes, 1),
+            residual=r,
+            stage_sq=torch.stack(sq),
+            rows=torch.stack(rows),
+            grad_x=g,
+            sums=None if sums is None else sums[:, :k],
+            candidates=torch.stack(cands) if cands else None,
+        )
 
 
 def draw_dropout(
