@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import struct
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import viva_glyph as vg
+from viva_glyph import _modelfile
 from viva_glyph import io as vio
 from viva_glyph.io import ModelFormatError
 
@@ -131,7 +135,7 @@ def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: Any) 
             self.fh.flush()
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vio, "open", HalfWriter, raising=False)
+    monkeypatch.setattr(_modelfile, "open", HalfWriter, raising=False)
     with pytest.raises(OSError, match="No space left"):
         small(seed=2).save(path)
     monkeypatch.undo()
@@ -353,3 +357,285 @@ def test_random_hostile_headers(
 @given(header=json_values)
 def test_random_json_headers(tmp_path_factory: Any, header: object) -> None:
     assert_rejected(tmp_path_factory.mktemp("j"), raw_file(header, b"\0" * 16))
+
+
+# -- files that are not model files, non-regular files, memory (issue 11) -------------
+def run_cli(
+    *argv: str, timeout: float = 60, memory: int = 1 << 30
+) -> subprocess.CompletedProcess[str]:
+    """``python -m viva_glyph ARGV`` in a subprocess held to ``memory`` bytes of address space."""
+
+    def limit() -> None:  # a regression must not exhaust the machine
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return subprocess.run(
+        [sys.executable, "-m", "viva_glyph", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+        check=False,
+    )
+
+
+def other_formats(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files of other formats and what the error should call them."""
+    np.save(folder / "vectors.npy", np.ones((1000, 8), np.float32))
+    np.savez(folder / "vectors.npz", x=np.ones((3, 2)))
+    (folder / "vectors.csv").write_text("1.0,2.0\n3.0,4.0\n")
+    (folder / "x.parquet").write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    (folder / "pickled.pt").write_bytes(b"\x80\x04\x95" + b"\0" * 40)
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "tiny.safetensors").write_bytes(b"\x01\x02")
+    return {
+        "npy": (folder / "vectors.npy", "NumPy .npy"),
+        "npz": (folder / "vectors.npz", "zip"),
+        "csv": (folder / "vectors.csv", "text"),
+        "parquet": (folder / "x.parquet", "Parquet"),
+        "pickle": (folder / "pickled.pt", "pickle"),
+        "empty": (folder / "empty.safetensors", "empty"),
+        "tiny": (folder / "tiny.safetensors", "2 bytes"),
+    }
+
+
+def test_other_formats_are_called_not_a_model_file(tmp_path: Path) -> None:
+    for name, (path, found) in other_formats(tmp_path).items():
+        with pytest.raises(ModelFormatError) as info:
+            vg.load(path)
+        text = str(info.value)
+        assert f"{path} is not a viva-glyph model file" in text, (name, text)
+        assert found in text, (name, text)
+        assert "header length" not in text, (name, text)
+
+
+def test_info_on_a_numpy_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    path, _ = other_formats(tmp_path)["npy"]
+    res = run_cli("info", str(path))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1
+    assert "is not a viva-glyph model file" in res.stderr and "NumPy .npy" in res.stderr
+
+
+def test_another_safetensors_file_is_not_a_model_file(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": np.ones((2, 3), np.float32)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match="is not a viva-glyph model file"):
+        vg.load(path)
+
+
+def test_a_folder_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="is a folder, not a model file"):
+        vg.load(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_a_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    res = run_cli("info", str(fifo), timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "is a named pipe (FIFO), not a model file" in res.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_refused_without_reading_it() -> None:
+    res = run_cli("info", "/dev/zero", timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "/dev/zero is a character device, not a model file" in res.stderr
+
+
+def traced_peak(fn: Any, *args: Any) -> tuple[Any, int]:
+    tracemalloc.start()
+    try:
+        try:
+            result: Any = fn(*args)
+        except ValueError as exc:
+            result = exc
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x93NUMPY\x01\x00v\x00",  # an .npy file
+        struct.pack("<Q", 60) + b'{"__metadata__": ' + b" " * 43,  # a header that never closes
+        raw_file(valid_header()),  # a valid header, then far too much data
+    ],
+    ids=["npy", "open-header", "long-data"],
+)
+def test_large_files_are_rejected_from_their_header(tmp_path: Path, head: bytes) -> None:
+    """A 64 MiB file (sparse) is refused after reading its header, not the whole file."""
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(64 << 20)
+    result, peak = traced_peak(vg.load, path)
+    assert isinstance(result, ModelFormatError)
+    assert peak < 8 << 20, f"rejecting a 64 MiB file allocated {peak} bytes"
+
+
+def test_loading_reads_the_tensor_into_one_buffer(tmp_path: Path) -> None:
+    """Reading a valid file allocates the tensor it declares plus less than 8 MiB."""
+    m, k, d = 4, 1024, 1024  # 16 MiB of float32
+    values = np.random.default_rng(0).normal(size=(m, k, d)).astype(np.float32)
+    path = tmp_path / "large.safetensors"
+    path.write_bytes(raw_file(valid_header(m, k, d), values.tobytes()))
+    (stack, config, meta), peak = traced_peak(vio.read_model, path)
+    np.testing.assert_array_equal(stack, values)
+    assert config == vg.RvqConfig(m, d, k) and meta["dtype"] == "float32"
+    assert peak < values.nbytes + (8 << 20), f"read {values.nbytes} bytes with a peak of {peak}"
+
+
+def test_hostile_headers_allocate_little(tmp_path: Path) -> None:
+    """JSON bombs filling the largest header allowed stay well under 8 MiB."""
+    n = vio.MAX_HEADER_BYTES
+    bombs = {
+        "lists": "[" + ",".join(["[]"] * (n // 3 - 1)) + "]",
+        "strings": "[" + ",".join(['"ab"'] * (n // 5 - 1)) + "]",
+        "keys": "{" + ",".join(f'"{i:x}":0' for i in range(n // 10)) + "}",
+        "deep": "[" * (n - 2),
+    }
+    for name, text in bombs.items():
+        data = raw_file(text[:n], b"\0" * 240)
+        result, peak = traced_peak(load_bytes, tmp_path, data)
+        assert isinstance(result, ModelFormatError), name
+        assert peak < 8 << 20, f"{name}: {peak} bytes"
+
+
+# -- nesting: what load accepts, info and save handle ------------------------------------
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def training_file(tmp_path: Path, params: object, **meta: str) -> Path:
+    header = valid_header()
+    summary = {"stage_errors": [1.0, 0.5, 0.25], "iterations": [3, 3, 3], "seconds": 0.1}
+    header["__metadata__"]["training"] = json.dumps({**summary, "params": {"p": params}})
+    header["__metadata__"].update(meta)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(raw_file(header, np.ones(60, np.float32).tobytes()))
+    return path
+
+
+def test_deeply_nested_training_params_are_refused_at_load(tmp_path: Path) -> None:
+    path = training_file(tmp_path, nested(500))
+    with pytest.raises(ModelFormatError, match=r"nests 501 deep \(at most 32\)"):
+        vg.load(path)
+    res = run_cli("info", str(path))
+    assert res.returncode == 2 and "nests 501 deep" in res.stderr
+    with pytest.raises(ModelFormatError, match=r"nests 33 deep"):
+        vg.load(training_file(tmp_path, nested(vio.MAX_JSON_DEPTH)))
+
+
+def test_whatever_load_accepts_info_and_save_handle(tmp_path: Path) -> None:
+    from viva_glyph import cli
+
+    path = training_file(tmp_path, nested(vio.MAX_JSON_DEPTH - 1))  # summary, params: depth 32
+    enc = vg.load(path)
+    for argv in (["info", str(path)], ["info", str(path), "--json"]):
+        assert cli.main(argv) == 0
+    enc.save(tmp_path / "again.safetensors")
+    assert vg.load(tmp_path / "again.safetensors").training == enc.training
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
+    from viva_glyph.training import TrainingSummary
+
+    deep = TrainingSummary((1.0,), (1,), 0.1, params={"p": nested(600)})
+    enc = vg.RvqEncoder(small().codebooks, training=deep)
+    with pytest.raises(ValueError, match="nests"):
+        enc.save(tmp_path / "m.safetensors")
+    big = TrainingSummary((1.0,), (1,), 0.1, refine_errors=(0.123456789,) * 100_000)
+    enc = vg.RvqEncoder(small().codebooks, training=big)
+    with pytest.raises(ValueError, match="header"):
+        enc.save(tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- info prints metadata escaped ---------------------------------------------------------
+def test_info_escapes_control_characters(tmp_path: Path) -> None:
+    evil = "0.1\x1b[2J\x1b[31mpwned\x07\r\nfake: line\u202e"
+    path = training_file(tmp_path, "\x1b]0;title\x07", library_version=evil)
+    for extra in ([], ["--json"]):
+        res = run_cli("info", str(path), *extra)
+        assert res.returncode == 0, res.stderr
+        assert not any(c in res.stdout for c in "\x1b\x07\r\u202e"), repr(res.stdout)
+        if not extra:
+            assert "0.1\\x1b[2J\\x1b[31mpwned\\x07\\r\\nfake: line\\u202e" in res.stdout
+            assert len(res.stdout.splitlines()) == 12  # 11 keys + training, one line each
+    info = json.loads(run_cli("info", str(path), "--json").stdout)
+    assert info["library_version"] == evil  # JSON keeps the value, escaped by the encoder
+
+
+# -- fuzzing: a bounded run in CI ---------------------------------------------------------
+def mutations(good: bytes, rng: np.random.Generator) -> bytes:
+    """One hostile variant of a valid file: random bytes, cuts, flips, header lies."""
+    kind = int(rng.integers(8))
+    n_head = struct.unpack("<Q", good[:8])[0]
+    if kind == 0:
+        return rng.bytes(int(rng.integers(0, 600)))
+    if kind == 1:
+        return good[: int(rng.integers(0, len(good)))]
+    if kind == 2:
+        data = bytearray(good)
+        for pos in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+            data[pos] ^= 1 << int(rng.integers(8))
+        return bytes(data)
+    if kind == 3:  # a lying header length
+        lengths = [0, 1, n_head - 1, n_head + 1, 1 << 20, 1 << 40, (1 << 64) - 1]
+        length = lengths[int(rng.integers(len(lengths)))]
+        return struct.pack("<Q", length) + good[8:]
+    if kind == 4:  # splice random bytes into the JSON header
+        pos = int(rng.integers(8, 8 + n_head))
+        return good[:pos] + rng.bytes(int(rng.integers(1, 16))) + good[pos:]
+    header = valid_header()
+    entry = header["codebooks"]
+    if kind == 5:  # dtype / shape / offset lies
+        field = ["dtype", "shape", "data_offsets"][int(rng.integers(3))]
+        entry[field] = [
+            "F16",
+            "F64",
+            [3, 5, 4, 1],
+            [0, 1 << 62],
+            [3, 5, int(rng.integers(-3, 1 << 40))],
+            [int(rng.integers(0, 300)), 240],
+            None,
+        ][int(rng.integers(7))]
+    elif kind == 6:  # JSON bombs in metadata values
+        depth = int(rng.integers(1, 3000))
+        key = ["training", "config", "library_version"][int(rng.integers(3))]
+        header["__metadata__"][key] = "[" * depth + "]" * int(rng.integers(0, depth + 1))
+    else:  # config lies against the tensor
+        cfg = {"num_stages": 3, "dimension": 4, "codebook_size": 5}
+        lie = [0, 2, 6, 1 << 31, 1 << 62][int(rng.integers(5))]
+        cfg[["num_stages", "dimension", "codebook_size"][int(rng.integers(3))]] = lie
+        header["__metadata__"]["config"] = json.dumps(cfg)
+    return raw_file(header, good[8 + n_head :])
+
+
+def test_fuzz_model_loader(tmp_path: Path, good_bytes: bytes) -> None:
+    """1,000 hostile files: each loads as a sound encoder or raises ModelFormatError."""
+    rng = np.random.default_rng(2026)
+    path = tmp_path / "fuzz.safetensors"
+    loaded = 0
+    for i in range(1000):
+        data = mutations(good_bytes, rng)
+        path.write_bytes(data)
+        try:
+            enc = vg.load(path)
+        except ModelFormatError:
+            continue
+        except Exception as exc:  # pragma: no cover - the failure report
+            message = f"case {i}: {type(exc).__name__}: {exc} for {data[:80]!r}"
+            raise AssertionError(message) from exc
+        loaded += 1
+        assert enc.config == vg.RvqConfig(3, 4, 5) and np.isfinite(enc.codebook_array).all()
+    assert loaded < 1000

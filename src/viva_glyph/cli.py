@@ -262,10 +262,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     training = info.pop("training")
     width = max(len(k) for k in info)
     for key, value in info.items():
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {_printable(str(value))}")
     if training is not None:
         print(f"{'training':<{width}}  {json.dumps(training)}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printable characters backslash-escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

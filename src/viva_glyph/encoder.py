@@ -222,7 +222,7 @@ class RvqEncoder:
 
         See :func:`viva_glyph.io.save`; needs the ``cli`` extra (safetensors).
         """
-        from viva_glyph.io import save
+        from viva_glyph._modelfile import save
 
         save(self, path)
 
