@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,20 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("viva_glyph.training")
     pytest.importorskip("matplotlib")
     lines: list[str] = []
-    result = demo.run(tmp_path / "out", write=lines.append)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "report.png").write_text("an old report")
+    result = demo.run(out, write=lines.append, force=True)  # a folder in use: force
     assert {p.name for p in out.iterdir()} == {
         "model.safetensors",
         "report.png",
         "pad_latent.npy",
         "pad_states.csv",
+        "notes.txt",
     }
+    assert (out / "notes.txt").read_text() == "mine"  # force replaces the demo's files only
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     enc = vg.load(out / "model.safetensors")
     assert enc.config == vg.default_config() and enc == result.encoder
     latent = np.load(out / "pad_latent.npy")
@@ -83,9 +90,44 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.seconds < 60
 
 
-def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_command_writes_under_the_system_temp_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out: a new folder under the temp directory, printed; the current one untouched."""
     pytest.importorskip("viva_glyph.training")
-    code = cli.main(["demo", "--out", str(tmp_path / "d"), "--quiet"])
+    system_tmp, cwd = tmp_path / "system-tmp", tmp_path / "checkout"
+    system_tmp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    monkeypatch.chdir(cwd)
+    code = cli.main(["demo", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
-    assert "elated" in out and (tmp_path / "d" / "report.png").exists()
+    assert list(cwd.iterdir()) == []
+    (folder,) = system_tmp.iterdir()
+    assert folder.name.startswith("viva-glyph-demo-") and (folder / "report.png").exists()
+    assert out.splitlines()[0] == f"writing to {folder}"
+    assert "elated" in out and f"viva-glyph info {folder}/model.safetensors" in out
+    assert f"-o {folder}/codes.npy" in out  # the suggested commands write there too
+
+
+def demo_refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code = cli.main(["demo", "--quiet", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1, (out, err)
+    return err
+
+
+def test_demo_out_must_be_new_or_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "model.safetensors").write_bytes(b"precious")
+    err = demo_refused(capsys, "--out", str(busy))
+    assert f"{busy} is not empty" in err and "--force" in err
+    assert [p.name for p in busy.iterdir()] == ["model.safetensors"]
+    assert (busy / "model.safetensors").read_bytes() == b"precious"
+    (tmp_path / "file").write_text("x")
+    err = demo_refused(capsys, "--out", str(tmp_path / "file"), "--force")
+    assert "is a file, not a folder" in err
+    with pytest.raises(ValueError, match="not empty"):
+        demo.run(busy)

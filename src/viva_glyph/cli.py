@@ -280,7 +280,7 @@ def _printable(text: str) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from viva_glyph.demo import run
 
-    run(args.out, progress=_show_progress(args))
+    run(args.out, force=args.force, progress=_show_progress(args))
     return 0
 
 
@@ -380,7 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("demo", "fit the default config on the shipped PAD emotion data", [])
-    p.add_argument("--out", metavar="DIR", help="folder for model, plot and data (new folder)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="new or empty folder for model, plot and data (default: a new folder under the "
+        "system's temp directory)",
+    )
+    p.add_argument("--force", action="store_true", help="write into DIR even if it holds files")
     return parser
 
 

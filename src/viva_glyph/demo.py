@@ -40,7 +40,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph import glyph
-from viva_glyph.rvq import RvqEncoder, default_config
+from viva_glyph.config import default_config
+from viva_glyph.encoder import RvqEncoder
 
 __all__ = [
     "SEED",
@@ -111,19 +112,24 @@ class DemoResult:
 def run(
     out: str | os.PathLike[str] | None = None,
     *,
+    force: bool = False,
     progress: bool = False,
     write: Callable[[str], None] = print,
 ) -> DemoResult:
     """Fit the default config on the PAD demo data and report on it.
 
-    Writes into ``out`` (created if missing; default a new folder
-    ``viva-glyph-demo-*`` in the current folder): ``model.safetensors``,
-    ``report.png``, ``pad_latent.npy`` (the 6-D training vectors) and
-    ``pad_states.csv`` (the PAD points and their state).
+    Writes ``model.safetensors``, ``report.png``, ``pad_latent.npy`` (the 6-D
+    training vectors) and ``pad_states.csv`` (the PAD points and their state)
+    into a new folder ``viva-glyph-demo-*`` under the system's temp directory
+    (:func:`tempfile.gettempdir`), or into ``out``.
 
     Parameters
     ----------
     out : path, optional
+        A new or empty folder (created if missing).
+    force : bool
+        Write into ``out`` even when it holds files: the four demo files are
+        replaced, nothing else is touched.
     progress : bool
         tqdm progress bars on stderr.
     write : callable
@@ -134,7 +140,8 @@ def run(
     from viva_glyph.training import fit
 
     t0 = time.perf_counter()
-    folder = _folder(out)
+    folder = _folder(out, force)
+    write(f"writing to {folder}")
     pad, labels = pad_samples()
     latent = pad_to_latent(pad)
     save_array(folder / "pad_latent.npy", latent)
@@ -162,15 +169,28 @@ def run(
     write(f"wrote {folder}/model.safetensors, report.png, pad_latent.npy ({seconds:.1f} s)")
     write("next, try:")
     write(f"  viva-glyph info {folder}/model.safetensors")
-    write(f"  viva-glyph encode {folder}/model.safetensors {folder}/pad_latent.npy -o codes.npy")
-    write(f"  viva-glyph decode {folder}/model.safetensors codes.npy -o decoded.npy")
+    write(
+        f"  viva-glyph encode {folder}/model.safetensors {folder}/pad_latent.npy "
+        f"-o {folder}/codes.npy"
+    )
+    write(
+        f"  viva-glyph decode {folder}/model.safetensors {folder}/codes.npy -o {folder}/decoded.npy"
+    )
     return DemoResult(folder, encoder, report, seconds)
 
 
-def _folder(out: str | os.PathLike[str] | None) -> Path:
+def _folder(out: str | os.PathLike[str] | None, force: bool) -> Path:
+    """The output folder: a new one under the temp directory, or ``out`` if new or empty."""
     if out is None:
-        return Path(tempfile.mkdtemp(prefix="viva-glyph-demo-", dir="."))
+        return Path(tempfile.mkdtemp(prefix="viva-glyph-demo-"))
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder")
+    if not force and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(
+            f"{folder} is not empty: give a new or empty folder, or --force (force=True) "
+            "to replace the demo's files in it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
