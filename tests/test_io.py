@@ -639,3 +639,13 @@ def test_fuzz_model_loader(tmp_path: Path, good_bytes: bytes) -> None:
         loaded += 1
         assert enc.config == vg.RvqConfig(3, 4, 5) and np.isfinite(enc.codebook_array).all()
     assert loaded < 1000
+
+
+@pytest.mark.parametrize("length", [0x0280, 0x0380, 0x8B1F])
+def test_header_lengths_that_look_like_magic_numbers(tmp_path: Path, length: int) -> None:
+    """A header of 640 bytes starts b'\\x80\\x02' like a pickle; it is still a model file."""
+    text = json.dumps(valid_header())
+    values = np.arange(60, dtype=np.float32)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(raw_file(text + " " * (length - len(text)), values.tobytes()))
+    np.testing.assert_array_equal(vg.load(path).codebook_array.ravel(), values)

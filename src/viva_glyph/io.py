@@ -145,13 +145,11 @@ def _header(fh: io.FileIO, size: int, path: PathLike) -> tuple[dict[str, Any], d
     """Read and check the safetensors framing; return the tensor entry, metadata, data offset."""
     head = fh.read(min(size, 64)) or b""
     n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
-    if (
-        len(head) < 10
-        or head[8:9] != b"{"
-        or any(head.startswith(magic) for magic, _ in _SIGNATURES)
-    ):
+    if len(head) < 10 or head[8:9] != b"{":  # a safetensors header opens with "{"
         raise _other(path, _what_it_is(head, size))
     if n < 2 or n > size - 8:
+        if any(head.startswith(magic) for magic, _ in _SIGNATURES):
+            raise _other(path, _what_it_is(head, size))
         raise _fail(path, f"header length {n} runs past the end of the {size}-byte file")
     if n > MAX_HEADER_BYTES:
         raise _fail(path, f"header length {n} is over the limit of {MAX_HEADER_BYTES} bytes")
