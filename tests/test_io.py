@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -366,6 +365,8 @@ def run_cli(
     """``python -m viva_glyph ARGV`` in a subprocess held to ``memory`` bytes of address space."""
 
     def limit() -> None:  # a regression must not exhaust the machine
+        import resource
+
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return subprocess.run(
@@ -373,7 +374,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        preexec_fn=limit,
+        preexec_fn=limit if os.name == "posix" else None,
         check=False,
     )
 

@@ -29,6 +29,8 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 PYTHON = {"python", "py"}
 SHELL = {"bash", "sh", "shell"}
+#: Labels of blocks that are not code to run (anything else is refused: label it).
+NOT_CODE = {"text", "json", "toml", "yaml", "csv"}
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 NO_TEST = re.compile(r"^\s*<!--\s*no-test:(.*?)-->\s*$")
 #: Optional packages: a block that needs one that is missing is skipped, not failed.
@@ -46,6 +48,7 @@ def _vectors(rows: int, dim: int, seed: int) -> np.ndarray:
 SAMPLE_FILES: dict[str, Callable[[Path], None]] = {
     "vectors.npy": lambda p: np.save(p, _vectors(1_000, 8, 0)),
     "embeddings.npy": lambda p: np.save(p, _vectors(1_000, 8, 1)),
+    "queries.npy": lambda p: np.save(p, _vectors(100, 8, 2)),
 }
 
 
@@ -104,7 +107,7 @@ SHELL_BLOCKS = [b for b in BLOCKS if b.lang in SHELL and b.skip is None]
 
 
 def test_every_block_is_labelled_and_every_skip_says_why() -> None:
-    unlabelled = [b.line - 1 for b in BLOCKS if not b.lang]
+    unlabelled = [b.line - 1 for b in BLOCKS if b.lang not in PYTHON | SHELL | NOT_CODE]
     assert not unlabelled, f"README.md lines {unlabelled}: label the block python, bash or text"
     skipped = [b for b in BLOCKS if b.skip is not None]
     assert all(b.skip for b in skipped), "a no-test marker must give its reason"
