@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph import glyph
 from viva_glyph.config import default_config
 from viva_glyph.encoder import RvqEncoder
+from viva_glyph.glyph import codes_to_glyph_ids
 
 __all__ = [
     "SEED",
@@ -210,7 +210,7 @@ def _glyph_lines(encoder: RvqEncoder) -> list[str]:
     chosen = [names.index(n) for n in SHOWN]
     x = pad_to_latent(anchors[chosen])
     codes, errors = encoder.encode_with_errors(x)
-    ids = glyph.codes_to_glyph_ids(codes, encoder.config.codebook_size)
+    ids = codes_to_glyph_ids(codes, encoder.config.codebook_size)
     coarse = latent_to_pad(encoder.decode(codes[:, :1]))
     full = latent_to_pad(encoder.decode(codes))
     lines = [

@@ -170,10 +170,11 @@ def _header(fh: io.FileIO, size: int, path: PathLike) -> tuple[dict[str, Any], d
         raise _other(path, "a safetensors file without viva-glyph metadata")
     if meta.get("format") != FORMAT_NAME:
         raise _other(
-            path, f"a safetensors file of format {meta.get('format')!r}, not {FORMAT_NAME!r}"
+            path, f"a safetensors file of format {meta.get('format')!r:.40}, not {FORMAT_NAME!r}"
         )
     if set(header) != {TENSOR}:
-        raise _fail(path, f"expected exactly one tensor {TENSOR!r}, got {sorted(header)[:5]}")
+        names = [name[:20] for name in sorted(header)[:5]]
+        raise _fail(path, f"expected exactly one tensor {TENSOR!r}, got {names}")
     entry = header[TENSOR]
     if not isinstance(entry, dict):
         raise _fail(path, "tensor entry is not a JSON object")
