@@ -650,3 +650,28 @@ def test_header_lengths_that_look_like_magic_numbers(tmp_path: Path, length: int
     path = tmp_path / "m.safetensors"
     path.write_bytes(raw_file(text + " " * (length - len(text)), values.tobytes()))
     np.testing.assert_array_equal(vg.load(path).codebook_array.ravel(), values)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB")
+def test_rejecting_a_300_mb_file_keeps_rss_flat(tmp_path: Path) -> None:
+    """The issue's case: a 300 MB file of garbage once peaked at 336 MB RSS."""
+    script = (
+        "import resource, sys, viva_glyph as vg\n"
+        "try:\n    vg.load(sys.argv[1])\nexcept ValueError:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"  # KiB on Linux
+    )
+    rss = {}
+    for name, size in (("small", 64), ("large", 300 << 20)):
+        path = tmp_path / f"{name}.safetensors"
+        with open(path, "wb") as fh:
+            fh.write(b"\x93NUMPY\x01\x00v\x00")
+            fh.truncate(size)  # sparse: nothing is written
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        rss[name] = int(res.stdout.split()[-1]) * 1024
+    assert rss["large"] - rss["small"] < 8 << 20, rss
