@@ -16,18 +16,15 @@ offsets against the file size), so a malformed or hostile file raises
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from viva_glyph._files import atomic_output
 from viva_glyph.codebook import Codebook
 from viva_glyph.rvq import RvqConfig, RvqEncoder
 
@@ -54,59 +51,6 @@ PathLike = str | os.PathLike[str]
 
 class ModelFormatError(ValueError):
     """A model file is malformed, truncated, of another format or another version."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path``.
-
-    The caller writes the whole file to the yielded path. When the block ends
-    without an exception the file is fsynced and renamed over ``path`` with
-    :func:`os.replace` (atomic on POSIX and Windows), then the folder is
-    fsynced; on any exception the temporary file is removed and ``path`` is
-    left as it was.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Final destination; its folder must exist.
-    suffix : str
-        Suffix for the temporary name (some writers choose a format by it).
-    """
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_folder(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":  # folders cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _metadata(encoder: RvqEncoder) -> dict[str, str]:
