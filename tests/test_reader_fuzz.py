@@ -1,0 +1,94 @@
+"""Fuzzed CSV and fvecs files: a bounded, seeded loop of random bytes and mutations of valid
+files. Every file either reads as a finite-shaped (N, D) matrix or fails with a clean
+ValueError / TypeError (which the command line reports with exit code 2)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from viva_glyph import data
+
+SECONDS = 2.0  # per format: a few seconds in CI in all
+
+
+def valid_csv(rng: np.random.Generator) -> bytes:
+    n, d = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    rows = [",".join(repr(float(v)) for v in rng.normal(size=d)) for _ in range(n)]
+    if rng.random() < 0.5:
+        rows.insert(0, ",".join(f"c{i}" for i in range(d)))
+    return ("\n".join(rows) + "\n").encode()
+
+
+def valid_fvecs(rng: np.random.Generator) -> bytes:
+    n, d = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    dims = np.full((n, 1), d, "<i4").view("<f4")
+    return np.hstack([dims, rng.normal(size=(n, d)).astype("<f4")]).tobytes()
+
+
+SPECIAL = [b"", b",", b"\n", b"\r", b'"', b"\x00", b"\xef\xbb\xbf", b"\xff", b"nan", b"-", b"e9"]
+
+
+def mutate(raw: bytes, rng: np.random.Generator) -> bytes:
+    buf = bytearray(raw)
+    for _ in range(int(rng.integers(1, 4))):
+        kind = rng.integers(0, 5)
+        at = int(rng.integers(0, len(buf) + 1))
+        if kind == 0 and buf:  # flip a bit
+            i = min(at, len(buf) - 1)
+            buf[i] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:  # truncate
+            del buf[at:]
+        elif kind == 2:  # insert a special token
+            buf[at:at] = SPECIAL[int(rng.integers(0, len(SPECIAL)))]
+        elif kind == 3 and buf:  # overwrite 4 bytes with a random int32 (a row dimension)
+            buf[at : at + 4] = np.int32(rng.integers(-(2**31), 2**31)).tobytes()
+        else:  # random bytes
+            buf[at:at] = rng.bytes(int(rng.integers(1, 16)))
+    return bytes(buf)
+
+
+def read_everything(path: Path) -> None:
+    vf = data.open_vectors(path)
+    n, d = vf.shape
+    assert n >= 1 and d >= 1
+    whole = vf.array()
+    assert whole.shape == (n, d)
+    if path.suffix == ".fvecs":  # independent reference: the layout parsed from the raw bytes
+        raw = np.frombuffer(path.read_bytes(), "<i4").reshape(n, 1 + d)
+        assert (raw[:, 0] == d).all(), "a row declaring another dimension was accepted"
+        np.testing.assert_array_equal(whole.view("<i4"), raw[:, 1:])
+    for start, block in vf.blocks(3):
+        assert block.shape == (min(3, n - start), d)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in vf.blocks(2)]), whole)
+
+
+def fuzz(tmp_path: Path, suffix: str, make: object, seed: int) -> tuple[int, int]:
+    rng = np.random.default_rng(seed)
+    ok = rejected = 0
+    path = tmp_path / f"f{suffix}"
+    stop = time.monotonic() + SECONDS
+    while time.monotonic() < stop:
+        raw = make(rng) if rng.random() < 0.8 else b""  # type: ignore[operator]
+        raw = mutate(raw, rng) if raw else rng.bytes(int(rng.integers(0, 64)))
+        path.write_bytes(raw)
+        try:
+            read_everything(path)
+            ok += 1
+        except (ValueError, TypeError):
+            rejected += 1
+        except BaseException as exc:  # anything else is a bug: show the input
+            raise AssertionError(f"{type(exc).__name__}: {exc} for {raw!r}") from exc
+    return ok, rejected
+
+
+def test_fuzz_csv(tmp_path: Path) -> None:
+    ok, rejected = fuzz(tmp_path, ".csv", valid_csv, 11)
+    assert ok > 20 and rejected > 20  # both outcomes were exercised
+
+
+def test_fuzz_fvecs(tmp_path: Path) -> None:
+    ok, rejected = fuzz(tmp_path, ".fvecs", valid_fvecs, 12)
+    assert ok > 20 and rejected > 20
