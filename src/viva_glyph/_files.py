@@ -121,30 +121,28 @@ def _umask() -> int:
     return mask
 
 
-def fsync_folder(folder: PathLike) -> None:
-    """fsync a folder so that a rename in it is durable (no-op where unsupported)."""
-    if os.name != "posix":  # folders cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_folder(folder: PathLike) -> None:
+    """fsync a folder so that a rename in it is durable (no-op where unsupported)."""
+    if os.name == "posix":  # folders cannot be opened for fsync on Windows
+        _fsync_path(folder)
+
+
 def fsync_tree(path: PathLike) -> None:
     """fsync a file, or every file and folder below (and including) a folder."""
     root = Path(path)
-    paths = [*root.rglob("*"), root] if root.is_dir() else [root]
-    for p in paths:
+    for p in [*root.rglob("*"), root] if root.is_dir() else [root]:
         if p.is_dir():
             fsync_folder(p)
         else:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(p)
 
 
 def _is_zarr_store(path: Path) -> bool:

@@ -175,12 +175,33 @@ class ParquetRows:
         self.natural_rows = tuple(sizes)
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._cache: tuple[int, NDArray[Any]] | None = None
+        self._nulls_up_front(metas)
         dim = len(self.columns)
         if self.listed:
             dim = types[0].list_size if pa.types.is_fixed_size_list(types[0]) else -1
             if dim < 0 and self.groups:
                 dim = self._group(0, None).shape[1]
         self.shape = (int(self.starts[-1]), int(dim))
+
+    def _nulls_up_front(self, metas: Sequence[Any]) -> None:
+        """Where the file's statistics count nulls in a row group, read it now to name the row.
+
+        So a null fails when the data is opened (in the client, for Dask), not in a task.
+        """
+        index = {(f, g): i for i, (f, g) in enumerate(self.groups)}
+        for meta, f in zip(metas, self.files, strict=True):
+            leaves = [
+                j
+                for j in range(meta.num_columns)
+                if meta.schema.column(j).path.split(".")[0] in self.columns
+            ]
+            for g in range(meta.num_row_groups):
+                for j in leaves:
+                    stats = meta.row_group(g).column(j).statistics
+                    has_nulls = stats is not None and stats.has_null_count and stats.null_count
+                    if has_nulls and (f, g) in index:
+                        self._group(index[f, g], None)
+        self._cache = None
 
     def _choose(self, schema: Any, columns: Sequence[str] | None) -> list[str]:
         lists = [f.name for f in schema if _listed(f.type)]
