@@ -45,21 +45,24 @@ def _rows_per_block(row_bytes: int, chunk_rows: int | None) -> int:
 
 # -- sources: viva_glyph.data's readers, one task per block --------------------------------
 def _from_file(src: VectorFile, rows: int | tuple[int, ...], kind: str) -> da.Array:
-    """Dask array over a :class:`~viva_glyph.data.VectorFile` (picklable: paths only)."""
+    """Dask array over a :class:`~viva_glyph.data.VectorFile` (picklable; the binary and
+    table formats hold only paths, so a task reads its own rows)."""
     import dask.array as da
     from dask.base import tokenize
 
-    stamp = _stamp(src.path)
-    name = f"{kind}-{tokenize(src.path, stamp, src.shape, str(src.dtype), rows, repr(src))}"
+    chosen = [getattr(src._source, a, None) for a in ("columns", "component")]
+    token = tokenize(src.path, _stamp(src.path), src.shape, str(src.dtype), rows, chosen)
+    name = f"{kind}-{token}"
     chunks = (rows, (src.shape[1],))
     return da.from_array(src, chunks=chunks, name=name, asarray=False, lock=False)
 
 
 def _stamp(path: str) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of a file, or of a folder and the entries directly in it."""
     p = Path(path)
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    entries = [p, *sorted(p.iterdir())] if p.is_dir() else [p]
     out = []
-    for f in files[:10_000]:
+    for f in entries:
         with contextlib.suppress(OSError):
             st = f.stat()
             out.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
@@ -128,15 +131,22 @@ def from_parquet(path: str | os.PathLike[str], *, columns: Sequence[str] | None 
     return _from_file(src, src.natural_rows or 1, "parquet")
 
 
-def open_array(path: str | os.PathLike[str], *, chunk_rows: int | None = None) -> da.Array:
+def open_array(
+    path: str | os.PathLike[str],
+    *,
+    chunk_rows: int | None = None,
+    key: str | None = None,
+    header: bool | None = None,
+) -> da.Array:
     """Dask array over any data file :func:`viva_glyph.data.open_vectors` reads.
 
     ``.npy``, ``.fvecs`` / ``.bvecs`` and Parquet are read block by block on the
     workers, ``.zarr`` chunk by chunk; ``.npz`` and CSV/TSV are read whole here
     (the graph then carries their data). A folder holding ``*.parquet`` files is
-    read as Parquet.
+    read as Parquet. ``key`` and ``header`` are those of
+    :func:`viva_glyph.data.open_vectors`.
     """
-    src = open_vectors(path)
+    src = open_vectors(path, key=key, header=header)
     rows = src.natural_rows
     if chunk_rows is not None or rows is None:
         rows = _rows_per_block(src.shape[1] * src.dtype.itemsize, chunk_rows)
