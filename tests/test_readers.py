@@ -323,3 +323,39 @@ def test_cli_decode_names_the_row(tmp_path: Path, model: Any, capsys: Any) -> No
     np.savetxt(tmp_path / "c.csv", floats, delimiter=",")
     argv[2] = tmp_path / "c.csv"
     assert "c.csv row 150: codes must be integers, got 0.5" in error_line(capsys, *argv)
+
+
+# -- the Dask path reads every format through the same reader ----------------------------
+def test_dask_reads_every_format_like_open_vectors(tmp_path: Path) -> None:
+    vgd = pytest.importorskip("viva_glyph.dask")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    zarr = pytest.importorskip("zarr")
+    x = np.random.default_rng(6).normal(size=(97, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    write_vecs(tmp_path / "x.fvecs", x)
+    np.savez(tmp_path / "x.npz", v=x)
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", fmt="%.9g", header="a,b,c,d", comments="")
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)
+    pq.write_table(
+        pa.table({"id": np.arange(97), "emb": emb}), tmp_path / "x.parquet", row_group_size=30
+    )
+    zarr.create_array(str(tmp_path / "x.zarr"), data=x, chunks=(40, 4))
+    for name in ("x.npy", "x.fvecs", "x.npz", "x.csv", "x.parquet", "x.zarr"):
+        ref = data.open_vectors(tmp_path / name).array()
+        # the writers' reference; 9 digits in the CSV round-trip float32 exactly
+        np.testing.assert_array_equal(ref.astype(np.float32), x)
+        for chunk_rows in (None, 13):
+            arr = vgd.open_array(tmp_path / name, chunk_rows=chunk_rows)
+            assert arr.dtype == ref.dtype and arr.shape == ref.shape
+            np.testing.assert_array_equal(arr.compute(scheduler="sync"), ref)
+    assert vgd.open_array(tmp_path / "x.parquet").chunks[0] == (30, 30, 30, 7)
+    assert vgd.from_zarr(tmp_path / "x.zarr").chunks[0] == (40, 40, 17)
+
+
+def test_not_a_data_file(tmp_path: Path, model: Any, capsys: Any) -> None:
+    (tmp_path / "folder").mkdir()
+    err = error_line(capsys, "encode", model[1], tmp_path / "folder", "-o", tmp_path / "c.npy")
+    assert "folder is a folder; expected a data file" in err
+    with pytest.raises(FileNotFoundError):
+        data.open_vectors(tmp_path / "missing.csv")

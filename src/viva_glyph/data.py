@@ -157,8 +157,11 @@ def open_vectors(
         return open_zarr(text, component=key)
     if suffix in (".parquet", ".pq") or (p.is_dir() and any(p.glob("*.parquet"))):
         return open_parquet(text, columns=None if key is None else [key])
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(2, "no such file", text)
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "not a regular file"
+        raise ValueError(f"{p} is {kind}; expected a data file ({', '.join(READ_FORMATS)})")
     if suffix == ".npy":
         return VectorFile(text, _open_npy(p))
     if suffix in (".fvecs", ".bvecs"):
