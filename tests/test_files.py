@@ -140,9 +140,7 @@ def test_signal_during_encode_removes_the_temp(setup: dict[str, Any], sig: int) 
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
-    assert err.strip().splitlines() == [
-        f"viva-glyph: terminated by {signal.Signals(sig).name}; no output written"
-    ]
+    assert err.strip().splitlines() == [f"viva-glyph: terminated by {signal.Signals(sig).name}"]
     assert temps(d) == [] and not (d / "c.npy").exists()
 
 

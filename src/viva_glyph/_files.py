@@ -56,7 +56,13 @@ class Terminated(BaseException):
 
 
 def _host() -> str:
-    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+    """Tag of this host and process-id namespace: only there do our pids mean anything."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    text = f"{socket.gethostname()}|{namespace}"
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8]
 
 
 def _start_time(pid: int) -> int:

@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except Terminated as exc:  # SIGTERM / SIGHUP: temporaries are already removed
         with contextlib.suppress(OSError):
-            print(f"{PROG}: {exc}; no output written", file=sys.stderr)
+            print(f"{PROG}: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
