@@ -44,7 +44,7 @@ PathLike = str | os.PathLike[str]
 _TAG = "viva-glyph"
 _TEMP = re.compile(rf"^\..+\.{_TAG}-([0-9a-f]{{8}})-(\d+)-(\d+)-[0-9a-f]{{8}}.*\.tmp$")
 _LIVE: set[Path] = set()  # temporaries of this process, removed on SIGTERM / SIGHUP
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()  # re-entered by a signal handler in the main thread
 
 
 class Terminated(BaseException):

@@ -34,11 +34,14 @@ def is_number(text: str) -> bool:
     return True
 
 
-def _bad_field(p: Path, line: int, row: Sequence[str]) -> ValueError:
+def _bad_field(p: Path, line: int, row: Sequence[str], first: bool) -> ValueError:
     col = next(j for j, v in enumerate(row) if not is_number(v))
     value = row[col]
     what = "is empty" if not value.strip() else f"{value[:40]!r} is not a number"
-    return ValueError(f"{p}: line {line}, column {col + 1} {what}; every field must be a number")
+    hint = " (if it is a header line, pass --header or header=True)" if first else ""
+    return ValueError(
+        f"{p}: line {line}, column {col + 1} {what}; every field must be a number{hint}"
+    )
 
 
 def read_text(p: Path, delimiter: str, header: bool | None = None) -> NDArray[np.float64]:
@@ -87,7 +90,8 @@ def read_text(p: Path, delimiter: str, header: bool | None = None) -> NDArray[np
                 try:
                     rows.append([float(v) for v in row])
                 except ValueError:
-                    raise _bad_field(p, line, row) from None
+                    first = names is None and not rows and not chunks
+                    raise _bad_field(p, line, row, first) from None
                 if len(rows) == _CHUNK_ROWS:
                     chunks.append(np.array(rows, dtype=np.float64))
                     rows = []
