@@ -279,6 +279,13 @@ def test_zarr_round_trip_through_the_cli(tmp_path: Path, model: Any, capsys: Any
     ]
     code, out, _ = run(capsys, "encode", "--help")
     assert code == 0 and ".zarr" in out
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("codes", data=ref)
+    err = error_line(capsys, "decode", m, tmp_path / "g.zarr", "-o", tmp_path / "z.npy")
+    assert "g.zarr is a zarr group: name an array with --key (['codes'])" in err
+    argv = ["decode", m, tmp_path / "g.zarr", "--key", "codes", "-o", tmp_path / "z.npy"]
+    assert run(capsys, *argv)[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), enc.decode(ref))
 
 
 def test_zarr_codes_from_dask(tmp_path: Path, model: Any, capsys: Any) -> None:

@@ -405,7 +405,15 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
     if isinstance(exc, ModuleNotFoundError):
-        extra = {"pyarrow": "parquet", "safetensors": "cli", "matplotlib": "cli", "tqdm": "cli"}
+        extra = {
+            "pyarrow": "parquet",
+            "safetensors": "cli",
+            "matplotlib": "cli",
+            "tqdm": "cli",
+            "zarr": "dask",
+            "dask": "dask",
+            "distributed": "dask",
+        }
         hint = extra.get((exc.name or "").split(".")[0], "all")
         return f"needs the optional package {exc.name!r}: pip install 'viva-glyph[{hint}]'"
     text = " ".join(str(exc).split()) or type(exc).__name__
