@@ -1,9 +1,10 @@
-"""Fuzzed CSV and fvecs files: a bounded, seeded loop of random bytes and mutations of valid
-files. Every file either reads as a finite-shaped (N, D) matrix or fails with a clean
-ValueError / TypeError (which the command line reports with exit code 2)."""
+"""Fuzzed CSV, fvecs, .npy and .npz files: a bounded, seeded loop of random bytes and
+mutations of valid files. Every file either reads as a finite-shaped (N, D) matrix or
+fails with a clean ValueError / TypeError (which the command line reports with exit 2)."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from viva_glyph import data
 
-SECONDS = 2.0  # per format: a few seconds in CI in all
+SECONDS = 1.5  # per format: a few seconds in CI in all
 
 
 def valid_csv(rng: np.random.Generator) -> bytes:
@@ -20,6 +21,19 @@ def valid_csv(rng: np.random.Generator) -> bytes:
     if rng.random() < 0.5:
         rows.insert(0, ",".join(f"c{i}" for i in range(d)))
     return ("\n".join(rows) + "\n").encode()
+
+
+def valid_npy(rng: np.random.Generator) -> bytes:
+    shape = (int(rng.integers(1, 6)), int(rng.integers(1, 5)))
+    buf = io.BytesIO()
+    np.save(buf, rng.normal(size=shape).astype(rng.choice(["<f4", ">f8", "<i2", "u1"])))
+    return buf.getvalue()
+
+
+def valid_npz(rng: np.random.Generator) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, a=rng.normal(size=(int(rng.integers(1, 6)), int(rng.integers(1, 5)))))
+    return buf.getvalue()
 
 
 def valid_fvecs(rng: np.random.Generator) -> bytes:
@@ -92,3 +106,9 @@ def test_fuzz_csv(tmp_path: Path) -> None:
 def test_fuzz_fvecs(tmp_path: Path) -> None:
     ok, rejected = fuzz(tmp_path, ".fvecs", valid_fvecs, 12)
     assert ok > 20 and rejected > 20
+
+
+def test_fuzz_npy_and_npz(tmp_path: Path) -> None:
+    for suffix, make, seed in ((".npy", valid_npy, 13), (".npz", valid_npz, 14)):
+        ok, rejected = fuzz(tmp_path, suffix, make, seed)
+        assert ok > 10 and rejected > 10

@@ -23,6 +23,7 @@ temporary file next to the destination and rename it when complete.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -220,6 +221,12 @@ class _InMemory:
 # -- .npy headers (also inside .npz) ----------------------------------------------------
 def _npy_header(fh: BinaryIO, what: str) -> tuple[tuple[int, int], bool, np.dtype[Any]]:
     """Read and check a .npy header: ((N, D), fortran order, dtype); 1-D is (N, 1)."""
+    with warnings.catch_warnings():  # a header numpy must repair (Python 2) is just read
+        warnings.simplefilter("ignore")
+        return _checked_header(fh, what)
+
+
+def _checked_header(fh: BinaryIO, what: str) -> tuple[tuple[int, int], bool, np.dtype[Any]]:
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -228,7 +235,7 @@ def _npy_header(fh: BinaryIO, what: str) -> tuple[tuple[int, int], bool, np.dtyp
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, TypeError, OverflowError, RecursionError) as exc:
+    except Exception as exc:  # numpy's parser of untrusted text: also TokenError, SyntaxError
         raise ValueError(f"{what}: not a valid .npy file ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
         raise ValueError(f"{what}: holds Python objects; only numeric arrays are read")
@@ -322,7 +329,7 @@ def _load_npz(p: Path, key: str | None) -> NDArray[Any]:
     """One array of a .npz archive, its header checked before its data is read."""
     try:
         archive = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # zipfile on untrusted bytes: BadZipFile, NotImplementedError, ...
         raise ValueError(f"{p}: not a valid .npz file ({exc})") from None
     with archive:
         names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
@@ -342,10 +349,12 @@ def _load_npz(p: Path, key: str | None) -> NDArray[Any]:
                 while got < raw.size and (piece := fh.read(min(raw.size - got, 1 << 24))):
                     raw[got : got + len(piece)] = np.frombuffer(piece, np.uint8)
                     got += len(piece)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-            raise ValueError(f"{what} cannot be read ({exc})") from None
+        except ValueError:
+            raise
         except MemoryError:
             raise ValueError(f"{what} of shape {(n, d)} does not fit in memory") from None
+        except Exception as exc:  # BadZipFile, NotImplementedError (a method), EOFError, ...
+            raise ValueError(f"{what} cannot be read ({exc})") from None
     if got != arr.nbytes:
         raise ValueError(f"{what}: truncated, shorter than its header's shape {(n, d)} says")
     return arr.reshape((n, d), order="F" if fortran else "C")
