@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from viva_glyph import data
 
-SECONDS = 1.5  # per format: a few seconds in CI in all
+SECONDS = 1.0  # per format: a few seconds in CI in all
 
 
 def valid_csv(rng: np.random.Generator) -> bytes:
@@ -84,7 +85,7 @@ def fuzz(tmp_path: Path, suffix: str, make: object, seed: int) -> tuple[int, int
     ok = rejected = 0
     path = tmp_path / f"f{suffix}"
     stop = time.monotonic() + SECONDS
-    while time.monotonic() < stop:
+    while ok + rejected < 100 or time.monotonic() < stop:  # at least 100 files, then the clock
         raw = make(rng) if rng.random() < 0.8 else b""  # type: ignore[operator]
         raw = mutate(raw, rng) if raw else rng.bytes(int(rng.integers(0, 64)))
         path.write_bytes(raw)
@@ -100,15 +101,49 @@ def fuzz(tmp_path: Path, suffix: str, make: object, seed: int) -> tuple[int, int
 
 def test_fuzz_csv(tmp_path: Path) -> None:
     ok, rejected = fuzz(tmp_path, ".csv", valid_csv, 11)
-    assert ok > 20 and rejected > 20  # both outcomes were exercised
+    assert ok > 5 and rejected > 5  # both outcomes were exercised
 
 
 def test_fuzz_fvecs(tmp_path: Path) -> None:
     ok, rejected = fuzz(tmp_path, ".fvecs", valid_fvecs, 12)
-    assert ok > 20 and rejected > 20
+    assert ok > 5 and rejected > 5
 
 
 def test_fuzz_npy_and_npz(tmp_path: Path) -> None:
     for suffix, make, seed in ((".npy", valid_npy, 13), (".npz", valid_npz, 14)):
         ok, rejected = fuzz(tmp_path, suffix, make, seed)
-        assert ok > 10 and rejected > 10
+        assert ok > 5 and rejected > 5
+
+
+def valid_parquet(rng: np.random.Generator) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = rng.normal(size=(int(rng.integers(1, 40)), 3))
+    table = (
+        pa.table({"emb": pa.array(list(x))})
+        if rng.random() < 0.5
+        else pa.table({f"c{i}": x[:, i] for i in range(3)})
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=7)
+    return buf.getvalue()
+
+
+def test_fuzz_parquet(tmp_path: Path) -> None:
+    """A fixed list of mutated files (pyarrow itself aborts the process on a few corrupt
+    files when their column statistics are read, so the inputs are not left to the clock;
+    the reader does not read statistics)."""
+    pytest.importorskip("pyarrow")
+    rng = np.random.default_rng(21)
+    path = tmp_path / "f.parquet"
+    outcomes = {"ok": 0, "rejected": 0}
+    for _ in range(150):
+        raw = mutate(valid_parquet(rng), rng)
+        path.write_bytes(raw)
+        try:
+            read_everything(path)
+            outcomes["ok"] += 1
+        except (ValueError, TypeError):
+            outcomes["rejected"] += 1
+    assert outcomes["ok"] > 10 and outcomes["rejected"] > 10

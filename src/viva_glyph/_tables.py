@@ -147,16 +147,18 @@ class ParquetRows:
         self.files, self.name = list(files), name
         try:
             metas = [pq.ParquetFile(f).metadata for f in self.files]
+            schemas = [m.schema.to_arrow_schema() for m in metas]
         except (pa.ArrowException, OSError) as exc:
             raise ValueError(f"{name}: cannot read it as Parquet ({exc})") from None
-        schema = metas[0].schema.to_arrow_schema()
+        schema = schemas[0]
+        if len(set(schema.names)) != len(schema.names):
+            raise ValueError(f"{name}: repeated column names in {schema.names}")
         self.columns = self._choose(schema, columns)
         types = [schema.field(c).type for c in self.columns]
         self.listed = _listed(types[0])
-        for meta, f in zip(metas, self.files, strict=True):
-            other = meta.schema.to_arrow_schema()
+        for other, f in zip(schemas, self.files, strict=True):
             if any(
-                c not in other.names or other.field(c).type != t
+                other.names.count(c) != 1 or other.field(c).type != t
                 for c, t in zip(self.columns, types, strict=True)
             ):
                 raise ValueError(f"{f}: its columns {self.columns} differ from {self.files[0]}'s")
@@ -179,33 +181,12 @@ class ParquetRows:
         self.natural_rows = tuple(sizes)
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._cache: tuple[int, NDArray[Any]] | None = None
-        self._nulls_up_front(metas)
         dim = len(self.columns)
         if self.listed:
             dim = types[0].list_size if pa.types.is_fixed_size_list(types[0]) else -1
             if dim < 0 and self.groups:
                 dim = self._group(0, None).shape[1]
         self.shape = (int(self.starts[-1]), int(dim))
-
-    def _nulls_up_front(self, metas: Sequence[Any]) -> None:
-        """Where the file's statistics count nulls in a row group, read it now to name the row.
-
-        So a null fails when the data is opened (in the client, for Dask), not in a task.
-        """
-        index = {(f, g): i for i, (f, g) in enumerate(self.groups)}
-        for meta, f in zip(metas, self.files, strict=True):
-            leaves = [
-                j
-                for j in range(meta.num_columns)
-                if meta.schema.column(j).path.split(".")[0] in self.columns
-            ]
-            for g in range(meta.num_row_groups):
-                for j in leaves:
-                    stats = meta.row_group(g).column(j).statistics
-                    has_nulls = stats is not None and stats.has_null_count and stats.null_count
-                    if has_nulls and (f, g) in index:
-                        self._group(index[f, g], None)
-        self._cache = None
 
     def _choose(self, schema: Any, columns: Sequence[str] | None) -> list[str]:
         lists = [f.name for f in schema if _listed(f.type)]
@@ -231,13 +212,23 @@ class ParquetRows:
         return {**self.__dict__, "_cache": None}
 
     def _group(self, g: int, dim: int | None) -> NDArray[Any]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self._cache is not None and self._cache[0] == g:
             return self._cache[1]
         f, group = self.groups[g]
-        table = pq.ParquetFile(f).read_row_group(group, columns=self.columns)
+        try:
+            table = pq.ParquetFile(f).read_row_group(group, columns=self.columns)
+        except (pa.ArrowException, OSError) as exc:
+            text = " ".join(str(exc).split())
+            raise ValueError(f"{f}: row group {group} cannot be read ({text})") from None
         start = int(self.starts[g])
+        if table.num_rows != self.natural_rows[g]:
+            raise ValueError(
+                f"{f}: row group {group} holds {table.num_rows} rows, "
+                f"its metadata says {self.natural_rows[g]}"
+            )
         for c in self.columns:
             col = table.column(c).combine_chunks()
             if col.null_count:

@@ -109,8 +109,9 @@ def check_matrix(
     _check_dtype(arr, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be {shapes}, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        what = "is empty" if 0 in arr.shape else "has a negative size"
+        raise ValueError(f"{name} {what}: got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(
             f"{name} has dimension {arr.shape[1]}, but the encoder expects dimension {dim}"
