@@ -189,7 +189,8 @@ def test_bad_input(encoder: vg.RvqEncoder, tmp_path: Path) -> None:
         vgd.decode(encoder, da.zeros((4, 5), dtype=np.uint16, chunks=2))
     with pytest.raises(ValueError, match=r"\.npy file or a \.zarr"):
         vgd.write_codes(da.zeros((4, 2), dtype=np.uint8, chunks=2), tmp_path / "c.csv")
-    with pytest.raises(ValueError, match=r"\.npy file, a \.zarr store"):
+    (tmp_path / "x.txt").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"unknown data format '\.txt'"):
         vgd.open_array(tmp_path / "x.txt")
     x = np.ones((10, 16), np.float32)
     x[7, 3] = np.nan

@@ -102,14 +102,19 @@ def test_npz_never_unpickles(tmp_path: Path) -> None:
         data.open_vectors(tmp_path / "obj.npz")
 
 
-def test_csv_with_header_and_text_column(tmp_path: Path, x: np.ndarray) -> None:
-    lines = ["name,a,b,c,d,e"] + [
-        f"row{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(x)
-    ]
+def test_csv_with_header(tmp_path: Path, x: np.ndarray) -> None:
+    lines = ["a,b,c,d,e"] + [",".join(repr(float(v)) for v in row) for row in x]
     (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
     vf = data.open_vectors(tmp_path / "x.csv")
     assert vf.shape == x.shape
     np.testing.assert_array_equal(read_all(vf, 50), x.astype(np.float64))
+    # a text column is not skipped: it is an error naming line and column
+    lines = ["name,a,b,c,d,e"] + [
+        f"row{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(x)
+    ]
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 2, column 1 'row0' is not a number"):
+        data.open_vectors(tmp_path / "x.csv")
 
 
 def test_tsv_without_header(tmp_path: Path, x: np.ndarray) -> None:
@@ -147,7 +152,7 @@ def test_parquet_streams_row_groups(tmp_path: Path, x: np.ndarray) -> None:
     np.testing.assert_array_equal(
         data.open_vectors(tmp_path / "g.parquet", key="n").array()[:, 0], np.arange(257)
     )
-    with pytest.raises(ValueError, match="no list or numeric column 'name'"):
+    with pytest.raises(ValueError, match="column 'name' is not a list or numeric column"):
         data.open_vectors(tmp_path / "g.parquet", key="name")
 
 
@@ -158,7 +163,7 @@ def test_parquet_streams_row_groups(tmp_path: Path, x: np.ndarray) -> None:
         ("a.npy", b"\x93NUMPY garbage", "not a valid .npy"),
         ("a.csv", b"", "empty"),
         ("a.csv", b"x,y\n", "no rows"),
-        ("a.csv", b"a,b\nfoo,bar\n", "no numeric column"),
+        ("a.csv", b"a,b\nfoo,bar\n", "line 2, column 1 'foo' is not a number"),
         ("a.fvecs", b"\x01", "too short"),
     ],
 )

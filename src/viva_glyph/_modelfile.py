@@ -18,17 +18,15 @@ so this module imports nothing from the layers above it; the reader is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from viva_glyph._files import atomic_output
 
 __all__ = [
     "FORMAT_NAME",
@@ -195,57 +193,3 @@ def save(model: SavableModel, path: PathLike) -> None:
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         fh.write(payload)
         fh.flush()
-
-
-# -- the atomic output ------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_output(path: PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path``.
-
-    The caller writes the whole file to the yielded path. When the block ends
-    without an exception the file is fsynced and renamed over ``path`` with
-    :func:`os.replace` (atomic on POSIX and Windows), then the folder is
-    fsynced; on any exception the temporary file is removed and ``path`` is
-    left as it was.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Final destination; its folder must exist.
-    suffix : str
-        Suffix for the temporary name (some writers choose a format by it).
-    """
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_folder(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":  # folders cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["as_matrix", "as_vector", "check_matrix", "positive_int", "require_finite"]
+__all__ = [
+    "as_matrix",
+    "as_vector",
+    "check_code_shape",
+    "check_codes",
+    "check_matrix",
+    "positive_int",
+    "require_finite",
+]
 
 
 def positive_int(value: object, name: str) -> int:
@@ -101,12 +109,88 @@ def check_matrix(
     _check_dtype(arr, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be {shapes}, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        what = "is empty" if 0 in arr.shape else "has a negative size"
+        raise ValueError(f"{name} {what}: got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(
             f"{name} has dimension {arr.shape[1]}, but the encoder expects dimension {dim}"
         )
+
+
+def check_code_shape(
+    arr: Any, num_stages: int | None, name: str = "codes", *, vector: bool = False
+) -> None:
+    """Check dtype and shape of code arrays (numpy or dask) without reading their values.
+
+    Parameters
+    ----------
+    arr : array-like with ``.dtype``, ``.ndim``, ``.shape``
+        Codes, shape (N, m); also (m,) when ``vector``.
+    num_stages : int or None
+        Largest m allowed (the model's M), or None for any m >= 1.
+
+    Raises
+    ------
+    TypeError
+        For a non-integer dtype.
+    ValueError
+        For another shape.
+    """
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    m = arr.shape[-1] if arr.ndim in ((1, 2) if vector else (2,)) else 0
+    if m < 1 or (num_stages is not None and m > num_stages):
+        bound = f"1 <= m <= {num_stages}" if num_stages is not None else "m >= 1"
+        shapes = "(N, m) or (m,)" if vector else "(N, m)"
+        raise ValueError(f"{name} must have shape {shapes} with {bound}, got {arr.shape}")
+
+
+def check_codes(
+    codes: Any,
+    num_stages: int | None,
+    codebook_size: int,
+    name: str = "codes",
+    *,
+    vector: bool = False,
+    start_row: int = 0,
+) -> NDArray[Any]:
+    """Return codes as an (N, m) integer array after checking dtype, shape and range.
+
+    Parameters
+    ----------
+    codes : array_like of int, shape (N, m) (or (m,) when ``vector``: one row)
+    num_stages : int or None
+        Largest m allowed, or None for any m >= 1.
+    codebook_size : int
+        Codes must lie in ``[0, codebook_size)``.
+    name : str
+        What messages call the input.
+    start_row : int
+        Row number of the first row, for messages about a block of a larger input.
+
+    Returns
+    -------
+    ndarray, shape (N, m), the input's integer dtype (a view where possible)
+
+    Raises
+    ------
+    TypeError
+        For a non-integer dtype.
+    ValueError
+        For another shape, or a code outside ``[0, codebook_size)`` (naming its row).
+    """
+    arr = np.asarray(codes)
+    check_code_shape(arr, num_stages, name, vector=vector)
+    arr = arr.reshape(1, -1) if arr.ndim == 1 else arr
+    if arr.size and (arr.min() < 0 or arr.max() >= codebook_size):
+        bad = int(np.flatnonzero(((arr < 0) | (arr >= codebook_size)).any(axis=1))[0])
+        value = next(int(v) for v in arr[bad] if not 0 <= v < codebook_size)
+        raise ValueError(
+            f"token index out of range: expected [0, {codebook_size}), "
+            f"{name} row {start_row + bad} holds {value}"
+        )
+    return arr
 
 
 def as_vector(data: object, dim: int | None, name: str = "input") -> NDArray[np.float64]:

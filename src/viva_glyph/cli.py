@@ -8,24 +8,25 @@ Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not gi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph import __version__
-from viva_glyph._validate import require_finite
+from viva_glyph._files import Terminated, check_output, removing_temps_on_signals
+from viva_glyph._validate import check_codes, require_finite
 from viva_glyph.rvq import RvqEncoder
 
 __all__ = ["main"]
 
 PROG = "viva-glyph"
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
+DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv, .parquet or .zarr"
 
 
 class UsageError(Exception):
@@ -54,10 +55,10 @@ def _load_model(path: str) -> RvqEncoder:
     return load(path)
 
 
-def _open_data(path: str, key: str | None, dimension: int | None) -> Any:
+def _open_data(args: argparse.Namespace, path: str, dimension: int | None) -> Any:
     from viva_glyph.data import open_vectors
 
-    source = open_vectors(path, key=key)
+    source = open_vectors(path, key=args.key, header=args.header)
     if dimension is not None and source.shape[1] != dimension:
         raise UsageError(
             f"{path} holds vectors of dimension {source.shape[1]}, "
@@ -67,12 +68,11 @@ def _open_data(path: str, key: str | None, dimension: int | None) -> Any:
 
 
 def _check_output(path: str, suffixes: Sequence[str]) -> None:
-    suffix = Path(path).suffix.lower()
-    if suffix not in suffixes:
-        raise UsageError(f"output {path} must end in {' or '.join(suffixes)}")
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise UsageError(f"output folder {folder} does not exist")
+    """Refuse a bad output before any work: suffix, missing folder, a folder in its place."""
+    try:
+        check_output(path, suffixes)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _stream(
@@ -89,7 +89,8 @@ def _stream(
 
     bar = _bar(source.shape[0], _show_progress(args), args.command)
     try:
-        with open_writer(args.output, (source.shape[0], out[0]), out[1]) as writer:
+        shape = (source.shape[0], out[0])
+        with open_writer(args.output, shape, out[1], chunk_rows=args.block_rows) as writer:
             for start, block in source.blocks(args.block_rows):
                 writer.write(step(start, block))
                 if bar is not None:
@@ -126,7 +127,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         from viva_glyph.training import fit
 
-        source = _open_data(args.data, args.key, None)
+        source = _open_data(args, args.data, None)
         if source.shape[0] < args.codebook_size:
             raise UsageError(
                 f"{args.data} holds {source.shape[0]} vectors; fitting needs at least "
@@ -161,6 +162,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if dask is not None:
         from viva_glyph.dask import run_encode
 
+        _check_output(args.output, (".npy", ".zarr"))
         run_encode(
             encoder,
             args.data,
@@ -173,8 +175,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {args.output}: {m} codes per vector ({encoder.code_dtype})")
         return 0
-    _check_output(args.output, (".npy", ".parquet"))
-    source = _open_data(args.data, args.key, encoder.config.dimension)
+    _check_output(args.output, (".npy", ".parquet", ".zarr"))
+    source = _open_data(args, args.data, encoder.config.dimension)
 
     def step(start: int, block: NDArray[Any]) -> NDArray[Any]:
         require_finite(block, start, args.data)
@@ -188,24 +190,27 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     encoder = _load_model(args.model)
-    _check_output(args.output, (".npy",))
-    source = _open_data(args.codes, args.key, None)
-    m = source.shape[1]
-    if m > encoder.config.num_stages:
+    _check_output(args.output, (".npy", ".zarr"))
+    source = _open_data(args, args.codes, None)
+    c = encoder.config
+    if source.shape[1] > c.num_stages:
         raise UsageError(
-            f"{args.codes} holds {m} codes per vector, but the model has "
-            f"{encoder.config.num_stages} stages"
+            f"{args.codes} holds {source.shape[1]} codes per vector, but the model has "
+            f"{c.num_stages} stages"
         )
 
     def step(start: int, block: NDArray[Any]) -> NDArray[Any]:
-        if block.dtype.kind == "f":
-            if not (np.isfinite(block).all() and (block == np.round(block)).all()):
-                raise UsageError(f"{args.codes}: codes must be integers (rows from {start})")
+        if block.dtype.kind == "f":  # codes from a text file
+            whole = np.isfinite(block) & (block == np.round(block))
+            if not whole.all():
+                row = int(np.flatnonzero(~whole.all(axis=1))[0])
+                raise UsageError(
+                    f"{args.codes} row {start + row}: codes must be integers, got "
+                    f"{block[row][~whole[row]][0]}"
+                )
             block = block.astype(np.int64)
-        try:
-            return encoder.decode(block)
-        except ValueError as exc:
-            raise UsageError(f"{args.codes}, rows from {start}: {exc}") from None
+        codes = check_codes(block, c.num_stages, c.codebook_size, args.codes, start_row=start)
+        return encoder.decode(codes)
 
     _stream(args, source, (encoder.config.dimension, encoder.dtype), step)
     if not args.quiet:
@@ -219,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     encoder = _load_model(args.model)
     if args.plot is not None:
         _check_output(args.plot, (".png",))
-    source = _open_data(args.data, args.key, encoder.config.dimension)
+    source = _open_data(args, args.data, encoder.config.dimension)
     report = evaluate(
         encoder,
         source,
@@ -287,7 +292,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 EXAMPLES = {
     "fit": "example:\n  viva-glyph fit vectors.npy -o model.safetensors --stages 8 --sample 100000",
-    "encode": "example:\n  viva-glyph encode model.safetensors vectors.npy -o codes.npy --beam 4",
+    "encode": "example:\n  viva-glyph encode model.safetensors vectors.npy -o codes.npy --beam 4"
+    "\n  viva-glyph encode model.safetensors vectors.parquet -o codes.zarr",
     "decode": "example:\n  viva-glyph decode model.safetensors codes.npy -o decoded.npy",
     "eval": "example:\n  viva-glyph eval model.safetensors vectors.npy --plot report.png",
     "info": "example:\n  viva-glyph info model.safetensors",
@@ -317,7 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument(
         "--block-rows", type=_positive, default=1 << 16, help="rows read per block (65536)"
     )
-    blocks.add_argument("--key", help="array name in a .npz, column in a .parquet")
+    blocks.add_argument("--key", help="array in a .npz or .zarr group, column in .parquet data")
+    header = blocks.add_mutually_exclusive_group()
+    header.add_argument(
+        "--header",
+        action="store_true",
+        default=None,
+        help=".csv/.tsv: the first row is a header (default: when none of its fields is a number)",
+    )
+    header.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        help=".csv/.tsv: the first row is data",
+    )
     cluster = _Parser(add_help=False)
     group = cluster.add_mutually_exclusive_group()
     group.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask scheduler")
@@ -356,17 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=_positive, metavar="N", help="train on N sampled vectors")
     p.add_argument("--seed", type=_non_negative, default=0, help="random seed (0)")
 
-    p = add("encode", "encode vectors to codes (.npy or .parquet)", [blocks, cluster])
+    p = add("encode", "encode vectors to codes (.npy, .parquet or .zarr)", [blocks, cluster])
     p.add_argument("model", help="model file (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("-o", "--output", required=True, help="codes to write: .npy or .parquet")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="codes to write: .npy, .parquet or .zarr (with a cluster: .npy or .zarr)",
+    )
     p.add_argument("--stages", type=_positive, metavar="m", help="encode the first m stages")
     p.add_argument("--beam", type=_positive, default=1, help="beam width (1 = greedy)")
 
-    p = add("decode", "decode codes back to vectors (.npy)", [blocks])
+    p = add("decode", "decode codes back to vectors (.npy or .zarr)", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
-    p.add_argument("codes", help="codes: .npy, .parquet or .csv; m <= M columns")
-    p.add_argument("-o", "--output", required=True, help="vectors to write (.npy)")
+    p.add_argument("codes", help="codes: .npy, .parquet, .zarr or .csv; m <= M columns")
+    p.add_argument("-o", "--output", required=True, help="vectors to write (.npy or .zarr)")
 
     p = add("eval", "rate-distortion and code usage of a model on vectors", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
@@ -396,7 +420,15 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
     if isinstance(exc, ModuleNotFoundError):
-        extra = {"pyarrow": "parquet", "safetensors": "cli", "matplotlib": "cli", "tqdm": "cli"}
+        extra = {
+            "pyarrow": "parquet",
+            "safetensors": "cli",
+            "matplotlib": "cli",
+            "tqdm": "cli",
+            "zarr": "dask",
+            "dask": "dask",
+            "distributed": "dask",
+        }
         hint = extra.get((exc.name or "").split(".")[0], "all")
         return f"needs the optional package {exc.name!r}: pip install 'viva-glyph[{hint}]'"
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -409,7 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args))
+        with removing_temps_on_signals():
+            return int(args.func(args))
+    except Terminated as exc:  # SIGTERM / SIGHUP: temporaries are already removed
+        with contextlib.suppress(OSError):
+            print(f"{PROG}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly

@@ -1,65 +1,99 @@
-"""Vectors in and codes out: file formats, streamed by row blocks.
+"""Vectors in and codes out: one reader per file format, streamed by row blocks.
 
-Readers (:func:`open_vectors`) know ``.npy`` (read block by block with plain
-file reads, so neither memory nor the resident set grows with the file),
-``.npz`` (one named array), ``.fvecs`` / ``.bvecs`` (the ANN-benchmark
-formats: per row an int32 dimension then D float32 / uint8 values), ``.csv`` /
-``.tsv`` (the numeric columns; a header line is skipped) and ``.parquet``
-(one fixed-size list column or the numeric columns; needs ``pyarrow``).
+:func:`open_vectors` is the only way the command line, :func:`viva_glyph.metrics.evaluate`
+and :mod:`viva_glyph.dask` read data files; every format follows the same rules:
 
-Writers (:class:`NpyWriter`, :func:`open_writer`) append row blocks to a
+- the result is an (N, D) matrix of real numbers with N, D >= 1; a 1-D array
+  is one column; every shape a file declares is checked against its size
+  before anything is allocated;
+- a missing value (a Parquet null, an empty CSV field) or a non-number is an
+  error naming the row and the column, never skipped or guessed;
+- ``.npy`` (read block by block with plain file reads), ``.npz`` (one named
+  array, ``key``), ``.fvecs`` / ``.bvecs`` (per row an int32 dimension then D
+  float32 / uint8 values; every row's dimension is checked), ``.csv`` / ``.tsv``
+  (see :func:`viva_glyph._tables.read_text` for the header rule), ``.parquet``
+  or a folder of ``*.parquet`` (one list column or the numeric columns, see
+  :class:`viva_glyph._tables.ParquetRows`) and ``.zarr`` (an array, or the
+  array ``key`` inside a group).
+
+Writers (:func:`open_writer`, :func:`save_array`) append row blocks to a
 temporary file next to the destination and rename it when complete.
 """
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.io import atomic_output
+from viva_glyph._tables import ParquetRows, read_text
+from viva_glyph._validate import check_matrix
+from viva_glyph._writers import NpyWriter, ParquetWriter, ZarrWriter, open_writer, save_array
 
 __all__ = [
     "BLOCK_ROWS",
     "NpyWriter",
     "ParquetWriter",
     "VectorFile",
+    "ZarrWriter",
+    "open_parquet",
     "open_vectors",
     "open_writer",
+    "open_zarr",
     "save_array",
 ]
 
 #: Default rows per streamed block.
 BLOCK_ROWS = 1 << 16
-READ_FORMATS = (".npy", ".npz", ".fvecs", ".bvecs", ".csv", ".tsv", ".parquet")
+READ_FORMATS = (".npy", ".npz", ".fvecs", ".bvecs", ".csv", ".tsv", ".parquet", ".zarr")
 PathLike = str | os.PathLike[str]
 
 
-@dataclass
+class _Source(Protocol):
+    shape: tuple[int, int]
+    dtype: np.dtype[Any]
+
+    def read(self, start: int, stop: int) -> NDArray[Any]: ...
+
+    def array(self) -> NDArray[Any]: ...
+
+
 class VectorFile:
-    """A matrix in a file, read whole or in row blocks.
+    """A matrix in a file, read whole or in row blocks; picklable (it holds paths only).
+
+    It is also a minimal array-like (``shape``, ``dtype``, ``ndim``, row and
+    column slicing) so :func:`dask.array.from_array` can read it block by block.
 
     Attributes
     ----------
-    path : Path
+    path : str
     shape : tuple of int
         (N, D).
     dtype : numpy dtype
         dtype of the rows :meth:`blocks` yields.
+    natural_rows : int, tuple of int or None
+        The file's own row blocks: rows per zarr chunk, rows of each Parquet
+        row group; None for formats read by any row range.
     """
 
-    path: Path
-    shape: tuple[int, int]
-    dtype: np.dtype[Any]
-    _read: Callable[[int, int], NDArray[Any]] = field(repr=False)
-    _whole: Callable[[], NDArray[Any]] = field(repr=False)
+    ndim = 2
+
+    def __init__(self, path: str, source: _Source) -> None:
+        self.path = path
+        self.shape = source.shape
+        self.dtype = source.dtype
+        self._source = source
+        self.natural_rows: int | tuple[int, ...] | None = getattr(source, "natural_rows", None)
+        check_matrix(self, None, path)
+
+    def __repr__(self) -> str:
+        return f"VectorFile({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -67,7 +101,7 @@ class VectorFile:
     def read(self, start: int, stop: int) -> NDArray[Any]:
         """Rows ``start:stop`` as a fresh in-memory array, shape (stop - start, D)."""
         start, stop = max(start, 0), min(stop, self.shape[0])
-        return self._read(start, max(start, stop))
+        return self._source.read(start, max(start, stop))
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, NDArray[Any]]]:
         """Yield ``(start_row, block)`` pairs covering every row in order."""
@@ -78,18 +112,32 @@ class VectorFile:
 
     def array(self) -> NDArray[Any]:
         """The whole matrix: a read-only memory map for binary formats, else in memory."""
-        return self._whole()
+        return self._source.array()
+
+    def __getitem__(self, key: Any) -> NDArray[Any]:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"a VectorFile is indexed by contiguous row slices, got {key!r}")
+        start, stop, _ = rows.indices(self.shape[0])
+        return self.read(start, stop)[:, cols]
 
 
-def open_vectors(path: PathLike, *, key: str | None = None) -> VectorFile:
+def open_vectors(
+    path: PathLike, *, key: str | None = None, header: bool | None = None
+) -> VectorFile:
     """Open a vector file for reading, choosing the format by the suffix.
 
     Parameters
     ----------
     path : str or PathLike
-        ``.npy``, ``.npz``, ``.fvecs``, ``.bvecs``, ``.csv``, ``.tsv`` or ``.parquet``.
+        ``.npy``, ``.npz``, ``.fvecs``, ``.bvecs``, ``.csv``, ``.tsv``,
+        ``.parquet`` (or a folder of ``*.parquet`` files) or ``.zarr`` (a local
+        store or an fsspec URL).
     key : str, optional
-        Array name in a ``.npz``, column name in a ``.parquet``.
+        Array name in a ``.npz``, column in Parquet data, array in a zarr group.
+    header : bool, optional
+        CSV/TSV only: whether the first row is a header; by default it is one
+        exactly when none of its fields is a number.
 
     Returns
     -------
@@ -100,77 +148,119 @@ def open_vectors(path: PathLike, *, key: str | None = None) -> VectorFile:
     FileNotFoundError
         When the file does not exist.
     ValueError
-        For an unknown suffix, a malformed file or one that holds no (N, D) matrix.
+        For an unknown suffix, a malformed file or one that holds no (N, D)
+        matrix of numbers (naming the row and column where that is the cause).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {p}")
+    text = os.fspath(path)
+    p = Path(text)
     suffix = p.suffix.lower()
+    if suffix == ".zarr":
+        return open_zarr(text, component=key)
+    if suffix in (".parquet", ".pq") or (p.is_dir() and any(p.glob("*.parquet"))):
+        return open_parquet(text, columns=None if key is None else [key])
+    if not p.exists():
+        raise FileNotFoundError(2, "no such file", text)
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "not a regular file"
+        raise ValueError(f"{p} is {kind}; expected a data file ({', '.join(READ_FORMATS)})")
     if suffix == ".npy":
-        return _open_npy(p)
+        return VectorFile(text, _open_npy(p))
     if suffix in (".fvecs", ".bvecs"):
-        return _open_vecs(p, np.dtype("<f4") if suffix == ".fvecs" else np.dtype(np.uint8))
+        return VectorFile(text, _open_vecs(p, np.dtype("<f4" if suffix == ".fvecs" else "u1")))
     if suffix == ".npz":
-        return _in_memory(p, _load_npz(p, key))
+        return VectorFile(text, _InMemory(_load_npz(p, key), text))
     if suffix in (".csv", ".tsv"):
-        return _in_memory(p, _load_text(p, "\t" if suffix == ".tsv" else ","))
-    if suffix == ".parquet":
-        return _open_parquet(p, key)
+        arr = read_text(p, "\t" if suffix == ".tsv" else ",", header)
+        return VectorFile(text, _InMemory(arr, text))
     raise ValueError(
         f"{p}: unknown data format {suffix!r}; expected one of {', '.join(READ_FORMATS)}"
     )
 
 
-def _matrix(arr: NDArray[Any], p: Path) -> NDArray[Any]:
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{p}: expected a non-empty (N, D) matrix, got shape {arr.shape}")
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{p}: expected numbers, got dtype {arr.dtype}")
-    return arr
+def open_parquet(path: PathLike, *, columns: Sequence[str] | None = None) -> VectorFile:
+    """Parquet data: a file, or a folder of ``*.parquet`` files read in name order.
+
+    ``columns``: one list column or numeric columns (see
+    :class:`viva_glyph._tables.ParquetRows`); default: the only list column,
+    else every numeric column.
+    """
+    text = os.fspath(path)
+    p = Path(text)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.glob("*.parquet"))
+        if not files:
+            raise ValueError(f"{p}: a folder without *.parquet files")
+    elif p.is_file():
+        files = [text]
+    else:
+        raise FileNotFoundError(2, "no such file", text)
+    return VectorFile(text, ParquetRows(files, columns, text))
 
 
-def _in_memory(p: Path, arr: NDArray[Any]) -> VectorFile:
-    arr = _matrix(arr, p)
-    return VectorFile(
-        p,
-        (int(arr.shape[0]), int(arr.shape[1])),
-        arr.dtype,
-        lambda a, b: np.array(arr[a:b]),
-        lambda: arr,
-    )
+def open_zarr(path: PathLike, *, component: str | None = None) -> VectorFile:
+    """A zarr array (a local store or an fsspec URL), or the array ``component`` of a group."""
+    text = os.fspath(path)
+    return VectorFile(text, _ZarrRows(text, component))
 
 
-# -- binary formats read by offset ------------------------------------------------------
-def _open_npy(p: Path) -> VectorFile:
-    with open(p, "rb") as fh:
-        try:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        except (ValueError, SyntaxError) as exc:
-            raise ValueError(f"{p}: not a valid .npy file ({exc})") from None
-        offset = fh.tell()
+class _InMemory:
+    def __init__(self, arr: NDArray[Any], what: str) -> None:
+        self._arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
+        if self._arr.ndim != 2:
+            raise ValueError(f"{what} must hold a matrix (N, D), got shape {arr.shape}")
+        self.shape = (int(self._arr.shape[0]), int(self._arr.shape[1]))
+        self.dtype = self._arr.dtype
+
+    def read(self, start: int, stop: int) -> NDArray[Any]:
+        return np.array(self._arr[start:stop])
+
+    def array(self) -> NDArray[Any]:
+        return self._arr
+
+
+# -- .npy headers (also inside .npz) ----------------------------------------------------
+def _npy_header(fh: BinaryIO, what: str) -> tuple[tuple[int, int], bool, np.dtype[Any]]:
+    """Read and check a .npy header: ((N, D), fortran order, dtype); 1-D is (N, 1)."""
+    with warnings.catch_warnings():  # a header numpy must repair (Python 2) is just read
+        warnings.simplefilter("ignore")
+        return _checked_header(fh, what)
+
+
+def _checked_header(fh: BinaryIO, what: str) -> tuple[tuple[int, int], bool, np.dtype[Any]]:
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:  # numpy's parser of untrusted text: also TokenError, SyntaxError
+        raise ValueError(f"{what}: not a valid .npy file ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
-        raise ValueError(f"{p}: holds Python objects; only numeric arrays are read")
-    shape = tuple(int(s) for s in shape)
+        raise ValueError(f"{what}: holds Python objects; only numeric arrays are read")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: header declares shape {shape}, with a negative size")
     if len(shape) == 1:
         shape = (shape[0], 1)
-    if len(shape) != 2 or 0 in shape:
-        raise ValueError(f"{p}: expected a non-empty (N, D) matrix, got shape {shape}")
-    if fortran:
+    if len(shape) != 2:
+        raise ValueError(f"{what} must hold a matrix (N, D), got shape {shape}")
+    check_matrix(np.empty((1, 1), dtype), None, what)  # the dtype only
+    return (int(shape[0]), int(shape[1])), bool(fortran), dtype
+
+
+def _open_npy(p: Path) -> _FixedRows:
+    with open(p, "rb") as fh:
+        (n, d), fortran, dtype = _npy_header(fh, str(p))
+        offset = fh.tell()
+    if fortran and d > 1:
         raise ValueError(f"{p}: Fortran-ordered arrays are not streamed; save it C-ordered")
-    n, d = shape
     if os.path.getsize(p) < offset + n * d * dtype.itemsize:
-        raise ValueError(f"{p}: truncated, shorter than its header's shape {shape} says")
-    _matrix(np.empty((1, 1), dtype=dtype), p)
-    return _fixed_rows(p, offset, n, d, dtype, prefix=0)
+        raise ValueError(f"{p}: truncated, shorter than its header's shape {(n, d)} says")
+    return _FixedRows(str(p), offset, n, d, dtype, prefix=0)
 
 
-def _open_vecs(p: Path, dtype: np.dtype[Any]) -> VectorFile:
+def _open_vecs(p: Path, dtype: np.dtype[Any]) -> _FixedRows:
     size = os.path.getsize(p)
     if size < 4:
         raise ValueError(f"{p}: too short for a {p.suffix} file")
@@ -181,271 +271,137 @@ def _open_vecs(p: Path, dtype: np.dtype[Any]) -> VectorFile:
             f"{p}: not a {p.suffix} file: first row has dimension {d}, but the file size "
             f"{size} is not a multiple of the row size {row_bytes}"
         )
-    return _fixed_rows(p, 0, size // row_bytes, d, dtype, prefix=4)
+    return _FixedRows(str(p), 0, size // row_bytes, d, dtype, prefix=4)
 
 
-def _fixed_rows(
-    p: Path, offset: int, n: int, d: int, dtype: np.dtype[Any], prefix: int
-) -> VectorFile:
+class _FixedRows:
     """Rows of ``prefix`` bytes (an int32 D when 4) then D values, read with plain reads."""
-    row_bytes = prefix + d * dtype.itemsize
 
-    def read(a: int, b: int) -> NDArray[Any]:
-        count = (b - a) * row_bytes
-        raw = np.fromfile(p, dtype=np.uint8, count=count, offset=offset + a * row_bytes)
-        raw = raw.reshape(b - a, row_bytes)
-        if prefix and (dims := raw[:, :prefix].copy().view("<i4")[:, 0] != d).any():
-            bad = a + int(np.flatnonzero(dims)[0])
-            raise ValueError(f"{p}: row {bad} declares another dimension than {d}")
-        return raw[:, prefix:].copy().view(dtype) if prefix else raw.view(dtype)
+    def __init__(
+        self, path: str, offset: int, n: int, d: int, dtype: np.dtype[Any], prefix: int
+    ) -> None:
+        self.path, self.offset, self.prefix = path, offset, prefix
+        self.shape = (n, d)
+        self.dtype = dtype
+        self.row_bytes = prefix + d * dtype.itemsize
 
-    def whole() -> NDArray[Any]:
-        raw = np.memmap(p, dtype=np.uint8, mode="r", offset=offset, shape=(n, row_bytes))
-        return raw[:, prefix:].view(dtype)
+    def _check_dims(self, raw: NDArray[np.uint8], start: int) -> None:
+        dims = np.ascontiguousarray(raw[:, : self.prefix]).view("<i4")[:, 0]
+        if (wrong := dims != self.shape[1]).any():
+            bad = int(np.flatnonzero(wrong)[0])
+            raise ValueError(
+                f"{self.path}: row {start + bad} declares dimension {int(dims[bad])}, "
+                f"but the first row has dimension {self.shape[1]}"
+            )
 
-    return VectorFile(p, (n, d), dtype, read, whole)
+    def read(self, a: int, b: int) -> NDArray[Any]:
+        count = (b - a) * self.row_bytes
+        raw = np.fromfile(
+            self.path, dtype=np.uint8, count=count, offset=self.offset + a * self.row_bytes
+        )
+        if raw.size != count:
+            raise ValueError(f"{self.path}: file shrank while it was read")
+        raw = raw.reshape(b - a, self.row_bytes)
+        if self.prefix:
+            self._check_dims(raw, a)
+            raw = raw[:, self.prefix :].copy()
+        out: NDArray[Any] = raw.view(self.dtype)
+        return out
+
+    def array(self) -> NDArray[Any]:
+        raw = np.memmap(
+            self.path,
+            dtype=np.uint8,
+            mode="r",
+            offset=self.offset,
+            shape=(self.shape[0], self.row_bytes),
+        )
+        if self.prefix:  # every row's dimension, checked in bounded pieces
+            step = max(1, (16 << 20) // self.row_bytes)
+            for start in range(0, self.shape[0], step):
+                self._check_dims(raw[start : start + step], start)
+        out: NDArray[Any] = raw[:, self.prefix :].view(self.dtype)
+        return out
 
 
-# -- formats read whole -----------------------------------------------------------------
+# -- .npz ---------------------------------------------------------------------------------
 def _load_npz(p: Path, key: str | None) -> NDArray[Any]:
+    """One array of a .npz archive, its header checked before its data is read."""
     try:
-        archive = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        archive = zipfile.ZipFile(p)
+    except Exception as exc:  # zipfile on untrusted bytes: BadZipFile, NotImplementedError, ...
         raise ValueError(f"{p}: not a valid .npz file ({exc})") from None
     with archive:
-        names = list(archive.files)
+        names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
             if len(names) != 1:
                 raise ValueError(f"{p} holds arrays {names}: name one with --key")
             key = names[0]
         if key not in names:
             raise ValueError(f"{p} has no array {key!r}; it holds {names}")
+        what = f"{p} array {key!r}"
         try:
-            return np.asarray(archive[key])
-        except ValueError as exc:
-            raise ValueError(f"{p}: array {key!r} cannot be read ({exc})") from None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _load_text(p: Path, delimiter: str) -> NDArray[Any]:
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        first = next(reader, None)
-        second = next(reader, None)
-    if first is None:
-        raise ValueError(f"{p} is empty")
-    header = not all(_is_number(v) for v in first if v.strip())
-    sample = second if header else first
-    if sample is None:
-        raise ValueError(f"{p} holds a header line but no rows")
-    columns = [i for i, v in enumerate(sample) if _is_number(v)]
-    if not columns:
-        raise ValueError(f"{p}: no numeric column in row {sample[:6]}")
-    try:
-        arr = np.loadtxt(
-            p, delimiter=delimiter, skiprows=int(header), usecols=columns, ndmin=2, encoding="utf-8"
-        )
-    except ValueError as exc:
-        raise ValueError(f"{p}: {exc}") from None
-    return arr
-
-
-def _open_parquet(p: Path, column: str | None) -> VectorFile:
-    """Parquet read one row group at a time (the last one cached)."""
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-    try:
-        pf = pq.ParquetFile(p)
-    except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{p}: cannot read it as parquet ({exc})") from None
-    meta = pf.metadata
-    bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-    names = _parquet_columns(pf.schema_arrow, column, p)
-    cache: dict[int, NDArray[Any]] = {}
-
-    def group(g: int) -> NDArray[Any]:
-        if g not in cache:
-            cache.clear()
-            cache[g] = _table_matrix(pf.read_row_group(g, columns=names), p)
-        return cache[g]
-
-    n = int(bounds[-1])
-    if n == 0:
-        raise ValueError(f"{p}: no rows")
-    g0 = int(np.flatnonzero(np.diff(bounds))[0])
-    first = group(g0)
-
-    def read(a: int, b: int) -> NDArray[Any]:
-        parts, g = [], int(np.searchsorted(bounds, a, side="right")) - 1
-        while a < b:
-            rows = group(g)[a - bounds[g] : b - bounds[g]]
-            if rows.shape[1:] != first.shape[1:]:
-                raise ValueError(f"{p}: row group {g} has {rows.shape[1]} values per row")
-            parts.append(rows)
-            a, g = a + rows.shape[0], g + 1
-        return np.concatenate(parts) if parts else first[:0].copy()
-
-    return VectorFile(p, (n, first.shape[1]), first.dtype, read, lambda: read(0, n))
-
-
-def _parquet_columns(schema: Any, column: str | None, p: Path) -> list[str]:
-    import pyarrow as pa
-
-    kinds = (pa.types.is_list, pa.types.is_fixed_size_list, pa.types.is_large_list)
-    lists = [f.name for f in schema if any(k(f.type) for k in kinds)]
-    numeric = [
-        f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-    ]
-    if column is not None:
-        if column not in lists + numeric:
-            raise ValueError(f"{p} has no list or numeric column {column!r}: {schema.names}")
-        return [column]
-    if len(lists) > 1:
-        raise ValueError(f"{p} has list columns {lists}: name one with --key")
-    if not (lists or numeric):
-        raise ValueError(f"{p}: no numeric or list column")
-    return lists or numeric
-
-
-def _table_matrix(table: Any, p: Path) -> NDArray[Any]:
-    import pyarrow as pa
-
-    if table.num_columns == 1 and not (
-        pa.types.is_integer(table.schema[0].type) or pa.types.is_floating(table.schema[0].type)
-    ):
-        col = table.column(0).combine_chunks()
-        lengths = np.unique(col.value_lengths().to_numpy(zero_copy_only=False))
-        if lengths.size > 1 or col.null_count or col.flatten().null_count:
-            raise ValueError(f"{p}: column {table.schema[0].name!r} is ragged or has nulls")
-        width = int(lengths[0]) if lengths.size else 0
-        flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False))
-        return _matrix(flat.reshape(len(col), width), p) if len(col) else flat.reshape(0, width)
-    if any(c.null_count for c in table.columns):
-        raise ValueError(f"{p}: numeric columns hold nulls")
-    return np.column_stack([c.to_numpy() for c in table.columns])
-
-
-# -- writers ----------------------------------------------------------------------------
-class _BlockWriter:
-    """Shared life cycle: temp file opened on enter, renamed on a clean exit."""
-
-    suffix = ""
-
-    def __init__(self, path: PathLike, shape: tuple[int, int], dtype: Any) -> None:
-        self.path = Path(path)
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = np.dtype(dtype)
-        self.rows = 0
-
-    def __enter__(self) -> _BlockWriter:
-        self._cm = atomic_output(self.path, self.suffix)
-        tmp = self._cm.__enter__()
-        try:
-            self._open(tmp)
-        except BaseException as exc:
-            self._cm.__exit__(type(exc), exc, exc.__traceback__)
+            with archive.open(key + ".npy") as fh:
+                (n, d), fortran, dtype = _npy_header(fh, what)  # type: ignore[arg-type]
+                arr = np.empty(n * d, dtype)
+                raw = arr.view(np.uint8)
+                got = 0
+                while got < raw.size and (piece := fh.read(min(raw.size - got, 1 << 24))):
+                    raw[got : got + len(piece)] = np.frombuffer(piece, np.uint8)
+                    got += len(piece)
+        except ValueError:
             raise
-        return self
+        except MemoryError:
+            raise ValueError(f"{what} of shape {(n, d)} does not fit in memory") from None
+        except Exception as exc:  # BadZipFile, NotImplementedError (a method), EOFError, ...
+            raise ValueError(f"{what} cannot be read ({exc})") from None
+    if got != arr.nbytes:
+        raise ValueError(f"{what}: truncated, shorter than its header's shape {(n, d)} says")
+    return arr.reshape((n, d), order="F" if fortran else "C")
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+
+# -- zarr ---------------------------------------------------------------------------------
+class _ZarrRows:
+    """A 2-D (or 1-D: one column) zarr array; opened afresh in every process that reads."""
+
+    def __init__(self, url: str, component: str | None) -> None:
+        self.url, self.component = url, component
+        arr = self._open()
+        shape = tuple(int(s) for s in arr.shape)
+        if len(shape) not in (1, 2):
+            raise ValueError(f"zarr array {url!r} must hold a matrix (N, D), got shape {shape}")
+        self.shape = (shape[0], shape[1] if len(shape) == 2 else 1)
+        self.dtype = np.dtype(arr.dtype)
+        self.natural_rows = int(arr.chunks[0])
+        self._arr: Any = arr
+
+    def _open(self) -> Any:
+        import zarr
+
+        if "://" not in self.url and not Path(self.url).exists():
+            raise FileNotFoundError(2, "no such zarr store", self.url)
         try:
-            self._close()
-            if ev is None and self.rows != self.shape[0]:
-                raise ValueError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
-        except BaseException as exc:
-            self._cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._cm.__exit__(et, ev, tb)
+            node = zarr.open(self.url, mode="r", path=self.component)
+        except (FileNotFoundError, KeyError) as exc:
+            raise ValueError(f"{self.url}: no zarr array {self.component or ''} ({exc})") from None
+        except Exception as exc:  # zarr's own errors for a malformed store
+            raise ValueError(f"{self.url}: not a readable zarr store ({exc})") from None
+        if not hasattr(node, "dtype"):
+            names = sorted(node.array_keys())
+            raise ValueError(f"{self.url} is a zarr group: name an array with --key ({names})")
+        return node
 
-    def write(self, block: NDArray[Any]) -> None:
-        """Append rows, shape (n, D); they are cast to the writer's dtype."""
-        if block.ndim != 2 or block.shape[1] != self.shape[1]:
-            raise ValueError(f"block must have shape (n, {self.shape[1]}), got {block.shape}")
-        if self.rows + block.shape[0] > self.shape[0]:
-            raise ValueError(f"more than the {self.shape[0]} rows announced")
-        self._write(np.ascontiguousarray(block, dtype=self.dtype))
-        self.rows += block.shape[0]
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arr": None}
 
-    def _open(self, tmp: Path) -> None:
-        raise NotImplementedError
+    def read(self, a: int, b: int) -> NDArray[Any]:
+        if self._arr is None:
+            self._arr = self._open()
+        try:
+            block = np.asarray(self._arr[a:b])
+        except Exception as exc:  # a corrupt chunk: zarr's and the codecs' errors
+            raise ValueError(f"{self.url}: rows {a}:{b} cannot be read ({exc})") from None
+        return block.reshape(b - a, self.shape[1])
 
-    def _write(self, block: NDArray[Any]) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
-
-
-class NpyWriter(_BlockWriter):
-    """Write an (N, D) ``.npy`` block by block with plain appends (no memory map).
-
-    Use as a context manager; the file appears at ``path`` only when all N rows
-    were written and the block exits cleanly.
-    """
-
-    def _open(self, tmp: Path) -> None:
-        self._fh: BinaryIO = open(tmp, "wb")  # noqa: SIM115 - closed in _close
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": self.shape,
-        }
-        np.lib.format.write_array_header_1_0(self._fh, header)
-
-    def _write(self, block: NDArray[Any]) -> None:
-        self._fh.write(block.data)
-
-    def _close(self) -> None:
-        self._fh.close()
-
-
-class ParquetWriter(_BlockWriter):
-    """Write integer codes as a parquet table, one column ``stage_1 .. stage_m`` per stage."""
-
-    suffix = ".parquet"
-
-    def _open(self, tmp: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pa_type = pa.from_numpy_dtype(self.dtype)
-        self._schema = pa.schema([(f"stage_{i + 1}", pa_type) for i in range(self.shape[1])])
-        self._pq = pq.ParquetWriter(tmp, self._schema)
-
-    def _write(self, block: NDArray[Any]) -> None:
-        import pyarrow as pa
-
-        arrays = [pa.array(block[:, i]) for i in range(block.shape[1])]
-        self._pq.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
-
-    def _close(self) -> None:
-        self._pq.close()
-
-
-def open_writer(path: PathLike, shape: tuple[int, int], dtype: Any) -> _BlockWriter:
-    """Block writer for ``path``: ``.npy`` (any dtype) or ``.parquet`` (codes)."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npy":
-        return NpyWriter(path, shape, dtype)
-    if suffix == ".parquet":
-        return ParquetWriter(path, shape, dtype)
-    raise ValueError(f"{path}: output must end in .npy or .parquet, got {suffix or 'no suffix'!r}")
-
-
-def save_array(path: PathLike, array: NDArray[Any]) -> None:
-    """Write a whole (N, D) array to ``.npy`` or ``.parquet``, atomically."""
-    arr = np.asarray(array)
-    if arr.ndim != 2:
-        raise ValueError(f"expected an (N, D) array, got shape {arr.shape}")
-    with open_writer(path, (arr.shape[0], arr.shape[1]), arr.dtype) as out:
-        out.write(arr)
+    def array(self) -> NDArray[Any]:
+        return self.read(0, self.shape[0])

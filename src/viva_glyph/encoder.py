@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from viva_glyph._kernels import chunk_rows, code_dtype
-from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph._validate import as_matrix, check_codes, positive_int, require_finite
 from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
 
@@ -245,22 +245,8 @@ class RvqEncoder:
         return out[0] if np.ndim(codes) == 1 else out
 
     def _check_codes(self, codes: ArrayLike) -> NDArray[Any]:
-        arr = np.asarray(codes)
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or not 1 <= arr.shape[1] <= self.config.num_stages:
-            raise ValueError(
-                f"codes must have shape (N, m) with 1 <= m <= {self.config.num_stages}, "
-                f"got {np.shape(codes)}"
-            )
-        k = self.config.codebook_size
-        if arr.size and (arr.min() < 0 or arr.max() >= k):
-            raise ValueError(
-                f"token index out of range: expected [0, {k}), got min {arr.min()} max {arr.max()}"
-            )
-        return arr
+        c = self.config
+        return check_codes(codes, c.num_stages, c.codebook_size, vector=True)
 
     def _decode_rows(self, codes: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
         """Sum of the chosen entries, accumulated in ``dtype``, shape (n, D)."""

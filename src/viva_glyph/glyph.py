@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import code_dtype
-from viva_glyph._validate import positive_int
+from viva_glyph._validate import check_codes, positive_int
 
 __all__ = [
     "bits_per_stage",
@@ -43,17 +43,7 @@ def packed_size(codebook_size: int, num_stages: int) -> int:
 
 
 def _as_codes(codes: ArrayLike, codebook_size: int) -> NDArray[np.int64]:
-    arr = np.asarray(codes)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise ValueError(f"codes must have shape (N, M) with M >= 1, got {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= codebook_size):
-        raise ValueError(
-            f"token index out of range: expected [0, {codebook_size}), "
-            f"got min {arr.min()} and max {arr.max()}"
-        )
-    return arr.astype(np.int64, copy=False)
+    return check_codes(codes, None, codebook_size).astype(np.int64, copy=False)
 
 
 def glyph_id(indices: Sequence[int], codebook_size: int) -> int:

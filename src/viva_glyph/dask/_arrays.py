@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._kernels import chunk_rows
-from viva_glyph._validate import check_matrix, positive_int
+from viva_glyph._validate import check_code_shape, check_matrix, positive_int
 from viva_glyph.rvq import RvqEncoder
 
 if TYPE_CHECKING:
@@ -199,13 +199,7 @@ def decode(encoder: RvqEncoder, codes: da.Array) -> da.Array:
     enc = _check_encoder(encoder)
     if not isinstance(codes, da.Array):
         raise TypeError(f"codes must be a dask array of shape (N, m), got {type(codes).__name__}")
-    if codes.dtype.kind not in "iu":
-        raise TypeError(f"codes must be integers, got dtype {codes.dtype}")
-    if codes.ndim != 2 or not 1 <= codes.shape[1] <= enc.config.num_stages:
-        raise ValueError(
-            f"codes must have shape (N, m) with 1 <= m <= {enc.config.num_stages}, "
-            f"got {codes.shape}"
-        )
+    check_code_shape(codes, enc.config.num_stages, "codes")
     if len(codes.chunks[1]) > 1:
         codes = codes.rechunk({1: -1})
     d = enc.config.dimension

@@ -1,20 +1,21 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return"
 # (dask and distributed ship without complete type hints.)
-"""Sources (``.npy`` memory maps, zarr, Parquet) and sinks (zarr, ``.npy``) for dask arrays.
+"""Sources (every format of :mod:`viva_glyph.data`) and sinks (zarr, ``.npy``) for dask arrays.
 
-Sources are small picklable array-likes that open the file inside the task
-that reads a block, so a graph never carries data and workers read straight
-from (shared) storage. Sinks write each block into its own row range of a
-temporary file or store next to the destination, then move it into place with
-:func:`os.replace`; writing a block twice (a task re-run after a worker loss)
-writes the same bytes to the same place.
+Sources are the :class:`viva_glyph.data.VectorFile` readers of the command
+line and the evaluation, with the same rules and messages: small picklable
+array-likes that open the file inside the task that reads a block, so a graph
+never carries data and workers read straight from (shared) storage. Sinks
+write each block into its own row range of a temporary file or store next to
+the destination, then move it into place with :func:`os.replace`; writing a
+block twice (a task re-run after a worker loss) writes the same bytes to the
+same place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._validate import positive_int
+from viva_glyph._files import atomic_folder, atomic_output, check_output
+from viva_glyph._validate import check_code_shape, positive_int
+from viva_glyph._writers import create_zarr
+from viva_glyph.data import VectorFile, open_parquet, open_vectors, open_zarr
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -39,34 +43,34 @@ def _rows_per_block(row_bytes: int, chunk_rows: int | None) -> int:
     return max(1, BLOCK_BYTES // max(row_bytes, 1))
 
 
-def _check_matrix(shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> None:
-    if len(shape) != 2:
-        raise ValueError(f"{what} must hold a matrix (N, D), got shape {shape}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"{what} is empty: got shape {shape}")
-    if dtype.kind not in "iuf":
-        raise TypeError(f"{what} must hold real numbers, got dtype {dtype}")
+# -- sources: viva_glyph.data's readers, one task per block --------------------------------
+def _from_file(src: VectorFile, rows: int | tuple[int, ...], kind: str) -> da.Array:
+    """Dask array over a :class:`~viva_glyph.data.VectorFile` (picklable; the binary and
+    table formats hold only paths, so a task reads its own rows)."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    chosen = [getattr(src._source, a, None) for a in ("columns", "component")]
+    token = tokenize(src.path, _stamp(src.path), src.shape, str(src.dtype), rows, chosen)
+    name = f"{kind}-{token}"
+    chunks = (rows, (src.shape[1],))
+    return da.from_array(src, chunks=chunks, name=name, asarray=False, lock=False)
 
 
-# -- sources ----------------------------------------------------------------------------
-class _NpyRows:
-    """Array-like view of a ``.npy`` file; every read memory-maps the file afresh."""
-
-    def __init__(self, path: str) -> None:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        _check_matrix(arr.shape, arr.dtype, f"{path!r}")
-        self.path = path
-        self.shape: tuple[int, ...] = tuple(arr.shape)
-        self.dtype = arr.dtype
-        self.ndim = 2
-
-    def __getitem__(self, key: Any) -> NDArray[Any]:
-        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        return np.array(mm[key])
+def _stamp(path: str) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of a file, or of a folder and the entries directly in it."""
+    p = Path(path)
+    entries = [p, *sorted(p.iterdir())] if p.is_dir() else [p]
+    out = []
+    for f in entries:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            out.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
+    return out
 
 
 def from_npy(path: str | os.PathLike[str], *, chunk_rows: int | None = None) -> da.Array:
-    """Dask array over a 2-D ``.npy`` file, read block by block through memory maps.
+    """Dask array over a ``.npy`` file (2-D, or 1-D as one column), read block by block.
 
     Parameters
     ----------
@@ -79,20 +83,17 @@ def from_npy(path: str | os.PathLike[str], *, chunk_rows: int | None = None) -> 
     -------
     dask.array.Array, shape (N, D), the file's dtype
     """
-    import dask.array as da
-    from dask.base import tokenize
-
-    src = _NpyRows(os.fspath(path))
+    if Path(path).suffix.lower() != ".npy":
+        raise ValueError(f"from_npy reads .npy files, got {os.fspath(path)!r}")
+    src = open_vectors(path)
     rows = _rows_per_block(src.shape[1] * src.dtype.itemsize, chunk_rows)
-    st = os.stat(src.path)
-    name = f"npy-{tokenize(os.path.abspath(src.path), st.st_size, st.st_mtime_ns, rows)}"
-    return da.from_array(src, chunks=(rows, -1), name=name, asarray=False, lock=False)
+    return _from_file(src, rows, "npy")
 
 
 def from_zarr(
     path: str | os.PathLike[str], *, component: str | None = None, chunk_rows: int | None = None
 ) -> da.Array:
-    """Dask array over a 2-D zarr array (a store path, optionally a component inside it).
+    """Dask array over a zarr array (a store path or URL, optionally a component inside it).
 
     Parameters
     ----------
@@ -106,92 +107,9 @@ def from_zarr(
     -------
     dask.array.Array, shape (N, D), the store's dtype
     """
-    import dask.array as da
-
-    arr = da.from_zarr(os.fspath(path), component=component)
-    _check_matrix(arr.shape, arr.dtype, f"zarr array {os.fspath(path)!r}")
-    if chunk_rows is not None:
-        arr = arr.rechunk((positive_int(chunk_rows, "chunk_rows"), -1))
-    elif len(arr.chunks[1]) > 1:
-        arr = arr.rechunk({1: -1})
-    return arr
-
-
-class _ParquetRows:
-    """Array-like view of Parquet row groups: one list column or several scalar columns."""
-
-    def __init__(self, files: Sequence[str], columns: Sequence[str] | None) -> None:
-        import pyarrow as pa  # type: ignore[import-untyped]
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-        if not files:
-            raise ValueError("no Parquet files found")
-        schema = pq.read_schema(files[0])
-        names = list(columns) if columns is not None else list(schema.names)
-        missing = [c for c in names if c not in schema.names]
-        if missing or not names:
-            raise ValueError(f"Parquet columns {missing or names} not in {schema.names}")
-        types = [schema.field(c).type for c in names]
-        self.files = list(files)
-        self.columns = names
-        self.listed = len(names) == 1 and (
-            pa.types.is_list(types[0])
-            or pa.types.is_large_list(types[0])
-            or pa.types.is_fixed_size_list(types[0])
-        )
-        value_types = [types[0].value_type] if self.listed else types
-        for c, t in zip(names, value_types, strict=True):
-            if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
-                raise TypeError(f"Parquet column {c!r} must hold numbers, got {t}")
-        self.dtype = np.result_type(*[t.to_pandas_dtype() for t in value_types])
-        self.groups: list[tuple[str, int]] = []
-        sizes: list[int] = []
-        for f in self.files:
-            meta = pq.ParquetFile(f).metadata
-            for g in range(meta.num_row_groups):
-                if meta.row_group(g).num_rows:
-                    self.groups.append((f, g))
-                    sizes.append(meta.row_group(g).num_rows)
-        self.sizes = tuple(sizes)
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        dim = self._read(0).shape[1] if self.groups else 0
-        self.shape: tuple[int, ...] = (int(self.starts[-1]), dim)
-        self.ndim = 2
-        _check_matrix(self.shape, self.dtype, f"Parquet data {self.files[0]!r}")
-
-    def _read(self, group: int) -> NDArray[Any]:
-        import pyarrow.parquet as pq
-
-        f, g = self.groups[group]
-        table = pq.ParquetFile(f).read_row_group(g, columns=self.columns)
-        n = table.num_rows
-        if not self.listed:
-            cols = [table.column(c).to_numpy() for c in self.columns]
-            return np.stack(cols, axis=1).astype(self.dtype, copy=False)
-        col = table.column(0).combine_chunks()
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        if n and values.size % n:
-            raise ValueError(f"Parquet column {self.columns[0]!r} holds vectors of unequal length")
-        return values.reshape(n, -1).astype(self.dtype, copy=False)
-
-    def __getitem__(self, key: Any) -> NDArray[Any]:
-        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        start, stop, _ = rows.indices(self.shape[0])
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        parts = []
-        g = first
-        while g < len(self.groups) and self.starts[g] < stop:
-            block = self._read(g)
-            lo = max(start - int(self.starts[g]), 0)
-            hi = min(stop - int(self.starts[g]), block.shape[0])
-            parts.append(block[lo:hi])
-            g += 1
-        out = np.concatenate(parts) if parts else np.empty((0, self.shape[1]), self.dtype)
-        if out.shape[1] != self.shape[1]:
-            raise ValueError(
-                f"Parquet rows have dimension {out.shape[1]}, expected {self.shape[1]}"
-            )
-        return out[:, cols]
+    src = open_zarr(path, component=component)
+    rows = positive_int(chunk_rows, "chunk_rows") if chunk_rows is not None else None
+    return _from_file(src, rows or src.natural_rows or 1, "zarr")
 
 
 def from_parquet(path: str | os.PathLike[str], *, columns: Sequence[str] | None = None) -> da.Array:
@@ -203,43 +121,36 @@ def from_parquet(path: str | os.PathLike[str], *, columns: Sequence[str] | None 
         A Parquet file, or a folder of ``*.parquet`` files (read in name order).
     columns : sequence of str, optional
         Either one list column holding the vectors, or D numeric columns (one
-        per dimension). Default: all columns.
+        per dimension). Default: the only list column, else every numeric column.
 
     Returns
     -------
     dask.array.Array, shape (N, D), the columns' common dtype
     """
-    import dask.array as da
-    from dask.base import tokenize
-
-    p = Path(path)
-    files = sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else [str(p)]
-    src = _ParquetRows(files, columns)
-    stamps = [(os.path.abspath(f), os.stat(f).st_mtime_ns) for f in files]
-    return da.from_array(
-        src,
-        chunks=(src.sizes, (src.shape[1],)),
-        name=f"parquet-{tokenize(stamps, src.columns)}",
-        asarray=False,
-        lock=False,
-    )
+    src = open_parquet(path, columns=columns)
+    return _from_file(src, src.natural_rows or 1, "parquet")
 
 
-def open_array(path: str | os.PathLike[str], *, chunk_rows: int | None = None) -> da.Array:
-    """Dask array over a data file chosen by suffix: ``.npy``, ``.zarr`` or ``.parquet``.
+def open_array(
+    path: str | os.PathLike[str],
+    *,
+    chunk_rows: int | None = None,
+    key: str | None = None,
+    header: bool | None = None,
+) -> da.Array:
+    """Dask array over any data file :func:`viva_glyph.data.open_vectors` reads.
 
-    A folder without a ``.zarr`` suffix holding ``*.parquet`` files is read as Parquet.
+    ``.npy``, ``.fvecs`` / ``.bvecs`` and Parquet are read block by block on the
+    workers, ``.zarr`` chunk by chunk; ``.npz`` and CSV/TSV are read whole here
+    (the graph then carries their data). A folder holding ``*.parquet`` files is
+    read as Parquet. ``key`` and ``header`` are those of
+    :func:`viva_glyph.data.open_vectors`.
     """
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".npy":
-        return from_npy(p, chunk_rows=chunk_rows)
-    if suffix == ".zarr":
-        return from_zarr(p, chunk_rows=chunk_rows)
-    if suffix in (".parquet", ".pq") or (p.is_dir() and any(p.glob("*.parquet"))):
-        arr = from_parquet(p)
-        return arr.rechunk((chunk_rows, -1)) if chunk_rows is not None else arr
-    raise ValueError(f"data must be a .npy file, a .zarr store or Parquet data, got {str(p)!r}")
+    src = open_vectors(path, key=key, header=header)
+    rows = src.natural_rows
+    if chunk_rows is not None or rows is None:
+        rows = _rows_per_block(src.shape[1] * src.dtype.itemsize, chunk_rows)
+    return _from_file(src, rows, "vectors")
 
 
 # -- sinks ------------------------------------------------------------------------------
@@ -271,31 +182,6 @@ def _write_block(block: NDArray[Any], target: _NpyTarget | _ZarrTarget, start: i
     return target.write(block, start)
 
 
-def _fsync_tree(path: Path) -> None:
-    paths = [path] if path.is_file() else [*path.rglob("*"), path]
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    if dest.is_dir() and not dest.is_symlink():
-        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
-        os.replace(dest, trash)
-        os.replace(tmp, dest)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-    fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_codes(codes: da.Array, path: str | os.PathLike[str], *, progress: bool = False) -> None:
     """Compute a dask array of codes and write it, atomically, to ``.npy`` or zarr.
 
@@ -303,7 +189,7 @@ def write_codes(codes: da.Array, path: str | os.PathLike[str], *, progress: bool
     row block, default compression). Each block is written by the worker that
     computed it into a temporary file or store in the destination's folder (so
     that folder must be shared by all workers); the finished file is then
-    moved into place with :func:`os.replace`.
+    moved into place with :func:`os.replace` (see :mod:`viva_glyph._files`).
 
     Parameters
     ----------
@@ -314,41 +200,26 @@ def write_codes(codes: da.Array, path: str | os.PathLike[str], *, progress: bool
     """
     import dask.array as da
 
-    if not isinstance(codes, da.Array) or codes.ndim != 2 or codes.dtype.kind not in "iu":
-        raise TypeError(f"codes must be a 2-D integer dask array, got {codes!r}")
-    dest = Path(path)
-    suffix = dest.suffix.lower()
-    if suffix not in (".npy", ".zarr"):
-        raise ValueError(f"codes are written to a .npy file or a .zarr store, got {str(dest)!r}")
+    if not isinstance(codes, da.Array):
+        raise TypeError(f"codes must be a 2-D integer dask array, got {type(codes).__name__}")
+    check_code_shape(codes, None, "codes")
+    if Path(path).suffix.lower() not in (".npy", ".zarr"):
+        raise ValueError(f"codes are written to a .npy file or a .zarr store, got {str(path)!r}")
+    dest = check_output(path)
     if len(codes.chunks[1]) > 1:
         codes = codes.rechunk({1: -1})
-    if suffix == ".npy":
-        from viva_glyph.io import atomic_output
-
+    shape = (int(codes.shape[0]), int(codes.shape[1]))
+    if dest.suffix.lower() == ".npy":
         with atomic_output(dest) as tmp:
-            shape = tuple(int(s) for s in codes.shape)
             np.lib.format.open_memmap(tmp, mode="w+", dtype=codes.dtype, shape=shape).flush()
             _store(codes, _NpyTarget(str(tmp)), progress)
         return
-    import zarr
-
     rows = codes.chunks[0]
     if len(rows) > 1 and (len(set(rows[:-1])) > 1 or rows[-1] > rows[0]):
         codes = codes.rechunk({0: max(rows)})  # zarr chunks are regular
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        zarr.create_array(
-            str(tmp),
-            shape=codes.shape,
-            chunks=(codes.chunks[0][0], codes.shape[1]),
-            dtype=codes.dtype,
-        )
+    with atomic_folder(dest) as tmp:
+        create_zarr(tmp, shape, codes.dtype, codes.chunks[0][0])
         _store(codes, _ZarrTarget(str(tmp)), progress)
-        _fsync_tree(tmp)
-        _move_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _store(codes: da.Array, target: _NpyTarget | _ZarrTarget, progress: bool) -> None:

@@ -1,0 +1,307 @@
+"""Atomic outputs: every file or store this library writes appears whole or not at all.
+
+A writer works on a temporary file (or folder, for a zarr store) beside the
+destination, named ``.<name>.viva-glyph-<host>-<pid>-<start>-<random><suffix>.tmp``;
+when complete it is fsynced, renamed over the destination with :func:`os.replace`
+and the folder is fsynced. On an exception, on Ctrl-C and (under
+:func:`removing_temps_on_signals`, which the command line installs) on SIGTERM or
+SIGHUP the temporary is removed. A temporary left by a process that was killed
+outright (SIGKILL, power loss) is removed by the next writer into that folder:
+the name says which host and process owned it, and it is removed only when that
+process is gone. Nobody else's ``*.tmp`` files match the pattern.
+
+Replacing a file keeps its permission bits; a new file gets ``0o666 & ~umask``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "Terminated",
+    "atomic_folder",
+    "atomic_output",
+    "check_output",
+    "fsync_folder",
+    "fsync_tree",
+    "remove_stale_temps",
+    "removing_temps_on_signals",
+]
+
+PathLike = str | os.PathLike[str]
+_TAG = "viva-glyph"
+_TEMP = re.compile(rf"^\..+\.{_TAG}-([0-9a-f]{{8}})-(\d+)-(\d+)-[0-9a-f]{{8}}.*\.tmp$")
+_LIVE: set[Path] = set()  # temporaries of this process, removed on SIGTERM / SIGHUP
+_LIVE_LOCK = threading.RLock()  # re-entered by a signal handler in the main thread
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while :func:`removing_temps_on_signals` was active."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _host() -> str:
+    """Tag of this host and process-id namespace: only there do our pids mean anything."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    text = f"{socket.gethostname()}|{namespace}"
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+def _start_time(pid: int) -> int:
+    """Start time of a process in clock ticks since boot (0 where /proc is absent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _owner() -> str:
+    pid = os.getpid()
+    return f"{_host()}-{pid}-{_start_time(pid)}"
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return start == 0 or _start_time(pid) in (0, start)
+
+
+def remove_stale_temps(folder: PathLike) -> list[Path]:
+    """Remove this library's temporaries in ``folder`` whose owner process has died.
+
+    Only names of the pattern this module makes, created on this host, by a
+    process that no longer runs (pid gone, or reused by a process that started
+    later), are touched.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    removed: list[Path] = []
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or match[1] != host or _alive(int(match[2]), int(match[3])):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_path(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: PathLike) -> None:
+    """fsync a folder so that a rename in it is durable (no-op where unsupported)."""
+    if os.name == "posix":  # folders cannot be opened for fsync on Windows
+        _fsync_path(folder)
+
+
+def fsync_tree(path: PathLike) -> None:
+    """fsync a file, or every file and folder below (and including) a folder."""
+    root = Path(path)
+    for p in [*root.rglob("*"), root] if root.is_dir() else [root]:
+        if p.is_dir():
+            fsync_folder(p)
+        else:
+            _fsync_path(p)
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return any((path / n).is_file() for n in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
+    """Check, before any work, that ``path`` can take an output.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file, or for a ``.zarr`` suffix a store folder.
+    suffixes : sequence of str
+        Allowed suffixes (lower case, with the dot); empty accepts any.
+
+    Raises
+    ------
+    ValueError
+        For another suffix, an existing folder in the place of a file, an
+        existing file or non-zarr folder in the place of a store.
+    FileNotFoundError
+        When the destination's folder does not exist.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffixes and suffix not in suffixes:
+        raise ValueError(f"output {target} must end in {' or '.join(suffixes)}")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {target.parent}")
+    if suffix == ".zarr":
+        if target.exists() and not (target.is_dir() and _is_zarr_store(target)):
+            raise ValueError(f"output {target} exists and is not a zarr store; not replacing it")
+    elif target.is_dir():
+        raise ValueError(f"output {target} is a folder; give a file name")
+    return target
+
+
+def _temp_name(target: Path, suffix: str) -> Path:
+    name = f".{target.name}.{_TAG}-{_owner()}-{secrets.token_hex(4)}{suffix}.tmp"
+    return target.with_name(name)
+
+
+def _forget(tmp: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path``.
+
+    The caller writes the whole file to the yielded path. When the block ends
+    without an exception the file is fsynced and renamed over ``path`` with
+    :func:`os.replace` (atomic on POSIX and Windows), then the folder is
+    fsynced; on any exception the temporary file is removed and ``path`` is
+    left as it was. Stale temporaries of dead processes in the folder are
+    removed first.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Final destination; its folder must exist and it must not be a folder.
+    suffix : str
+        Suffix for the temporary name (some writers choose a format by it).
+    """
+    target = Path(path)
+    check_output(target)
+    remove_stale_temps(target.parent)
+    mode = target.stat().st_mode & 0o7777 if target.is_file() else 0o666 & ~_umask()
+    tmp = _temp_name(target, suffix)
+    with _LIVE_LOCK:
+        _LIVE.add(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.chmod(tmp, mode)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    finally:
+        _forget(tmp)
+    fsync_folder(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_output` for a folder (a zarr store).
+
+    Yields the path of a temporary folder to fill (not yet created); on success
+    every file in it is fsynced and it replaces ``path`` (an existing store is
+    moved aside first, then removed).
+    """
+    target = check_output(path)
+    remove_stale_temps(target.parent)
+    tmp = _temp_name(target, "")
+    with _LIVE_LOCK:
+        _LIVE.add(tmp)
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if target.is_dir() and not target.is_symlink():
+            trash = _temp_name(target, ".old")
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _forget(tmp)
+    fsync_folder(target.parent)
+
+
+def _remove_live() -> None:
+    with _LIVE_LOCK:
+        paths = list(_LIVE)
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _remove_live()
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def removing_temps_on_signals() -> Iterator[None]:
+    """Inside this block SIGTERM and SIGHUP remove the temporaries and raise :class:`Terminated`.
+
+    Outside the main thread (where handlers cannot be set) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    saved: list[tuple[int, Any]] = []
+    for name in names:
+        signum = getattr(signal, name)
+        saved.append((signum, signal.signal(signum, _on_signal)))
+    try:
+        yield
+    finally:
+        for signum, handler in saved:
+            signal.signal(signum, handler)
