@@ -43,9 +43,11 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
         setattr(dist, name, counted)
     # different data on each rank, different batch sizes too
     g = torch.Generator().manual_seed(100 + rank)
+    # "gather": k-means waits for 500 rows of rank 0 (200 a step): steps 1-2 only gather
     vq = ResidualVQ(
-        4, 3, 8, dead_after=2, seed=rank, ema=mode == "ema", dropout=0.5, dropout_mode="batch"
-    )
+        4, 3, 8, dead_after=2, seed=rank, ema=mode != "learned", dropout=0.5,
+        dropout_mode="batch", init_rows=500 if mode == "gather" else None,
+    )  # fmt: skip
     opt = torch.optim.SGD(vq.parameters(), lr=0.1) if mode == "learned" else None
     reduces = []
     for step in range(STEPS):
@@ -68,7 +70,7 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
     vq.encode(torch.randn(10, 4, generator=g))
     eval_calls = sum(calls.values()) - sum(before.values())
     state = [vq.codebook.detach(), vq.unused_steps.float()]
-    if mode == "ema":
+    if mode != "learned":
         state += [vq.ema_sum, vq.ema_count]
     flat = torch.cat([t.reshape(-1) for t in state]).numpy()
     np.save(Path(folder) / f"rank{rank}.npy", flat, allow_pickle=False)
@@ -80,14 +82,16 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["ema", "learned"])
+@pytest.mark.parametrize("mode", ["ema", "learned", "gather"])
 def test_ranks_hold_identical_codebooks(tmp_path: Path, mode: str) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), mode), nprocs=2, join=True)
     a, b = (np.load(tmp_path / f"rank{r}.npy") for r in (0, 1))
     np.testing.assert_array_equal(a, b)
     for r in (0, 1):
         calls = np.load(tmp_path / f"calls{r}.npy")
-        assert list(calls[:STEPS]) == [1] * STEPS  # one fused all-reduce per step
+        # one fused all-reduce per step; none (one broadcast) while gathering rows
+        warm = 2 if mode == "gather" else 0
+        assert list(calls[:STEPS]) == [0] * warm + [1] * (STEPS - warm)
         assert calls[STEPS] == 0  # no collective in eval mode
         assert calls[STEPS + 1] >= 2  # k-means init and at least one replacement
     # the ranks did train: codebooks are not the seed-0 random ones of rank 0
