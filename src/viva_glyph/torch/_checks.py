@@ -18,6 +18,8 @@ from torch import Tensor
 
 __all__ = [
     "MAX_ABS",
+    "bad_row",
+    "bad_row_error",
     "check_codes",
     "check_options",
     "check_rows",
@@ -54,6 +56,38 @@ def flatten(x: object, dim: int) -> Tensor:
     return x.detach().reshape(-1, dim).float()
 
 
+def bad_row(x2: Tensor) -> int | None:
+    """First row of ``x2`` (N, D) holding NaN, inf or ``|value| > MAX_ABS``, or None.
+
+    One reduction (``aminmax``) and one host-device sync; the row is searched
+    only when there is one. None while tracing.
+    """
+    if x2.numel() == 0 or tracing():
+        return None
+    lo, hi = torch.aminmax(x2)  # NaN propagates: the comparison below fails
+    if bool((lo >= -MAX_ABS) & (hi <= MAX_ABS)):
+        return None
+    return int((~(x2.abs() <= MAX_ABS)).any(1).nonzero()[0, 0])
+
+
+def bad_row_error(x: Tensor, x2: Tensor, row: int | None) -> ValueError:
+    """The error for bad row ``row`` of ``x`` (flattened: ``x2``); None: another rank's row."""
+    if row is None:
+        return ValueError(
+            "x of another rank holds NaN, inf or a value beyond +-1e+15 (see that rank's "
+            "error); nothing was updated on any rank"
+        )
+    col = int((~(x2[row].abs() <= MAX_ABS)).nonzero()[0, 0])
+    shape = tuple(x.shape[:-1])
+    where = f"x row {row}"
+    if len(shape) > 1:
+        where = f"{_where(shape, row, 'x')} (row {row} of the flattened input)"
+    return ValueError(
+        f"{where} holds {float(x2[row, col]):.3g} in column {col}; ResidualVQ needs finite "
+        f"values within +-{MAX_ABS:.0e} (NaN or inf would poison the codebooks)"
+    )
+
+
 def check_rows(x: Tensor, x2: Tensor) -> None:
     """Raise ValueError naming the first row of ``x`` with NaN, inf or ``|value| > MAX_ABS``.
 
@@ -64,23 +98,9 @@ def check_rows(x: Tensor, x2: Tensor) -> None:
     x2 : Tensor, shape (N, D), float32
         ``x`` flattened (:func:`flatten`).
     """
-    if x2.numel() == 0 or tracing():
-        return
-    lo, hi = torch.aminmax(x2)  # NaN propagates: the comparison below fails
-    if bool((lo >= -MAX_ABS) & (hi <= MAX_ABS)):
-        return
-    bad = ~(x2.abs() <= MAX_ABS)
-    row = int(bad.any(1).nonzero()[0, 0])
-    col = int(bad[row].nonzero()[0, 0])
-    value = float(x2[row, col])
-    shape = tuple(x.shape[:-1])
-    where = f"x row {row}"
-    if len(shape) > 1:
-        where = f"{_where(shape, row, 'x')} (row {row} of the flattened input)"
-    raise ValueError(
-        f"{where} holds {value:.3g} in column {col}; ResidualVQ needs finite values "
-        f"within +-{MAX_ABS:.0e} (NaN or inf would poison the codebooks)"
-    )
+    row = bad_row(x2)
+    if row is not None:
+        raise bad_row_error(x, x2, row)
 
 
 def check_codes(codes: object, num_stages: int, codebook_size: int) -> Tensor:

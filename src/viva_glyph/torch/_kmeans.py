@@ -14,6 +14,8 @@ seeds the numpy generator of a whole initialisation.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -41,33 +43,41 @@ def random_rows(n: int, count: int, generator: torch.Generator, device: torch.de
 class Gatherer:
     """Training rows kept over steps until the k-means initialisation has enough of them.
 
-    Only rank 0 keeps rows (it computes the initialisation and broadcasts it);
-    with ``torch.distributed`` it broadcasts whether it has enough, one
-    collective per step while gathering.
+    Only rank 0 keeps rows (it computes the initialisation and broadcasts it).
+    With ``torch.distributed``, every step while gathering all-reduces two flags
+    (rank 0 has enough; some rank's batch is bad), so all ranks agree on both.
     """
 
     def __init__(self) -> None:
         self.parts: list[Tensor] = []
         self.rows = 0
 
-    def add(self, x2: Tensor, need: int) -> Tensor | None:
-        """Keep ``x2`` (N, D); return every kept row once rank 0 holds ``need``, else None.
+    def add(self, x2: Tensor, need: int, bad: bool) -> tuple[Tensor | None, bool]:
+        """Keep ``x2`` (N, D) unless some rank's batch is ``bad``.
 
-        Ranks other than 0 get an empty (0, D) tensor when the rows are complete.
+        Returns
+        -------
+        rows : Tensor or None
+            Every kept row once rank 0 holds ``need`` of them (an empty (0, D)
+            tensor on other ranks), else None.
+        bad : bool
+            Whether any rank's batch was bad (then nothing was kept).
         """
-        if ddp.rank() == 0:
-            # the first batch may be enough alone: no copy then
-            self.parts.append(x2 if not self.parts and x2.shape[0] >= need else x2.clone())
-            self.rows += x2.shape[0]
-        done = self.rows >= need
+        first = ddp.rank() == 0
+        done = first and self.rows + x2.shape[0] >= need
         if ddp.is_distributed():
-            flag = ddp.broadcast_(torch.tensor([float(done)], device=x2.device))
-            done = bool(flag.item() > 0)
+            flags = ddp.all_reduce_mean_(torch.tensor([float(done), float(bad)], device=x2.device))
+            done, bad = bool(flags[0] > 0), bool(flags[1] > 0)
+        if bad:
+            return None, True
+        if first:  # the first batch may be enough alone: no copy then
+            self.parts.append(x2 if not self.parts and done else x2.clone())
+            self.rows += x2.shape[0]
         if not done:
-            return None
+            return None, False
         rows = torch.cat(self.parts) if self.parts else x2[:0]
         self.clear()
-        return rows
+        return rows, False
 
     def clear(self) -> None:
         """Forget the kept rows."""
@@ -84,7 +94,11 @@ def _kmeans(rows: Tensor, k: int, iterations: int, rng: np.random.Generator) -> 
 
 
 def init_stages(
-    x: Tensor, books: Tensor, iterations: int | None, generator: torch.Generator
+    x: Tensor,
+    books: Tensor,
+    iterations: int | None,
+    generator: torch.Generator,
+    rows: tuple[int, int],
 ) -> Tensor:
     """Initial state of every stage, fitted in turn to what earlier stages leave of ``x``.
 
@@ -97,6 +111,9 @@ def init_stages(
         Lloyd iterations per step of numpy's progressive k-means; None keeps
         ``books`` and only counts their use.
     generator : torch.Generator (CPU)
+    rows : (init_rows, max_samples)
+        k-means warns (UserWarning, with the figures) below ``init_rows`` rows
+        and runs on a random ``max_samples`` of them above.
 
     Returns
     -------
@@ -105,6 +122,17 @@ def init_stages(
         (sum = entry x count; the count is the rows assigned, at least 1).
     """
     m, k, d = books.shape
+    n, (init_rows, max_samples) = x.shape[0], rows
+    if n > max_samples:
+        x = x.index_select(0, random_rows(n, max_samples, generator, x.device))
+    if iterations is not None and n < init_rows:
+        warnings.warn(
+            f"ResidualVQ: k-means initialisation of {k} codes per stage from {n} rows "
+            f"({n / k:.1f} per code), fewer than init_rows = {init_rows}: expect dead "
+            "codes and low perplexity in later stages; pass more rows",
+            UserWarning,
+            stacklevel=5,
+        )
     state = torch.empty((m, k, 2 * d + 1), device=x.device)
     rng = None
     if iterations is not None:

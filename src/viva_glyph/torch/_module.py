@@ -9,7 +9,6 @@ pass over the stages, so no autograd graph is built through the stages.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,8 +17,16 @@ from torch import Tensor, nn
 
 from viva_glyph._validate import positive_int
 from viva_glyph.torch import _distributed as ddp
-from viva_glyph.torch._checks import check_codes, check_options, check_rows, check_state, flatten
-from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer, init_stages, random_rows
+from viva_glyph.torch._checks import (
+    bad_row,
+    bad_row_error,
+    check_codes,
+    check_options,
+    check_rows,
+    check_state,
+    flatten,
+)
+from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer, init_stages
 from viva_glyph.torch._ops import usage_counts
 from viva_glyph.torch._output import RvqOutput, make_output
 from viva_glyph.torch._pass import draw_dropout, run_stages
@@ -209,7 +216,10 @@ class ResidualVQ(nn.Module):
         ----------
         x : Tensor, shape (..., D), floating point, at least one row, finite
         """
-        x2 = self._rows(x, training=True)
+        x2 = flatten(x, self.dim)
+        problem = self._problem(x, x2)
+        if ddp.any_rank(problem is not None, x2.device):  # all ranks raise together
+            raise problem or bad_row_error(x, x2, None)
         self._gathered.clear()
         self._init(x2)
 
@@ -218,20 +228,9 @@ class ResidualVQ(nn.Module):
         m, k, d = self.num_stages, self.codebook_size, self.dim
         state = torch.zeros((m, k, 2 * d + 1), device=x2.device)
         if ddp.rank() == 0:
-            n = x2.shape[0]
-            if n > self.kmeans_max_samples:
-                pick = random_rows(n, self.kmeans_max_samples, self.generator, x2.device)
-                x2 = x2.index_select(0, pick)
             fit = self.kmeans_iters if self._state == _NEEDS_KMEANS else None
-            if fit is not None and n < self.init_rows:
-                warnings.warn(
-                    f"ResidualVQ: k-means initialisation of {k} codes per stage from {n} rows "
-                    f"({n / k:.1f} per code), fewer than init_rows = {self.init_rows}: expect "
-                    "dead codes and low perplexity in later stages; pass more rows",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            state = init_stages(x2, self._books(m), fit, self.generator)
+            rows = (self.init_rows, self.kmeans_max_samples)
+            state = init_stages(x2, self._books(m), fit, self.generator, rows)
         ddp.broadcast_(state)
         self.codebook.data.copy_(state[..., :d])
         if self.ema:
@@ -281,16 +280,20 @@ class ResidualVQ(nn.Module):
         return RvqEncoder([Codebook(b) for b in books])
 
     # -- the passes ------------------------------------------------------------------
-    def _rows(self, x: Tensor, *, training: bool) -> Tensor:
+    def _rows(self, x: Tensor) -> Tensor:
         """``x`` flattened to (N, D) float32 rows, checked (see ``check_finite``)."""
         x2 = flatten(x, self.dim)
-        if training and x2.shape[0] == 0:
-            raise ValueError(
-                f"x holds no rows (shape {tuple(x.shape)}); training needs at least one"
-            )
         if self.check_finite:
             check_rows(x, x2)
         return x2
+
+    def _problem(self, x: Tensor, x2: Tensor) -> ValueError | None:
+        """What is wrong with the training batch ``x`` (flattened: ``x2``), if anything."""
+        if x2.shape[0] == 0:
+            shape = tuple(x.shape)
+            return ValueError(f"x holds no rows (shape {shape}); training needs at least one")
+        row = bad_row(x2) if self.check_finite else None
+        return None if row is None else bad_row_error(x, x2, row)
 
     def _stages(self, num_stages: int | None) -> int:
         if num_stages is None:
@@ -318,10 +321,9 @@ class ResidualVQ(nn.Module):
         RvqOutput
         """
         m = self._stages(num_stages)
-        x2 = self._rows(x, training=self.training)
         if self.training:
-            return self._train_step(x, x2, m)
-        return self._quantize(x, x2, m, None)
+            return self._train_step(x, flatten(x, self.dim), m)
+        return self._quantize(x, self._rows(x), m, None)
 
     def _quantize(self, x: Tensor, x2: Tensor, m: int, grad_books: Tensor | None) -> RvqOutput:
         """The output for the current codebooks, updating nothing."""
@@ -330,16 +332,27 @@ class ResidualVQ(nn.Module):
         return make_output(self, x, p, m, usage_counts(p.codes, self.codebook_size), grad_books)
 
     def _train_step(self, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
+        # A bad batch raises before any state changes. In distributed training the
+        # flag rides in the step's collective (gathering or EMA), so all ranks raise.
+        problem = self._problem(x, x2)
+        if problem is not None and not ddp.is_distributed():
+            raise problem
+        error = problem or bad_row_error(x, x2, None)
         learned = not self.ema and self.codebook.requires_grad and torch.is_grad_enabled()
-        if self._state == _NEEDS_KMEANS:
-            rows = self._gathered.add(x2, self.init_rows)
+        if self._state != _READY:
+            need = self.init_rows if self._state == _NEEDS_KMEANS else 1
+            rows, bad = self._gathered.add(x2, need, problem is not None)
+            if bad:
+                raise error
             if rows is None:  # warm-up: a zero codebook gradient keeps optimizers in step
                 return self._quantize(
                     x, x2, m, torch.zeros_like(self.codebook) if learned else None
                 )
             self._init(rows)
-        elif self._state == _NEEDS_COUNTS:
-            self._init(x2)
+        if problem is not None:  # only this rank: join the step's all-reduce, then raise
+            zeros = torch.zeros_like(self._books(self.num_stages))
+            ema_update(self, zeros, zeros[..., 0], zeros, bad=True)
+            raise error
         ran, keep = draw_dropout(
             self.generator,
             x2.shape[0],
@@ -360,6 +373,8 @@ class ResidualVQ(nn.Module):
             scale = -2.0 * self.codebook_weight / (self.dim * p.rows.clamp_min(1.0))
             grad_books = F.pad(diff * scale[:, None, None], (0, 0, 0, 0, 0, self.num_stages - ran))
         counts = ema_update(self, p.sums, local, p.candidates)
+        if counts is None:  # another rank's batch was bad
+            raise error
         return make_output(self, x, p, m, counts[:ran], grad_books)
 
     # -- codes -----------------------------------------------------------------------
@@ -378,7 +393,7 @@ class ResidualVQ(nn.Module):
         Tensor, shape (..., m), int64
         """
         m = self._stages(num_stages)
-        x2 = self._rows(x, training=False)
+        x2 = self._rows(x)
         p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=False)
         return p.codes.view(*x.shape[:-1], m)
 

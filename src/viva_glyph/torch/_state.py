@@ -28,7 +28,9 @@ RESET_COUNT = 1.0
 
 
 @torch.no_grad()
-def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor) -> Tensor:
+def ema_update(
+    vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor, bad: bool = False
+) -> Tensor | None:
     """Apply one training step's statistics to ``vq``'s state; return the batch counts.
 
     Parameters
@@ -40,21 +42,27 @@ def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor)
         Rows assigned to each code.
     candidates : Tensor, shape (m, K, D), float32
         Random stage inputs that replace dead codes (rank 0's are used).
+    bad : bool
+        This rank's batch failed its input check (distributed training only:
+        the flag rides in the step's all-reduce so every rank learns it).
 
     Returns
     -------
-    Tensor, shape (M, K), float32
-        The batch counts, averaged over ranks (zeros for stages not run).
+    Tensor, shape (M, K), float32, or None
+        The batch counts, averaged over ranks (zeros for stages not run); None,
+        with nothing updated, when some rank's batch was bad.
     """
     m, k, d = vq.num_stages, vq.codebook_size, vq.dim
     ran = counts.shape[0]
     ran_on_rank0 = torch.full((ran, 1), float(ddp.rank() == 0), device=counts.device)
-    parts = [counts, ran_on_rank0]
+    parts = [counts, ran_on_rank0, torch.full((ran, 1), float(bad), device=counts.device)]
     if vq.ema:
         parts.insert(0, sums.reshape(ran, k * d))
     stats = F.pad(torch.cat(parts, 1), (0, 0, 0, m - ran))
     ddp.all_reduce_mean_(stats)  # the one collective of the step, all stages fused
-    batch_counts = stats[:, -(k + 1) : -1]
+    if ddp.is_distributed() and bool(stats[0, -1] > 0):
+        return None  # some rank's batch was bad: every rank stops here
+    batch_counts = stats[:, -(k + 2) : -2]
     active = batch_counts.sum(1) > 0
     a2 = active[:, None]
     if vq.ema:
@@ -70,7 +78,7 @@ def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor)
     unused = torch.where(batch_counts > 0, 0, vq.unused_steps + 1)
     vq.unused_steps.copy_(torch.where(a2, unused, vq.unused_steps))
     if vq.dead_after > 0:
-        eligible = active & (stats[:, -1] > 0)  # rank 0 has candidates for the stage
+        eligible = active & (stats[:, -2] > 0)  # rank 0 has candidates for the stage
         replace_dead(vq, F.pad(candidates, (0, 0, 0, 0, 0, m - ran)), eligible)
     return batch_counts
 
