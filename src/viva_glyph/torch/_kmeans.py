@@ -134,14 +134,13 @@ def init_stages(
             stacklevel=5,
         )
     state = torch.empty((m, k, 2 * d + 1), device=x.device)
-    rng = None
+    fit = None  # one draw from the torch generator seeds numpy's generator
     if iterations is not None:
-        rng = np.random.default_rng(int(torch.randint(1 << 62, (), generator=generator)))
+        seed = int(torch.randint(1 << 62, (), generator=generator))
+        fit = (iterations, np.random.default_rng(seed))
     residual = x.clone()
     for s in range(m):
-        book = (
-            books[s] if rng is None or iterations is None else _kmeans(residual, k, iterations, rng)
-        )
+        book = books[s] if fit is None else _kmeans(residual, k, *fit)
         codes = nearest(with_ones(residual), augmented_tables(book))
         count = torch.zeros(k, device=x.device).index_add_(
             0, codes, torch.ones_like(codes, dtype=x.dtype)
