@@ -156,8 +156,12 @@ def _handshake(address: str, timeout: float) -> None:
     except ValueError as exc:
         raise ValueError(f"{address!r} is not a dask scheduler address {example}: {exc}") from None
 
+    from distributed.security import Security
+
+    args = Security().get_connection_args("client")  # TLS settings from dask's config, as Client
+
     async def exchange() -> None:
-        comm = await asyncio.wait_for(dask_connect(address, timeout=timeout), timeout)
+        comm = await asyncio.wait_for(dask_connect(address, timeout=timeout, **args), timeout)
         await comm.close()
 
     outcome: list[BaseException | None] = []
