@@ -43,9 +43,11 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
         setattr(dist, name, counted)
     # different data on each rank, different batch sizes too
     g = torch.Generator().manual_seed(100 + rank)
+    # "gather": k-means waits for 500 rows of rank 0 (200 a step): steps 1-2 only gather
     vq = ResidualVQ(
-        4, 3, 8, dead_after=2, seed=rank, ema=mode == "ema", dropout=0.5, dropout_mode="batch"
-    )
+        4, 3, 8, dead_after=2, seed=rank, ema=mode != "learned", dropout=0.5,
+        dropout_mode="batch", init_rows=500 if mode == "gather" else None,
+    )  # fmt: skip
     opt = torch.optim.SGD(vq.parameters(), lr=0.1) if mode == "learned" else None
     reduces = []
     for step in range(STEPS):
@@ -67,8 +69,27 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
     vq(torch.randn(10, 4, generator=g))
     vq.encode(torch.randn(10, 4, generator=g))
     eval_calls = sum(calls.values()) - sum(before.values())
+    # a bad batch on one rank: every rank raises (no hang), nothing changes anywhere
+    vq.train()
+    kept = [t.clone() for t in vq.state_dict().values()]
+    messages = []
+    for bad in ("nan", "empty"):
+        x = torch.randn(100, 4, generator=g)
+        if bad == "nan" and rank == 1:
+            x[7, 2] = float("nan")
+        if bad == "empty" and rank == 0:
+            x = x[:0]
+        try:
+            vq(x)
+            messages.append("no error")
+        except ValueError as exc:
+            messages.append(str(exc))
+    unchanged = all(torch.equal(a, b) for a, b in zip(kept, vq.state_dict().values(), strict=True))
+    (Path(folder) / f"errors{rank}.txt").write_text("\n".join([*messages, str(unchanged)]))
+    vq(torch.randn(100, 4, generator=g))  # and training goes on
+    vq.eval()
     state = [vq.codebook.detach(), vq.unused_steps.float()]
-    if mode == "ema":
+    if mode != "learned":
         state += [vq.ema_sum, vq.ema_count]
     flat = torch.cat([t.reshape(-1) for t in state]).numpy()
     np.save(Path(folder) / f"rank{rank}.npy", flat, allow_pickle=False)
@@ -80,14 +101,21 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["ema", "learned"])
+@pytest.mark.parametrize("mode", ["ema", "learned", "gather"])
 def test_ranks_hold_identical_codebooks(tmp_path: Path, mode: str) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), mode), nprocs=2, join=True)
     a, b = (np.load(tmp_path / f"rank{r}.npy") for r in (0, 1))
     np.testing.assert_array_equal(a, b)
+    nan0, empty0, same0 = (tmp_path / "errors0.txt").read_text().splitlines()
+    nan1, empty1, same1 = (tmp_path / "errors1.txt").read_text().splitlines()
+    assert nan1.startswith("x row 7 holds nan") and "another rank" in nan0
+    assert empty0.startswith("x holds no rows") and "another rank" in empty1
+    assert same0 == same1 == "True"
     for r in (0, 1):
         calls = np.load(tmp_path / f"calls{r}.npy")
-        assert list(calls[:STEPS]) == [1] * STEPS  # one fused all-reduce per step
+        # one fused all-reduce per step, plus one (two flags) per step until k-means ran
+        warm = 2 if mode == "gather" else 0
+        assert list(calls[:STEPS]) == [1] * warm + [2] + [1] * (STEPS - warm - 1)
         assert calls[STEPS] == 0  # no collective in eval mode
         assert calls[STEPS + 1] >= 2  # k-means init and at least one replacement
     # the ranks did train: codebooks are not the seed-0 random ones of rank 0

@@ -103,7 +103,12 @@ def _stream(
 def _dask_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.scheduler is None and args.local_cluster is None:
         return None
-    return {"scheduler": args.scheduler, "local_cluster": args.local_cluster}
+    return {
+        "scheduler": args.scheduler,
+        "local_cluster": args.local_cluster,
+        "timeout": args.connect_timeout,
+        "quiet": args.quiet,
+    }
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -315,6 +320,16 @@ def _non_negative(text: str) -> int:
     return 0 if text.strip() == "0" else _positive(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``viva-glyph`` (one sub-parser per command)."""
     common = _Parser(add_help=False)
@@ -342,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask scheduler")
     group.add_argument(
         "--local-cluster", type=_positive, metavar="N", help="run on N local dask workers"
+    )
+    cluster.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds the scheduler has to answer (dask's distributed.comm.timeouts.connect, 30)",
     )
     parser = _Parser(
         prog=PROG,

@@ -22,6 +22,7 @@ from viva_glyph.dask._arrays import aligned_rows, decode, encode, rows_per_chunk
 from viva_glyph.dask._compute import (
     compute,
     connect,
+    connect_timeout,
     current_client,
     run_encode,
     run_fit,
@@ -34,6 +35,7 @@ __all__ = [
     "aligned_rows",
     "compute",
     "connect",
+    "connect_timeout",
     "current_client",
     "decode",
     "encode",

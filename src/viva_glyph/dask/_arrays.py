@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from viva_glyph._kernels import chunk_rows
 from viva_glyph._validate import check_code_shape, check_matrix, positive_int
-from viva_glyph.rvq import RvqEncoder
+from viva_glyph.encoder import RvqEncoder
 
 if TYPE_CHECKING:
     import dask.array as da

@@ -4,14 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from viva_glyph._validate import positive_int
-from viva_glyph.rvq import RvqEncoder
+from viva_glyph.encoder import RvqEncoder
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -111,9 +113,119 @@ def worker_environ() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def connect_timeout(timeout: float | None = None) -> float:
+    """Seconds a scheduler has to answer: ``timeout``, else dask's configuration.
+
+    The default is dask's ``distributed.comm.timeouts.connect`` (30 s unless
+    configured, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s``).
+    """
+    if timeout is None:
+        import dask
+        from dask.utils import parse_timedelta
+
+        value = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+        return float(value)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Open one comm to ``address`` and finish dask's handshake, within ``timeout`` seconds.
+
+    dask's own ``connect`` bounds the TCP connection but not the handshake that
+    follows, so a server that accepts and never answers would hang it: the
+    whole exchange runs here under one deadline, on an event loop of its own
+    (in a daemon thread, so it also works where the caller runs a loop).
+    Raises ValueError for a malformed address, ConnectionError otherwise.
+    """
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.core import connect as dask_connect
+
+    example = "(expected tcp://HOST:PORT, e.g. tcp://head:8786)"
+    scheme = address.partition("://")[0] if "://" in address else "tcp"
+    if scheme == "inproc" and address.count("/") < 4:
+        raise ValueError(
+            f"{address!r} is not a dask scheduler address {example}: an inproc:// scheduler "
+            "is reachable only from the process that runs it"
+        )
+    try:
+        parse_address(address)
+    except ValueError as exc:
+        raise ValueError(f"{address!r} is not a dask scheduler address {example}: {exc}") from None
+
+    from distributed.security import Security
+
+    args = Security().get_connection_args("client")  # TLS settings from dask's config, as Client
+
+    async def exchange() -> None:
+        comm = await asyncio.wait_for(dask_connect(address, timeout=timeout, **args), timeout)
+        await comm.close()
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(exchange())
+            outcome.append(None)
+        except BaseException as exc:  # reported by the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="viva-glyph-handshake", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    failure = outcome[0] if outcome else asyncio.TimeoutError()
+    if failure is None:
+        return
+    if isinstance(failure, asyncio.TimeoutError):
+        raise ConnectionError(
+            f"no answer from a dask scheduler at {address} within {timeout:g} s "
+            "(a server accepted the connection but did not answer; raise the limit with "
+            "--connect-timeout or DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)"
+        ) from None
+    if isinstance(failure, OSError) and "Timed out trying to connect" in str(failure):
+        why, cause = "", failure.__cause__
+        while cause is not None and not why:  # the system's reason, e.g. connection refused
+            if isinstance(cause, OSError) and cause.strerror:
+                why = f" ({cause.strerror.lower()})"
+            cause = cause.__cause__ or cause.__context__
+        raise ConnectionError(
+            f"could not connect to a dask scheduler at {address} within {timeout:g} s{why}"
+        ) from None
+    if isinstance(failure, ValueError):
+        raise ValueError(
+            f"{address!r} is not a dask scheduler address {example}: {failure}"
+        ) from None
+    raise ConnectionError(
+        f"{address} did not answer as a dask scheduler: its reply is not dask's protocol "
+        "(is it the scheduler's address and port, 8786 by default?)"
+    ) from None
+
+
+@contextmanager
+def _quiet(quiet: bool) -> Iterator[None]:
+    """Silence dask.distributed's loggers in this process inside the block, if ``quiet``."""
+    if not quiet:
+        yield
+        return
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 @contextmanager
 def connect(
-    scheduler: str | None = None, local_cluster: int | None = None
+    scheduler: str | None = None,
+    local_cluster: int | None = None,
+    *,
+    timeout: float | None = None,
+    quiet: bool = False,
 ) -> Iterator[Client | None]:
     """Client for a running scheduler, or for a fresh LocalCluster; closed on exit.
 
@@ -124,11 +236,26 @@ def connect(
     local_cluster : int, optional
         Start a LocalCluster of that many single-threaded worker processes
         (under :func:`worker_environ`).
+    timeout : float, optional
+        Seconds the scheduler has to accept the connection and answer dask's
+        handshake; default :func:`connect_timeout` (dask's
+        ``distributed.comm.timeouts.connect``, 30 s).
+    quiet : bool
+        Silence dask.distributed's log messages (here and in LocalCluster
+        workers), so an error is reported once, by the caller.
 
     Yields
     ------
     Client or None
         None when neither is given: dask's local threaded scheduler runs.
+
+    Raises
+    ------
+    ValueError
+        For an address that is not one (``inproc://x``, ``foo``).
+    ConnectionError
+        When nothing answers at the address within ``timeout``, or something
+        that does not speak dask's protocol (a web server) does.
     """
     if scheduler is not None and local_cluster is not None:
         raise ValueError("give either scheduler or local_cluster, not both")
@@ -137,20 +264,28 @@ def connect(
         return
     from distributed import Client, LocalCluster
 
+    seconds = connect_timeout(timeout)
     if scheduler is not None:
         if not isinstance(scheduler, str) or not scheduler:
             raise TypeError(f"scheduler must be an address string, got {scheduler!r}")
-        with Client(scheduler) as client:
-            logger.info("connected to %s", scheduler)
-            yield client
+        with _quiet(quiet):
+            _handshake(scheduler, seconds)
+            with Client(scheduler, timeout=seconds) as client:
+                logger.info("connected to %s", scheduler)
+                yield client
         return
     workers = positive_int(local_cluster, "local_cluster")
     with (
+        _quiet(quiet),
         worker_environ(),
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL + 1 if quiet else logging.WARN,
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, timeout=seconds) as client,
     ):
         logger.info("started a LocalCluster of %d workers", workers)
         yield client
@@ -166,6 +301,8 @@ def run_encode(
     progress: bool,
     beam_size: int = 1,
     num_stages: int | None = None,
+    timeout: float | None = None,
+    quiet: bool = False,
 ) -> None:
     """Encode a data file on a cluster and write the codes (``.npy`` or ``.zarr`` by suffix).
 
@@ -182,6 +319,8 @@ def run_encode(
         tqdm bar over the blocks.
     beam_size, num_stages
         As for :meth:`RvqEncoder.encode`.
+    timeout, quiet
+        See :func:`connect`.
     """
     from viva_glyph.dask._arrays import encode, rows_per_chunk
     from viva_glyph.dask._io import BLOCK_BYTES, open_array, write_codes
@@ -191,7 +330,7 @@ def run_encode(
     align = rows_per_chunk(encoder)
     row_bytes = encoder.config.dimension * 8
     rows = max(1, BLOCK_BYTES // row_bytes // align) * align
-    with connect(scheduler, local_cluster):
+    with connect(scheduler, local_cluster, timeout=timeout, quiet=quiet):
         X = open_array(data_path, chunk_rows=rows)
         codes = encode(encoder, X, beam_size=beam_size, num_stages=num_stages)
         write_codes(codes, out_path, progress=progress)
@@ -203,6 +342,8 @@ def run_fit(
     scheduler: str | None,
     local_cluster: int | None,
     progress: bool,
+    timeout: float | None = None,
+    quiet: bool = False,
     **fit_kwargs: Any,
 ) -> RvqEncoder:
     """Fit an encoder to a data file on a cluster (see :func:`viva_glyph.dask.fit`).
@@ -215,6 +356,8 @@ def run_fit(
         See :func:`connect`.
     progress : bool
         tqdm bar per stage.
+    timeout, quiet
+        See :func:`connect`.
     **fit_kwargs
         Passed to :func:`viva_glyph.dask.fit` (config, num_stages, codebook_size,
         beam_size, iterations, refine, max_samples, seed).
@@ -222,6 +365,6 @@ def run_fit(
     from viva_glyph.dask._fit import fit
     from viva_glyph.dask._io import open_array
 
-    with connect(scheduler, local_cluster):
+    with connect(scheduler, local_cluster, timeout=timeout, quiet=quiet):
         X = open_array(data_path)
         return fit(X, progress=progress, **fit_kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_mean_", "broadcast_", "is_distributed", "rank", "world_size"]
+__all__ = ["all_reduce_mean_", "any_rank", "broadcast_", "is_distributed", "rank", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -43,3 +43,11 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on some rank (one collective; ``flag`` without one)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    return bool(all_reduce_mean_(t)[0] > 0)

@@ -1,18 +1,34 @@
-"""k-means++ seeding and Lloyd iterations on tensors, for codebook initialization.
+"""Codebook initialisation: numpy's k-means on each stage's residuals, rows gathered first.
 
-Every random draw comes from the caller's ``torch.Generator`` (on the CPU); the
-draws are made up front and moved to the data's device, so no step waits on the
-host.
+Each stage is fitted by :func:`viva_glyph.kmeans.progressive_kmeans`, the
+k-means of :func:`viva_glyph.fit` (principal axes, k-means++ seeds on the
+leading axes, Lloyd on a growing number of them, empty clusters split from the
+largest): one k-means for the whole library. It runs in numpy on the CPU, on at
+most ``kmeans_max_samples`` rows copied from the device once per stage; the
+assignments and residuals are computed on the device by the quantizer's own
+kernel, so the residual of stage ``s`` is the one the module will encode.
+
+Random draws come from the caller's ``torch.Generator`` (on the CPU): one draw
+seeds the numpy generator of a whole initialisation.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from viva_glyph.torch._ops import augmented_tables, code_norms, nearest, with_ones
+from viva_glyph.kmeans import progressive_kmeans
+from viva_glyph.torch import _distributed as ddp
+from viva_glyph.torch._ops import augmented_tables, nearest, with_ones
 
-__all__ = ["init_stages", "kmeans", "kmeans_plus_plus", "random_rows"]
+__all__ = ["INIT_ROWS_PER_CODE", "Gatherer", "init_stages", "random_rows"]
+
+#: Default rows gathered per code before the k-means initialisation (``init_rows
+#: = 16 K``), as many as numpy's k-means draws for its k-means++ seeding.
+INIT_ROWS_PER_CODE = 16
 
 
 def random_rows(n: int, count: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -24,90 +40,80 @@ def random_rows(n: int, count: int, generator: torch.Generator, device: torch.de
     return idx.to(device)
 
 
-def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007).
+class Gatherer:
+    """Training rows kept over steps until the k-means initialisation has enough of them.
 
-    Parameters
-    ----------
-    x : Tensor, shape (N, D), float32
-    k : int
-    generator : torch.Generator (CPU)
-
-    Returns
-    -------
-    Tensor, shape (k, D), float32: rows of ``x``, each drawn with probability
-    proportional to its squared distance to the rows drawn before.
+    Only rank 0 keeps rows (it computes the initialisation and broadcasts it).
+    With ``torch.distributed``, every step while gathering all-reduces two flags
+    (rank 0 has enough; some rank's batch is bad), so all ranks agree on both.
     """
-    n = x.shape[0]
-    u = torch.rand(k, generator=generator, dtype=torch.float64).to(x.device)
-    x_norms = code_norms(x)
-    centers = torch.empty((k, x.shape[1]), dtype=x.dtype, device=x.device)
-    pick = (u[0] * n).long().clamp(max=n - 1)
-    d2: Tensor | None = None
-    for j in range(k):
-        if j > 0:
-            assert d2 is not None
-            cum = d2.double().cumsum(0)
-            pick = torch.searchsorted(cum, u[j] * cum[-1]).clamp(max=n - 1)
-        c = x.index_select(0, pick.reshape(1))[0]
-        centers[j] = c
-        dist = (x_norms - 2.0 * (x @ c) + c.dot(c)).clamp_min(0.0)
-        d2 = dist if d2 is None else torch.minimum(d2, dist)
-    return centers
+
+    def __init__(self) -> None:
+        self.parts: list[Tensor] = []
+        self.rows = 0
+
+    def add(self, x2: Tensor, need: int, bad: bool) -> tuple[Tensor | None, bool]:
+        """Keep ``x2`` (N, D) unless some rank's batch is ``bad``.
+
+        Returns
+        -------
+        rows : Tensor or None
+            Every kept row once rank 0 holds ``need`` of them (an empty (0, D)
+            tensor on other ranks), else None.
+        bad : bool
+            Whether any rank's batch was bad (then nothing was kept).
+        """
+        first = ddp.rank() == 0
+        done = first and self.rows + x2.shape[0] >= need
+        if ddp.is_distributed():
+            flags = ddp.all_reduce_mean_(torch.tensor([float(done), float(bad)], device=x2.device))
+            done, bad = bool(flags[0] > 0), bool(flags[1] > 0)
+        if bad:
+            return None, True
+        if first:  # the first batch may be enough alone: no copy then
+            self.parts.append(x2 if not self.parts and done else x2.clone())
+            self.rows += x2.shape[0]
+        if not done:
+            return None, False
+        rows = torch.cat(self.parts) if self.parts else x2[:0]
+        self.clear()
+        return rows, False
+
+    def clear(self) -> None:
+        """Forget the kept rows."""
+        self.parts, self.rows = [], 0
 
 
-def kmeans(
-    x: Tensor, k: int, iterations: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
-    """k-means++ seeding then Lloyd iterations; empty clusters get random rows.
-
-    Parameters
-    ----------
-    x : Tensor, shape (N, D), float32
-    k : int
-    iterations : int
-        Lloyd iterations (0 keeps the seeds).
-    generator : torch.Generator (CPU)
-
-    Returns
-    -------
-    centroids : Tensor, shape (k, D), float32
-    counts : Tensor, shape (k,), float32
-        Rows assigned to each centroid.
-    codes : Tensor, shape (N,), int64
-        The assignment of each row to ``centroids``.
-    """
-    n = x.shape[0]
-    centroids = kmeans_plus_plus(x, k, generator)
-    ones = torch.ones(n, device=x.device, dtype=x.dtype)
-    x_aug = with_ones(x)
-    for _ in range(iterations):
-        codes = nearest(x_aug, augmented_tables(centroids))
-        counts = torch.zeros(k, device=x.device, dtype=x.dtype).index_add_(0, codes, ones)
-        sums = torch.zeros_like(centroids).index_add_(0, codes, x)
-        reseed = x.index_select(0, random_rows(n, k, generator, x.device))
-        centroids = torch.where(
-            (counts > 0)[:, None], sums / counts.clamp_min(1.0)[:, None], reseed
-        )
-    codes = nearest(x_aug, augmented_tables(centroids))
-    counts = torch.zeros(k, device=x.device, dtype=x.dtype).index_add_(0, codes, ones)
-    return centroids, counts, codes
+def _kmeans(rows: Tensor, k: int, iterations: int, rng: np.random.Generator) -> Tensor:
+    """numpy's progressive k-means of ``rows`` (N, D) -> (K, D) float32 on ``rows``' device."""
+    x = rows.detach().cpu().numpy().astype(np.float32, copy=True)
+    if x.shape[0] < k:  # fewer rows than codes (the caller warned): repeat them
+        x = x[np.arange(k) % x.shape[0]]
+    centroids, _ = progressive_kmeans(x, k, iterations, rng)
+    return torch.from_numpy(centroids.astype(np.float32)).to(rows.device)
 
 
 def init_stages(
-    x: Tensor, books: Tensor, iterations: int | None, generator: torch.Generator
+    x: Tensor,
+    books: Tensor,
+    iterations: int | None,
+    generator: torch.Generator,
+    rows: tuple[int, int],
 ) -> Tensor:
     """Initial state of every stage, fitted in turn to what earlier stages leave of ``x``.
 
     Parameters
     ----------
-    x : Tensor, shape (N, D), float32
+    x : Tensor, shape (N, D), float32, N >= 1, finite
     books : Tensor, shape (M, K, D), float32
         Current codebooks, kept when ``iterations`` is None.
     iterations : int or None
-        Lloyd iterations of a k-means per stage; None keeps ``books`` and only
-        counts their use.
+        Lloyd iterations per step of numpy's progressive k-means; None keeps
+        ``books`` and only counts their use.
     generator : torch.Generator (CPU)
+    rows : (init_rows, max_samples)
+        k-means warns (UserWarning, with the figures) below ``init_rows`` rows
+        and runs on a random ``max_samples`` of them above.
 
     Returns
     -------
@@ -116,17 +122,29 @@ def init_stages(
         (sum = entry x count; the count is the rows assigned, at least 1).
     """
     m, k, d = books.shape
+    n, (init_rows, max_samples) = x.shape[0], rows
+    if n > max_samples:
+        x = x.index_select(0, random_rows(n, max_samples, generator, x.device))
+    if iterations is not None and n < init_rows:
+        warnings.warn(
+            f"ResidualVQ: k-means initialisation of {k} codes per stage from {n} rows "
+            f"({n / k:.1f} per code), fewer than init_rows = {init_rows}: expect dead "
+            "codes and low perplexity in later stages; pass more rows",
+            UserWarning,
+            stacklevel=5,
+        )
     state = torch.empty((m, k, 2 * d + 1), device=x.device)
+    fit = None  # one draw from the torch generator seeds numpy's generator
+    if iterations is not None:
+        seed = int(torch.randint(1 << 62, (), generator=generator))
+        fit = (iterations, np.random.default_rng(seed))
     residual = x.clone()
     for s in range(m):
-        if iterations is None:
-            book = books[s]
-            codes = nearest(with_ones(residual), augmented_tables(book))
-            count = torch.zeros(k, device=x.device).index_add_(
-                0, codes, torch.ones_like(codes, dtype=x.dtype)
-            )
-        else:
-            book, count, codes = kmeans(residual, k, iterations, generator)
+        book = books[s] if fit is None else _kmeans(residual, k, *fit)
+        codes = nearest(with_ones(residual), augmented_tables(book))
+        count = torch.zeros(k, device=x.device).index_add_(
+            0, codes, torch.ones_like(codes, dtype=x.dtype)
+        )
         residual -= book[codes]
         count = count.clamp_min(1.0)  # keeps sum / count = entry for an empty cell
         state[s] = torch.cat([book, book * count[:, None], count[:, None]], 1)

@@ -9,7 +9,6 @@ pass over the stages, so no autograd graph is built through the stages.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,18 +17,25 @@ from torch import Tensor, nn
 
 from viva_glyph._validate import positive_int
 from viva_glyph.torch import _distributed as ddp
-from viva_glyph.torch._kmeans import init_stages, random_rows
-from viva_glyph.torch._ops import perplexity, surrogate_loss, usage_counts
-from viva_glyph.torch._output import RvqOutput
-from viva_glyph.torch._pass import Pass, draw_dropout, run_stages
-from viva_glyph.torch._state import check_options, ema_update, flatten
+from viva_glyph.torch._checks import (
+    bad_row,
+    bad_row_error,
+    check_codes,
+    check_options,
+    check_rows,
+    check_state,
+    flatten,
+)
+from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer, init_stages
+from viva_glyph.torch._ops import usage_counts
+from viva_glyph.torch._output import RvqOutput, make_output
+from viva_glyph.torch._pass import draw_dropout, run_stages
+from viva_glyph.torch._state import ema_update
 
 if TYPE_CHECKING:
-    from viva_glyph.rvq import RvqEncoder
+    from viva_glyph.encoder import RvqEncoder
 
 __all__ = ["ResidualVQ", "RvqOutput"]
-
-logger = logging.getLogger(__name__)
 
 # Values of the ``init_state`` buffer.
 _NEEDS_KMEANS, _NEEDS_COUNTS, _READY = 0, 1, 2
@@ -58,13 +64,19 @@ class ResidualVQ(nn.Module):
         Weights of the commitment loss (gradient to the input) and, in learned
         mode, of the codebook loss (gradient to the codebooks).
     kmeans_init : bool
-        Initialize the codebooks by k-means (k-means++ seeding) on the first
-        training batch, or call :meth:`init_from_data`. False keeps the random
-        codebooks and only counts their use on the first batch.
+        Initialize the codebooks by k-means (numpy's :func:`viva_glyph.fit`
+        k-means, per stage on the residuals) once training batches have brought
+        ``init_rows`` rows, or call :meth:`init_from_data`. Until then training
+        steps quantize with the initial codebooks and update nothing. False
+        keeps the random codebooks and only counts their use on the first batch.
     kmeans_iters : int
-        Lloyd iterations of that k-means.
+        Lloyd iterations per step of that k-means (it runs up to 6 steps).
+    init_rows : int, optional
+        Rows gathered over training batches before the k-means initialisation;
+        default 16 K. :meth:`init_from_data` warns when given fewer.
     kmeans_max_samples : int, optional
-        Rows k-means sees at most (a random subset beyond that); default 256 K.
+        Rows k-means sees at most (a random subset beyond that); default
+        ``max(256 K, init_rows)``.
     dead_after : int
         A code no row chose for this many consecutive training steps (on all
         ranks) is replaced in that step, its whole EMA state reset (count 1, sum
@@ -80,15 +92,21 @@ class ResidualVQ(nn.Module):
     seed : int
         Seed of the one ``torch.Generator`` (CPU) that drives k-means seeding,
         code replacement and dropout.
+    check_finite : bool
+        True (default): every input batch is checked (one ``aminmax`` reduction
+        and one host-device sync) and a row holding NaN, inf or a magnitude
+        above 1e15 raises ValueError naming it, before any state changes.
+        False skips the check: no sync, but such a row poisons the codebooks in
+        training. Traced graphs (``torch.compile``, ``torch.export``) never check.
 
     Notes
     -----
     ``forward`` in eval mode is a pure function of the input and the codebooks:
-    no initialization branch, no random draw, no collective, no host-device
-    synchronisation, so it compiles (``fullgraph=True``) and exports. With
-    ``torch.distributed`` initialized, training broadcasts k-means and
-    replacements from rank 0 and averages the EMA statistics of all stages with
-    one all-reduce per step.
+    no initialization branch, no random draw, no collective and, with
+    ``check_finite=False``, no host-device synchronisation, so it compiles
+    (``fullgraph=True``) and exports. With ``torch.distributed`` initialized,
+    training broadcasts k-means and replacements from rank 0 and averages the
+    EMA statistics of all stages with one all-reduce per step.
     """
 
     codebook: Tensor
@@ -110,12 +128,14 @@ class ResidualVQ(nn.Module):
         codebook_weight: float = 1.0,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
+        init_rows: int | None = None,
         kmeans_max_samples: int | None = None,
         dead_after: int = 20,
         dropout: float = 0.0,
         dropout_mode: str = "batch",
         dropout_min_stages: int = 1,
         seed: int = 0,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
@@ -138,11 +158,22 @@ class ResidualVQ(nn.Module):
         self.decay, self.eps = float(decay), float(eps)
         self.commitment_weight, self.codebook_weight = opts["weights"]
         self.kmeans_iters, self.dead_after = int(kmeans_iters), int(dead_after)
+        k = self.codebook_size
+        self.init_rows = (
+            INIT_ROWS_PER_CODE * k if init_rows is None else positive_int(init_rows, "init_rows")
+        )
         self.kmeans_max_samples = (
-            256 * self.codebook_size
+            max(256 * k, self.init_rows)
             if kmeans_max_samples is None
             else positive_int(kmeans_max_samples, "kmeans_max_samples")
         )
+        if self.init_rows > self.kmeans_max_samples:
+            raise ValueError(
+                f"init_rows ({self.init_rows}) must be <= kmeans_max_samples "
+                f"({self.kmeans_max_samples})"
+            )
+        self.check_finite = bool(check_finite)
+        self._gathered = Gatherer()
         self.dropout, self.dropout_mode = float(dropout), dropout_mode
         self.dropout_min_stages = int(dropout_min_stages)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -159,6 +190,7 @@ class ResidualVQ(nn.Module):
         state = _NEEDS_KMEANS if kmeans_init else _NEEDS_COUNTS
         self.register_buffer("init_state", torch.tensor(state, dtype=torch.int64))
         self._state = state
+        self._register_load_state_dict_pre_hook(check_state, with_module=True)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_sync_state)  # type: ignore[no-untyped-call]
 
     def extra_repr(self) -> str:
@@ -171,30 +203,34 @@ class ResidualVQ(nn.Module):
     # -- initialization --------------------------------------------------------------
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
-        """Initialize every stage from data: k-means++ and Lloyd on its residuals.
+        """Initialize every stage from data: numpy's k-means on its residuals.
 
         Stage ``s`` is fitted to what stages ``< s`` leave of ``x``; the EMA state
         starts consistent with it (count = rows assigned, sum = centroid x count).
+        Warns with the figures when ``x`` has fewer than ``init_rows`` rows.
         After :meth:`from_encoder` or with ``kmeans_init=False`` the codebooks are
         kept and only the counts are taken from ``x``. In distributed training,
         call it on every rank: rank 0 computes and broadcasts.
 
         Parameters
         ----------
-        x : Tensor, shape (..., D), floating point
+        x : Tensor, shape (..., D), floating point, at least one row, finite
         """
         x2 = flatten(x, self.dim)
+        problem = self._problem(x, x2)
+        if ddp.any_rank(problem is not None, x2.device):  # all ranks raise together
+            raise problem or bad_row_error(x, x2, None)
+        self._gathered.clear()
+        self._init(x2)
+
+    @torch.no_grad()
+    def _init(self, x2: Tensor) -> None:
         m, k, d = self.num_stages, self.codebook_size, self.dim
         state = torch.zeros((m, k, 2 * d + 1), device=x2.device)
         if ddp.rank() == 0:
-            n = x2.shape[0]
-            if n > self.kmeans_max_samples:
-                pick = random_rows(n, self.kmeans_max_samples, self.generator, x2.device)
-                x2 = x2.index_select(0, pick)
-            if x2.shape[0] < k:
-                logger.warning("initializing %d codes per stage from %d rows", k, x2.shape[0])
             fit = self.kmeans_iters if self._state == _NEEDS_KMEANS else None
-            state = init_stages(x2, self._books(m), fit, self.generator)
+            rows = (self.init_rows, self.kmeans_max_samples)
+            state = init_stages(x2, self._books(m), fit, self.generator, rows)
         ddp.broadcast_(state)
         self.codebook.data.copy_(state[..., :d])
         if self.ema:
@@ -216,7 +252,7 @@ class ResidualVQ(nn.Module):
             Other :class:`ResidualVQ` options. The first training batch only
             counts code use to seed the EMA state; no k-means runs.
         """
-        from viva_glyph.rvq import RvqEncoder
+        from viva_glyph.encoder import RvqEncoder
 
         if not isinstance(encoder, RvqEncoder):
             raise TypeError(
@@ -237,11 +273,28 @@ class ResidualVQ(nn.Module):
         It gives the same codes as :meth:`encode` on the same float32 inputs,
         up to ties within float rounding.
         """
-        from viva_glyph.rvq import from_codebooks
+        from viva_glyph.codebook import Codebook
+        from viva_glyph.encoder import RvqEncoder
 
-        return from_codebooks(self.codebook.detach().float().cpu().numpy().copy())
+        books = self.codebook.detach().float().cpu().numpy().copy()
+        return RvqEncoder([Codebook(b) for b in books])
 
     # -- the passes ------------------------------------------------------------------
+    def _rows(self, x: Tensor) -> Tensor:
+        """``x`` flattened to (N, D) float32 rows, checked (see ``check_finite``)."""
+        x2 = flatten(x, self.dim)
+        if self.check_finite:
+            check_rows(x, x2)
+        return x2
+
+    def _problem(self, x: Tensor, x2: Tensor) -> ValueError | None:
+        """What is wrong with the training batch ``x`` (flattened: ``x2``), if anything."""
+        if x2.shape[0] == 0:
+            shape = tuple(x.shape)
+            return ValueError(f"x holds no rows (shape {shape}); training needs at least one")
+        row = bad_row(x2) if self.check_finite else None
+        return None if row is None else bad_row_error(x, x2, row)
+
     def _stages(self, num_stages: int | None) -> int:
         if num_stages is None:
             return self.num_stages
@@ -252,44 +305,6 @@ class ResidualVQ(nn.Module):
 
     def _books(self, m: int) -> Tensor:
         return self.codebook.detach()[:m].float()
-
-    def _loss(self, x: Tensor, p: Pass, stage_losses: Tensor, grad_books: Tensor | None) -> Tensor:
-        learned = self.training and not self.ema  # the codebook loss counts in training
-        weight = self.commitment_weight + (self.codebook_weight if learned else 0.0)
-        value = weight * stage_losses.sum()
-        pairs: list[tuple[Tensor, Tensor]] = []
-        if p.grad_x is not None:
-            gx = p.grad_x * (2.0 * self.commitment_weight / self.dim)
-            pairs.append((x, gx.view(x.shape)))
-        if grad_books is not None:
-            pairs.append((self.codebook, grad_books))
-        return surrogate_loss(value, *pairs) if pairs else value
-
-    def _output(
-        self, x: Tensor, p: Pass, m: int, counts: Tensor, grad_books: Tensor | None
-    ) -> RvqOutput:
-        ran = p.codes.shape[1]
-        q = x.detach().reshape(-1, self.dim).float() - p.residual
-        quantized = q.to(x.dtype).view(x.shape)
-        if x.requires_grad:
-            quantized = quantized + (x - x.detach())  # straight-through estimator
-        stage_losses = p.stage_sq / (p.rows.clamp_min(1.0) * self.dim)
-        codes = p.codes
-        dead = (counts == 0).float().mean(1)
-        if ran < m:  # stages skipped by batch dropout
-            pad = m - ran
-            codes = F.pad(codes, (0, pad), value=-1)
-            stage_losses = F.pad(stage_losses, (0, pad))
-            dead = F.pad(dead, (0, pad))
-        loss = self._loss(x, p, stage_losses, grad_books)
-        return RvqOutput(
-            quantized=quantized,
-            codes=codes.view(*x.shape[:-1], m),
-            loss=loss,
-            stage_losses=stage_losses,
-            perplexity=F.pad(perplexity(counts), (0, m - ran), value=1.0),
-            dead_share=dead,
-        )
 
     def forward(self, x: Tensor, num_stages: int | None = None) -> RvqOutput:
         """Quantize ``x``; in training mode also update the codebooks.
@@ -306,16 +321,38 @@ class ResidualVQ(nn.Module):
         RvqOutput
         """
         m = self._stages(num_stages)
-        x2 = flatten(x, self.dim)
         if self.training:
-            return self._train_step(x, x2, m)
+            return self._train_step(x, flatten(x, self.dim), m)
+        return self._quantize(x, self._rows(x), m, None)
+
+    def _quantize(self, x: Tensor, x2: Tensor, m: int, grad_books: Tensor | None) -> RvqOutput:
+        """The output for the current codebooks, updating nothing."""
         grad = x.requires_grad and torch.is_grad_enabled()
         p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=grad)
-        return self._output(x, p, m, usage_counts(p.codes, self.codebook_size), None)
+        return make_output(self, x, p, m, usage_counts(p.codes, self.codebook_size), grad_books)
 
     def _train_step(self, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
+        # A bad batch raises before any state changes. In distributed training the
+        # flag rides in the step's collective (gathering or EMA), so all ranks raise.
+        problem = self._problem(x, x2)
+        if problem is not None and not ddp.is_distributed():
+            raise problem
+        error = problem or bad_row_error(x, x2, None)
+        learned = not self.ema and self.codebook.requires_grad and torch.is_grad_enabled()
         if self._state != _READY:
-            self.init_from_data(x2)
+            need = self.init_rows if self._state == _NEEDS_KMEANS else 1
+            rows, bad = self._gathered.add(x2, need, problem is not None)
+            if bad:
+                raise error
+            if rows is None:  # warm-up: a zero codebook gradient keeps optimizers in step
+                return self._quantize(
+                    x, x2, m, torch.zeros_like(self.codebook) if learned else None
+                )
+            self._init(rows)
+        if problem is not None:  # only this rank: join the step's all-reduce, then raise
+            zeros = torch.zeros_like(self._books(self.num_stages))
+            ema_update(self, zeros, zeros[..., 0], zeros, bad=True)
+            raise error
         ran, keep = draw_dropout(
             self.generator,
             x2.shape[0],
@@ -325,7 +362,6 @@ class ResidualVQ(nn.Module):
             self.dropout_min_stages,
             x2.device,
         )
-        learned = not self.ema and self.codebook.requires_grad and torch.is_grad_enabled()
         grad = torch.is_grad_enabled() and x.requires_grad
         p = run_stages(self._books(ran), x2, keep, self.generator, train=True, grad=grad)
         assert p.sums is not None and p.candidates is not None
@@ -337,7 +373,9 @@ class ResidualVQ(nn.Module):
             scale = -2.0 * self.codebook_weight / (self.dim * p.rows.clamp_min(1.0))
             grad_books = F.pad(diff * scale[:, None, None], (0, 0, 0, 0, 0, self.num_stages - ran))
         counts = ema_update(self, p.sums, local, p.candidates)
-        return self._output(x, p, m, counts[:ran], grad_books)
+        if counts is None:  # another rank's batch was bad
+            raise error
+        return make_output(self, x, p, m, counts[:ran], grad_books)
 
     # -- codes -----------------------------------------------------------------------
     @torch.no_grad()
@@ -355,9 +393,8 @@ class ResidualVQ(nn.Module):
         Tensor, shape (..., m), int64
         """
         m = self._stages(num_stages)
-        p = run_stages(
-            self._books(m), flatten(x, self.dim), None, self.generator, train=False, grad=False
-        )
+        x2 = self._rows(x)
+        p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=False)
         return p.codes.view(*x.shape[:-1], m)
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -367,21 +404,13 @@ class ResidualVQ(nn.Module):
         ----------
         codes : Tensor, shape (..., m), integer, 1 <= m <= M
             Values in ``[0, K)``; ``-1`` (a stage skipped by dropout) adds nothing.
+            Any other value raises ValueError naming the row and the stage.
 
         Returns
         -------
         Tensor, shape (..., D), float32
         """
-        if not isinstance(codes, Tensor):
-            raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
-        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-            raise TypeError(f"codes must be integers, got dtype {codes.dtype}")
-        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_stages:
-            raise ValueError(
-                f"codes must have shape (..., m) with 1 <= m <= {self.num_stages}, "
-                f"got {tuple(codes.shape)}"
-            )
-        idx = codes.long()
+        idx = check_codes(codes, self.num_stages, self.codebook_size)
         out = torch.zeros((*codes.shape[:-1], self.dim), device=self.codebook.device)
         for s in range(codes.shape[-1]):
             c = idx[..., s]

@@ -1,4 +1,4 @@
-"""Training-state updates of :class:`~viva_glyph.torch.ResidualVQ` and input checks.
+"""Training-state updates of :class:`~viva_glyph.torch.ResidualVQ`.
 
 One training step, for all stages at once: the batch statistics (per-code sums
 and counts) are averaged over ranks with a single all-reduce, the EMA sums and
@@ -10,8 +10,7 @@ after the EMA update, so nothing overwrites it in the same step.
 
 from __future__ import annotations
 
-import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,79 +21,16 @@ from viva_glyph.torch import _distributed as ddp
 if TYPE_CHECKING:
     from viva_glyph.torch._module import ResidualVQ
 
-__all__ = ["RESET_COUNT", "check_options", "ema_update", "flatten", "replace_dead"]
+__all__ = ["RESET_COUNT", "ema_update", "replace_dead"]
 
 #: EMA count a replaced code restarts with (its EMA sum is the new code itself).
 RESET_COUNT = 1.0
 
 
-def flatten(x: object, dim: int) -> Tensor:
-    """``x`` (..., D) as detached float32 rows (N, D); no copy when already float32."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor (float32, bfloat16...), got {x.dtype}")
-    if x.ndim < 1 or x.shape[-1] != dim:
-        raise ValueError(f"x must have shape (..., {dim}) (channel-last), got {tuple(x.shape)}")
-    return x.detach().reshape(-1, dim).float()
-
-
-def _number(value: object, name: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not (lo <= v <= hi) or (hi_open and v == hi):
-        bracket = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
-    return v
-
-
-def _count(value: object, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    v = operator.index(value)
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return v
-
-
-def check_options(
-    *,
-    decay: object,
-    eps: object,
-    commitment_weight: object,
-    codebook_weight: object,
-    kmeans_iters: object,
-    dead_after: object,
-    dropout: object,
-    dropout_mode: object,
-    dropout_min_stages: object,
-    num_stages: int,
-    seed: object,
-) -> dict[str, Any]:
-    """Validate the options of ``ResidualVQ``; raise TypeError/ValueError naming the bad one."""
-    inf = float("inf")
-    _number(decay, "decay", 0.0, 1.0, hi_open=True)
-    if _number(eps, "eps", 0.0, inf) <= 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    weights = (
-        _number(commitment_weight, "commitment_weight", 0.0, inf),
-        _number(codebook_weight, "codebook_weight", 0.0, inf),
-    )
-    _count(kmeans_iters, "kmeans_iters", 0)
-    _count(dead_after, "dead_after", 0)
-    _number(dropout, "dropout", 0.0, 1.0)
-    if dropout_mode not in ("batch", "sample"):
-        raise ValueError(f"dropout_mode must be 'batch' or 'sample', got {dropout_mode!r}")
-    lo = _count(dropout_min_stages, "dropout_min_stages", 1)
-    if lo > num_stages:
-        raise ValueError(f"dropout_min_stages must be <= num_stages={num_stages}, got {lo}")
-    _count(seed, "seed", 0)
-    return {"weights": weights}
-
-
 @torch.no_grad()
-def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor) -> Tensor:
+def ema_update(
+    vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor, bad: bool = False
+) -> Tensor | None:
     """Apply one training step's statistics to ``vq``'s state; return the batch counts.
 
     Parameters
@@ -106,21 +42,27 @@ def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor)
         Rows assigned to each code.
     candidates : Tensor, shape (m, K, D), float32
         Random stage inputs that replace dead codes (rank 0's are used).
+    bad : bool
+        This rank's batch failed its input check (distributed training only:
+        the flag rides in the step's all-reduce so every rank learns it).
 
     Returns
     -------
-    Tensor, shape (M, K), float32
-        The batch counts, averaged over ranks (zeros for stages not run).
+    Tensor, shape (M, K), float32, or None
+        The batch counts, averaged over ranks (zeros for stages not run); None,
+        with nothing updated, when some rank's batch was bad.
     """
     m, k, d = vq.num_stages, vq.codebook_size, vq.dim
     ran = counts.shape[0]
     ran_on_rank0 = torch.full((ran, 1), float(ddp.rank() == 0), device=counts.device)
-    parts = [counts, ran_on_rank0]
+    parts = [counts, ran_on_rank0, torch.full((ran, 1), float(bad), device=counts.device)]
     if vq.ema:
         parts.insert(0, sums.reshape(ran, k * d))
     stats = F.pad(torch.cat(parts, 1), (0, 0, 0, m - ran))
     ddp.all_reduce_mean_(stats)  # the one collective of the step, all stages fused
-    batch_counts = stats[:, -(k + 1) : -1]
+    if ddp.is_distributed() and bool(stats[0, -1] > 0):
+        return None  # some rank's batch was bad: every rank stops here
+    batch_counts = stats[:, -(k + 2) : -2]
     active = batch_counts.sum(1) > 0
     a2 = active[:, None]
     if vq.ema:
@@ -136,7 +78,7 @@ def ema_update(vq: ResidualVQ, sums: Tensor, counts: Tensor, candidates: Tensor)
     unused = torch.where(batch_counts > 0, 0, vq.unused_steps + 1)
     vq.unused_steps.copy_(torch.where(a2, unused, vq.unused_steps))
     if vq.dead_after > 0:
-        eligible = active & (stats[:, -1] > 0)  # rank 0 has candidates for the stage
+        eligible = active & (stats[:, -2] > 0)  # rank 0 has candidates for the stage
         replace_dead(vq, F.pad(candidates, (0, 0, 0, 0, 0, m - ran)), eligible)
     return batch_counts
 
