@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into, refine_near_ties
+from viva_glyph._kernels import (
+    augmented_table,
+    chunk_rows,
+    greedy_pick,
+    nearest_into,
+    norm_limit,
+    rounding_factor,
+)
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
 
 __all__ = ["Codebook"]
@@ -29,7 +36,9 @@ class Codebook:
     Parameters
     ----------
     vectors : array_like, shape (K, D)
-        Code vectors; finite real numbers. Copied, stored read-only.
+        Code vectors; finite real numbers, each of norm at most
+        :func:`~viva_glyph._kernels.norm_limit` of the dtype (about 4.6e18 for
+        float32), so that no squared distance overflows. Copied, stored read-only.
     dtype : float32 or float64, optional
         Storage and compute dtype. Default: float32 input stays float32,
         anything else becomes float64.
@@ -55,7 +64,17 @@ class Codebook:
         vectors64 = arr.astype(np.float64)
         vectors64.setflags(write=False)
         self._vectors64: NDArray[np.float64] = vectors64
-        self._norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
+        norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
+        limit = norm_limit(arr.dtype)
+        too_big = np.flatnonzero(~(norms <= limit))
+        if too_big.size:
+            j = int(too_big[0])
+            raise ValueError(
+                f"codebook code {j} has norm {norms[j]:.4g}, above the limit {limit:.4g} "
+                f"(sqrt of the {arr.dtype} maximum / 4) beyond which squared distances overflow"
+            )
+        norms.setflags(write=False)
+        self._norms: NDArray[np.float64] = norms
 
     @classmethod
     def random(
@@ -103,6 +122,11 @@ class Codebook:
         return self._vectors64
 
     @property
+    def norms(self) -> NDArray[np.float64]:
+        """Read-only ``||c||`` of every entry in float64, shape (K,)."""
+        return self._norms
+
+    @property
     def size(self) -> int:
         """Number of entries K."""
         return int(self._vectors.shape[0])
@@ -145,7 +169,7 @@ class Codebook:
         residual: NDArray[np.float64],
         work: NDArray[np.floating[Any]],
     ) -> NDArray[np.intp]:
-        """Nearest entry of each row: the kernel under every encoder and search.
+        """Nearest entry of each row, exact (the greedy stage decision of the engine).
 
         Parameters
         ----------
@@ -159,13 +183,17 @@ class Codebook:
         Returns
         -------
         ndarray, shape (n,), intp
-            Index of the nearest entry (ties to the lowest), exact to a relative 1e-5
-            of the float64 distance.
+            Index of the nearest entry in float64 (ties to the lowest), decided in
+            float64 wherever the GEMM's rounding bound leaves a doubt
+            (:func:`~viva_glyph._kernels.greedy_pick`).
         """
-        idx = nearest_into(rows_aug, self.table, work)
-        if self.dtype == np.float32:
-            refine_near_ties(work, idx, residual, self._vectors64, self._norms)
-        return idx
+        nearest_into(rows_aug, self.table, work)
+        norm2 = np.einsum("nd,nd->n", residual, residual)
+        gamma = rounding_factor(self.dimension, self.dtype)
+        return greedy_pick(
+            work, residual, norm2, self._vectors64, self._norms, gamma,
+            np.empty_like(residual), np.empty_like(norm2),
+        )  # fmt: skip
 
     def lookup(self, indices: ArrayLike) -> NDArray[np.floating[Any]]:
         """Entries at ``indices``, shape ``indices.shape + (D,)``.

@@ -147,7 +147,12 @@ def from_codebooks(codebooks: Sequence[Codebook] | Sequence[ArrayLike] | ArrayLi
         )
     if not items:
         raise ValueError("from_codebooks needs at least one codebook, got none")
-    books = [cb if isinstance(cb, Codebook) else Codebook(cb) for cb in items]
+    books = []
+    for stage, cb in enumerate(items):
+        try:
+            books.append(cb if isinstance(cb, Codebook) else Codebook(cb))
+        except ValueError as exc:
+            raise ValueError(f"codebook of stage {stage}: {exc}") from None
     return RvqEncoder(books)
 
 
