@@ -129,10 +129,11 @@ def norm_limit(dtype: Any) -> float:
 
 
 def rounding_factor(dimension: int, dtype: Any) -> float:
-    """``gamma = n u / (1 - n u)`` with ``n = D + 3``: the worst-case relative error of
+    """``gamma = n u / (1 - n u)`` with ``n = D + 5``: the worst-case relative error of
     ``||c||^2 - 2 r.c`` in ``dtype`` (D + 1 products in any order, plus the rounding
-    of r and of ``||c||^2``), in units of ``||c||^2 + 2 ||r|| ||c||`` (Higham, 3.1)."""
-    nu = (dimension + 3) * float(np.finfo(np.dtype(dtype)).eps) / 2
+    of r, of c when shifted and of ``||c||^2``, and a unit to spare), in units of
+    ``||c||^2 + 2 ||r|| ||c||`` (Higham, "Accuracy and Stability", section 3.1)."""
+    nu = (dimension + 5) * float(np.finfo(np.dtype(dtype)).eps) / 2
     return nu / (1.0 - nu)
 
 

@@ -120,16 +120,25 @@ def accumulate_sums(x: NDArray[Any], labels: NDArray[np.int64], sums: NDArray[np
     _accumulate(np.ascontiguousarray(x), np.ascontiguousarray(labels), sums)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _sum_squares(v):  # type: ignore[no-untyped-def]
+    s = 0.0
+    for t in range(v.shape[0]):
+        s += v[t] * v[t]
+    return s
+
+
 @numba.njit(cache=True, nogil=True)
 def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, out_rows, codes):  # type: ignore[no-untyped-def]
     n, k = scores.shape
     d = exact.shape[1]
     for i in range(n):
+        row = scores[i]
         q = 0
-        best = scores[i, 0]
+        best = row[0]
         for c in range(1, k):
-            if scores[i, c] < best:
-                best = scores[i, c]
+            if row[c] < best:
+                best = row[c]
                 q = c
         r_norm = np.sqrt(norm2[i])
         cq = norms[q]
@@ -139,12 +148,11 @@ def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, o
         thr = b64 + chosen + gamma * c_bound * (c_bound + 2.0 * r_norm)
         near = 0
         for c in range(k):
-            if np.float64(scores[i, c]) <= thr:
-                near += 1
-        if near > 1:
+            near += np.float64(row[c]) <= thr
+        if near > 1:  # float64 decision among the codes under the bound
             best_d = np.inf
             for c in range(k):
-                if np.float64(scores[i, c]) <= thr:
+                if np.float64(row[c]) <= thr:
                     s = 0.0
                     for t in range(d):
                         diff = exact[i, t] - vectors[c, t]
@@ -152,14 +160,14 @@ def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, o
                     if s < best_d:
                         best_d = s
                         q = c
-        s = 0.0
+        left = out_exact[i]
         for t in range(d):
-            v = exact[i, t] - vectors[q, t]
-            out_exact[i, t] = v
-            out_rows[i, t] = v
-            s += v * v
-        out_rows[i, d] = 1.0
-        out_norm2[i] = s
+            left[t] = exact[i, t] - vectors[q, t]
+        dest = out_rows[i]
+        for t in range(d):
+            dest[t] = left[t]
+        dest[d] = 1.0
+        out_norm2[i] = _sum_squares(left)
         codes[i] = q
 
 

@@ -50,7 +50,7 @@ class Codebook:
     (1, 0.05)
     """
 
-    __slots__ = ("_norms", "_table", "_vectors", "_vectors64")
+    __slots__ = ("_centered", "_norms", "_table", "_vectors", "_vectors64")
 
     def __init__(self, vectors: ArrayLike, *, dtype: DTypeLike | None = None) -> None:
         arr = as_matrix(vectors, None, "codebook vectors")
@@ -61,6 +61,7 @@ class Codebook:
         arr.setflags(write=False)
         self._vectors: NDArray[np.floating[Any]] = arr
         self._table: NDArray[np.floating[Any]] | None = None
+        self._centered: tuple[Any, ...] | None = None
         vectors64 = arr.astype(np.float64)
         vectors64.setflags(write=False)
         self._vectors64: NDArray[np.float64] = vectors64
@@ -149,6 +150,27 @@ class Codebook:
             table.setflags(write=False)
             self._table = table
         return self._table
+
+    @property
+    def centered(self) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64]]:
+        """The codebook shifted to its mean: ``(mu, table, norms)``.
+
+        ``mu`` (D,) float64 is the mean entry; ``table`` (D + 1, K) is
+        :attr:`table` of the entries ``c - mu`` (rounded once to this dtype) and
+        ``norms`` (K,) float64 their norms. Distances from ``x - mu`` to ``c - mu``
+        are those from x to c, without the float cancellation a large common
+        offset of data and codes causes.
+        """
+        if self._centered is None:
+            mu = self._vectors64.mean(axis=0)
+            shifted = self._vectors64 - mu
+            table = augmented_table(shifted.astype(self.dtype))
+            table[-1] = np.einsum("kd,kd->k", shifted, shifted)
+            norms = np.sqrt(np.einsum("kd,kd->k", shifted, shifted))
+            for arr in (mu, table, norms):
+                arr.setflags(write=False)
+            self._centered = (mu, table, norms)
+        return self._centered
 
     def __len__(self) -> int:
         return self.size
@@ -248,6 +270,8 @@ class Codebook:
         x = as_matrix(vectors, self.dimension, "vectors")
         n, d = x.shape
         rows = chunk_rows(self.size, d, self.dtype.itemsize)
+        mu, table, norms = self.centered  # offset-free scores, as the encoder's first stage
+        gamma = rounding_factor(d, self.dtype)
         indices = np.empty(n, dtype=np.intp)
         dists = np.empty(n, dtype=np.float64)
         buf = np.ones((min(rows, n), d + 1), dtype=self.dtype)
@@ -257,9 +281,19 @@ class Codebook:
             require_finite(chunk, start, "vectors")
             m = chunk.shape[0]
             exact = chunk.astype(np.float64)
-            buf[:m, :d] = exact
-            idx = self.assign(buf[:m], exact, work[:m])
-            indices[start : start + m] = idx
-            exact -= self._vectors64[idx]
-            dists[start : start + m] = np.einsum("nd,nd->n", exact, exact)
+            shifted = exact - mu
+            buf[:m, :d] = shifted
+            nearest_into(buf[:m], table, work[:m])
+            bound2 = np.einsum("nd,nd->n", shifted, shifted)
+            left = np.empty_like(exact)
+            indices[start : start + m] = greedy_pick(
+                work[:m],
+                exact,
+                bound2,
+                self._vectors64,
+                norms,
+                gamma,
+                left,
+                dists[start : start + m],
+            )
         return indices, dists

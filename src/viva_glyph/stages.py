@@ -166,6 +166,8 @@ def beam_step(
     At B = 1 (one beam in, one out) this is the greedy stage: each row takes its
     exact nearest code (:func:`~viva_glyph._kernels.greedy_pick`) and the state
     carries the float64 residual; the encoder's greedy path is this very step.
+    A B = 1 step updates the residual buffers of a state made by an earlier B = 1
+    step in place: pass the returned state on and do not reuse the input one.
 
     Parameters
     ----------
@@ -186,6 +188,8 @@ def beam_step(
         With ``min(beam, b * K)`` beams and one more stage of codes.
     """
     assert state.residual is not None, "beam_step needs a state with residuals"
+    if state.residual.shape[1] == 1 and beam == 1:
+        return _greedy_step(state, book, work, backend)
     n, b, d1 = state.residual.shape
     d, k = d1 - 1, book.size
     rows = state.residual.reshape(n * b, d1)
@@ -193,8 +197,6 @@ def beam_step(
         work = np.empty(n * b * k, dtype=rows.dtype)
     scores = work[: n * b * k].reshape(n * b, k)
     np.matmul(rows, book.table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
-    if b == 1 and beam == 1:
-        return _greedy_step(state, book, scores, backend)
     if b == 1:
         flat = scores
     else:
@@ -211,29 +213,47 @@ def beam_step(
     return BeamState(residual, dist, codes)
 
 
-def _greedy_step(state: BeamState, book: Codebook, scores: NDArray[Any], backend: str) -> BeamState:
-    """The B = 1 step after its GEMM: exact choice, float64 residual, next GEMM rows."""
+def _greedy_step(
+    state: BeamState, book: Codebook, work: NDArray[Any] | None, backend: str
+) -> BeamState:
+    """The B = 1 step: GEMM, exact choice, float64 residual, the next GEMM's rows.
+
+    The first step scores ``x - mu`` against the codebook shifted to its mean
+    (:attr:`~viva_glyph.codebook.Codebook.centered`), so a large common offset of
+    data and codes costs no float32 accuracy; later residuals are centred already.
+    """
     assert state.residual is not None
     n, _, d1 = state.residual.shape
+    dtype = state.residual.dtype
     exact, norm2 = state.exact, state.norm2
     if exact is None or norm2 is None:  # first greedy step: the rows as given
         src = state.source if state.source is not None else state.residual[:, 0, :-1]
-        exact = np.asarray(src, dtype=np.float64)
-        norm2 = np.einsum("nd,nd->n", exact, exact)
-    out_exact = np.empty_like(exact)
-    out_norm2 = np.empty_like(norm2)
-    residual = np.empty((n, 1, d1), dtype=scores.dtype)
-    gamma = rounding_factor(d1 - 1, scores.dtype)
+        exact = np.array(src, dtype=np.float64)  # a copy: updated in place below
+        mu, table, norms = book.centered
+        rows = np.ones((n, d1), dtype=dtype)
+        np.subtract(exact, mu, out=rows[:, :-1], casting="same_kind")
+        shifted = exact - mu
+        bound2 = np.einsum("nd,nd->n", shifted, shifted)
+    else:
+        rows, table, norms, bound2 = state.residual.reshape(n, d1), book.table, book.norms, norm2
+    if work is None or work.size < n * book.size:
+        work = np.empty(n * book.size, dtype=dtype)
+    scores = work[: n * book.size].reshape(n, book.size)
+    np.matmul(rows, table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
+    # the residual, its norm and the next GEMM's rows are updated in place
+    out_norm2 = np.empty(n, dtype=np.float64)
+    gamma = rounding_factor(d1 - 1, dtype)
     kernels = numba_kernels(backend)
-    args = (scores, exact, norm2, book.vectors64, book.norms, gamma, out_exact, out_norm2)
+    args = (scores, exact, bound2, book.vectors64, norms, gamma, exact, out_norm2)
     if kernels is not None:
-        q = kernels.greedy_pick_kernel(*args, residual.reshape(n, d1))
+        q = kernels.greedy_pick_kernel(*args, rows)
     else:
         q = greedy_pick(*args)
-        residual[:, 0, :-1] = out_exact
-        residual[:, 0, -1] = 1.0
+        rows[:, :-1] = exact
+    residual = rows.reshape(n, 1, d1)
+    out_exact = exact
     codes = np.concatenate([state.codes, q[:, None, None]], axis=2)
-    dist = out_norm2.astype(scores.dtype)[:, None]
+    dist = out_norm2.astype(dtype)[:, None]
     return BeamState(residual, dist, codes, exact=out_exact, norm2=out_norm2)
 
 
