@@ -132,6 +132,39 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
     return row
 
 
+def calibrate(n: int = 4000, d: int = 128, m: int = 8, k: int = 256, beam: int = 5) -> None:
+    """Measure the constants of :func:`viva_glyph.beam.path_costs` on this machine."""
+    import viva_glyph as vg
+    from viva_glyph.beam import beam_search
+
+    rng = np.random.default_rng(0)
+    books = rng.standard_normal((m, k, d)) * 0.7 ** np.arange(m)[:, None, None]
+    enc = vg.from_codebooks(books.astype(np.float32))
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    rows = np.ones((n, d + 1), dtype=np.float32)
+    rows[:, :d] = x
+    table = np.concatenate([b.table for b in enc.codebooks], axis=1)
+
+    def best(fn: Callable[[], Any]) -> float:
+        fn()
+        return min(timeit(fn) for _ in range(5))
+
+    gemm = best(lambda: rows @ table)
+    tab = best(lambda: beam_search(enc, x, m, beam, lut=True))
+    res = best(lambda: beam_search(enc, x, m, beam, lut=False))
+    mac = gemm / (n * (d + 1) * m * k) * 1e9
+    add = (tab - gemm) / (n * beam * k * (m + m * (m - 1) / 2)) * 1e9
+    cand = (res - beam * gemm) / (n * m * beam * k) * 1e9
+    print(f"GEMM_NS_PER_MAC = {mac:.4g}\nTABLE_NS_PER_ADD = {add:.3g}")
+    print(f"RESIDUAL_NS_PER_CANDIDATE = {cand:.3g}")
+
+
+def timeit(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cases", default="6,64,128,384,768,digits")
@@ -140,8 +173,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="rows encoded per case")
     ap.add_argument("--train", type=int, default=20_000, help="training rows (synthetic)")
     ap.add_argument("--train-with", choices=("viva", "faiss"), default="viva")
+    ap.add_argument("--calibrate", action="store_true", help="measure the cost model's constants")
     args = ap.parse_args()
     os.environ["VIVA_GLYPH_NUM_THREADS"] = str(args.threads)
+    if args.calibrate:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            calibrate()
+        return
     import faiss
     from threadpoolctl import threadpool_limits
 

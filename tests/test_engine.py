@@ -220,3 +220,17 @@ def test_beam_larger_than_exhaustive_is_exhaustive() -> None:
     enc = vg.from_codebooks(books)
     x = np.random.default_rng(4).standard_normal((50, 2)).astype(np.float32)
     np.testing.assert_array_equal(enc.encode(x, beam_size=10**30), enc.encode(x, beam_size=4))
+
+
+def test_path_choice_follows_the_cost_model() -> None:
+    cfg = vg.RvqConfig(8, 128, 256)
+    assert not beam.use_lut(cfg, 1)  # B = 1: the exact residual step, always
+    residual, table = beam.path_costs(cfg, 5)
+    assert table < residual and beam.use_lut(cfg, 5)
+    # many stages of few dimensions: table additions outgrow the small GEMMs
+    deep = vg.RvqConfig(100, 2, 16)
+    residual, table = beam.path_costs(deep, 2)
+    assert residual < table and not beam.use_lut(deep, 2)
+    # tables beyond LUT_BYTES are never built
+    big = vg.RvqConfig(64, 512, 1024)
+    assert beam.LUT_BYTES < 64 * 63 // 2 * 1024 * 1024 * 4 and not beam.use_lut(big, 50)

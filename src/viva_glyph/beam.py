@@ -61,14 +61,15 @@ LUT_BYTES = 64 << 20
 #: numpy paths) beside B residuals and B code lists.
 BEAM_SCRATCH_BYTES = 512 << 20
 
-#: Cost model of the two paths, in nanoseconds per row and stage, measured with
-#: ``benchmarks/bench_engine.py --calibrate`` (2 threads, float32, D = 6..768,
-#: K = 256): a multiply-add of the GEMM, a score of the numba table kernel per
-#: earlier stage (one addition plus its share of the selection), a candidate of
-#: the residual path's selection (top-B of B * K scores and the residual update).
-GEMM_NS_PER_MAC = 0.0125
-TABLE_NS_PER_ADD = 0.35
-RESIDUAL_NS_PER_CANDIDATE = 2.0
+#: Cost model of the two paths (nanoseconds; only their ratios matter), measured
+#: with ``benchmarks/bench_engine.py --calibrate`` (2 threads, float32, D = 128,
+#: M = 8, K = 256, B = 5; mean of two runs): a multiply-add of the GEMM; a score
+#: of the numba table kernel per table added (one addition plus its share of the
+#: selection); a candidate of the residual path (its share of the top-B
+#: selection among B K scores and of the residual update).
+GEMM_NS_PER_MAC = 0.074
+TABLE_NS_PER_ADD = 0.96
+RESIDUAL_NS_PER_CANDIDATE = 25.8
 
 
 class EncoderLike(Protocol):
@@ -86,23 +87,25 @@ class EncoderLike(Protocol):
     def code_dtype(self) -> np.dtype[Any]: ...
 
 
-_cache: tuple[Any, list[NDArray[Any]]] = (None, [])
+_cache: tuple[Any, list[NDArray[Any]], NDArray[Any] | None] = (None, [], None)
 
 
-def _encoder_tables(encoder: EncoderLike) -> list[NDArray[Any]]:
-    """Cross tables of an encoder, cached for the most recent codebook stack.
+def _encoder_tables(encoder: EncoderLike) -> tuple[list[NDArray[Any]], NDArray[Any]]:
+    """Cross tables of an encoder and its stages' augmented tables side by side,
+    shape (D + 1, M K); cached for the most recent codebook stack.
 
     The cache is one tuple replaced whole, so concurrent threads never pair one
     encoder's stack with another's tables.
     """
     global _cache
     stack = encoder.codebook_array
-    cached_stack, tables = _cache
-    if cached_stack is not stack:
+    cached_stack, tables, table = _cache
+    if cached_stack is not stack or table is None:
         books = encoder.codebooks
         tables = [cross_tables(books[:m], books[m]) for m in range(len(books))]
-        _cache = (stack, tables)
-    return tables
+        table = np.ascontiguousarray(np.concatenate([b.table for b in books], axis=1))
+        _cache = (stack, tables, table)
+    return tables, table
 
 
 def path_costs(config: RvqConfig, beam_size: int) -> tuple[float, float]:
@@ -221,13 +224,16 @@ def beam_search(
     tables = tables and beam_size > 1
     fast = numba_kernels(backend) is not None
     threads = default_threads() if fast and (tables or beam_size == 1) else 1
-    per_row = beam_size * (2 * k + 2 * (d + 1)) * encoder.dtype.itemsize
-    per = max(1, min(CHUNK_BYTES // per_row, -(-n // threads)))
-    if tables and fast:  # equal pieces of at most PIECE_ROWS rows (not tied to the thread count)
-        per = max(1, -(-n // max(1, -(-n // min(PIECE_ROWS, per)))))
-    elif beam_size > 1:
-        per = max(1, chunk_rows(k, d, encoder.dtype.itemsize) // beam_size)
-    cross = _encoder_tables(encoder) if tables else []
+    item = encoder.dtype.itemsize
+    if tables and fast:  # per row: every stage's base scores and the B kept beams
+        per_row = num_stages * k * item + beam_size * (num_stages + 2) * 16
+        cap = min(PIECE_ROWS, max(1, 2 * CHUNK_BYTES // per_row))
+        per = max(1, -(-n // max(1, -(-n // cap))))  # equal pieces, not tied to the threads
+    elif beam_size == 1:
+        per = max(1, min(chunk_rows(k, d, item), -(-n // threads)))
+    else:
+        per = max(1, chunk_rows(k, d, item) // beam_size)
+    cross, table = _encoder_tables(encoder) if tables else ([], None)
     books = encoder.codebooks[:num_stages]
     codes = np.empty((n, num_stages), dtype=encoder.code_dtype)
 
@@ -235,13 +241,14 @@ def beam_search(
         state = beam_start(x_chunk[start : start + per], encoder.dtype)
         assert state.residual is not None
         rows = state.residual.reshape(-1, d + 1)  # the rows beside a column of ones
-        size = 2 * len(rows) * beam_size * k
-        work = None if tables and fast else np.empty(size, encoder.dtype)
+        work = None if tables and fast else np.empty(2 * len(rows) * beam_size * k, encoder.dtype)
+        if tables:  # base = ||c||^2 - 2 x.c of every stage from one GEMM
+            assert table is not None
+            base = rows @ table[:, : num_stages * k]
         for stage, book in enumerate(books):
-            if tables:  # base = ||c||^2 - 2 x.c from one GEMM, then table additions
-                state = lut_step(
-                    state, rows @ book.table, cross[stage], beam_size, work, backend=backend
-                )
+            if tables:  # then table additions
+                part = base[:, stage * k : (stage + 1) * k]
+                state = lut_step(state, part, cross[stage], beam_size, work, backend=backend)
             else:
                 state = beam_step(state, book, beam_size, work, backend=backend)
         codes[start : start + per] = state.best_codes
