@@ -43,7 +43,8 @@ def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignor
     best_s = np.empty(keep, dtype=base.dtype)
     best_i = np.empty(keep, dtype=np.int64)
     for i in range(n):
-        cnt = 0
+        best_s[:] = np.inf  # every real score enters before an empty slot could
+        worst = best_s[keep - 1]
         for p in range(b):
             if m == 0:
                 for c in range(k):
@@ -58,19 +59,15 @@ def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignor
                         tmp[c] += cross[j, row, c]
             for c in range(k):
                 s = tmp[c]
-                if cnt < keep:
-                    pos = cnt
-                    cnt += 1
-                elif s < best_s[keep - 1]:
+                if s < worst:
                     pos = keep - 1
-                else:
-                    continue
-                while pos > 0 and best_s[pos - 1] > s:
-                    best_s[pos] = best_s[pos - 1]
-                    best_i[pos] = best_i[pos - 1]
-                    pos -= 1
-                best_s[pos] = s
-                best_i[pos] = p * k + c
+                    while pos > 0 and best_s[pos - 1] > s:
+                        best_s[pos] = best_s[pos - 1]
+                        best_i[pos] = best_i[pos - 1]
+                        pos -= 1
+                    best_s[pos] = s
+                    best_i[pos] = p * k + c
+                    worst = best_s[keep - 1]
         for q in range(keep):
             p = best_i[q] // k
             c = best_i[q] - p * k

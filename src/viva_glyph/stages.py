@@ -16,9 +16,9 @@ engine's are the same computation, not two that agree.
 A candidate's score is ``||r_b - c||^2 = ||r_b||^2 + (||c||^2 - 2 r_b.c)``; the
 bracket comes for all (row, beam, code) triples from one GEMM per stage with the
 shared augmented table (:func:`viva_glyph._kernels.nearest_into`). While a row
-has a single parent (stage 1, or B = 1) the constant ``||r_b||^2`` is left out,
-so selection is exactly the greedy argmin. Ties are broken deterministically:
-the B kept candidates are the B smallest by (score, parent rank, code index).
+has a single parent (the first stage) the constant ``||r_b||^2`` is left out.
+For B > 1 ties are broken deterministically: the B kept candidates are the B
+smallest float scores by (score, parent rank, code index).
 """
 
 from __future__ import annotations
