@@ -9,8 +9,9 @@ once per round):
 
 - ``gemm``: numpy ``X @ C`` for (N x D)(D x M K) float32, the machine's GEMM
   limit for the shape (an encoder must at least compute these products), in
-  blocks of 2,048 rows into one reused output (a single (N x M K) product would
-  be bound by writing its N M K output, not by the arithmetic);
+  blocks of ``--gemm-rows`` rows (default 256) into one reused output, so the
+  (rows x M K) result stays in cache (a single (N x M K) product is bound by
+  writing its N M K output to memory, not by the arithmetic);
 - FAISS greedy (max_beam_size 1) and beam 5, each at use_beam_LUT 0 and 1, the
   faster kept;
 - viva-glyph ``encode(X)`` (greedy) and ``encode(X, beam_size=5)``.
@@ -98,11 +99,12 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
     fit_s = time.perf_counter() - t0
     enc = vg.from_codebooks(books.astype(np.float32))
     gemm_c = np.ascontiguousarray(books.transpose(2, 0, 1).reshape(d, m * k), dtype=np.float32)
-    out_buf = np.empty((2048, m * k), dtype=np.float32)
+    step = args.gemm_rows
+    out_buf = np.empty((step, m * k), dtype=np.float32)
 
     def gemm() -> None:
-        for lo in range(0, len(x), 2048):
-            block = x[lo : lo + 2048]
+        for lo in range(0, len(x), step):
+            block = x[lo : lo + step]
             np.matmul(block, gemm_c, out=out_buf[: len(block)])
 
     jobs: dict[str, Callable[[], Any]] = {"gemm": gemm}
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="rows encoded per case")
     ap.add_argument("--train", type=int, default=20_000, help="training rows (synthetic)")
     ap.add_argument("--train-with", choices=("viva", "faiss"), default="viva")
+    ap.add_argument("--gemm-rows", type=int, default=256, help="rows per block of the GEMM limit")
     ap.add_argument("--calibrate", action="store_true", help="measure the cost model's constants")
     args = ap.parse_args()
     os.environ["VIVA_GLYPH_NUM_THREADS"] = str(args.threads)
