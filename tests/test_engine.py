@@ -234,3 +234,20 @@ def test_path_choice_follows_the_cost_model() -> None:
     # tables beyond LUT_BYTES are never built
     big = vg.RvqConfig(64, 512, 1024)
     assert beam.LUT_BYTES < 64 * 63 // 2 * 1024 * 1024 * 4 and not beam.use_lut(big, 50)
+
+
+def test_greedy_codes_do_not_depend_on_threads_or_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces differ in size with the thread count, so BLAS may round differently;
+    the exact decision makes the codes the same (float64 ties aside)."""
+    x, books = DATA["offset"](np.random.default_rng(5))
+    enc = vg.from_codebooks(books)
+    got = {}
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
+        got[threads] = enc.encode(x)
+    np.testing.assert_array_equal(got["1"], got["2"])
+    np.testing.assert_array_equal(got["1"], got["3"])
+    whole = beam.beam_search(enc, x, 4, 1)
+    parts = np.concatenate([beam.beam_search(enc, x[i : i + 37], 4, 1) for i in range(0, 1500, 37)])
+    np.testing.assert_array_equal(whole, parts)
+    np.testing.assert_array_equal(whole, got["1"])
