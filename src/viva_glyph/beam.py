@@ -165,8 +165,9 @@ def check_beam_size(config: RvqConfig, beam_size: int, num_stages: int, dtype: A
     largest = max_beam_size(config, dtype)
     if beam > largest:
         need = beam * _beam_bytes(config, np.dtype(dtype).itemsize)
+        capped = f" (searched as {beam:,}, exhaustive already)" if beam < beam_size else ""
         raise ValueError(
-            f"beam_size {int(beam_size):,} needs about {need / 2**30:,.1f} GiB of scratch "
+            f"beam_size {int(beam_size):,}{capped} needs about {need / 2**30:,.1f} GiB of scratch "
             f"per row (B x K scores); the largest beam_size that fits in "
             f"BEAM_SCRATCH_BYTES ({BEAM_SCRATCH_BYTES >> 20} MiB) is {largest:,}"
         )
