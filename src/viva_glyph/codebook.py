@@ -20,7 +20,7 @@ from viva_glyph._kernels import (
 )
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
 
-__all__ = ["Codebook"]
+__all__ = ["Codebook", "codebooks_of_stages"]
 
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
@@ -297,3 +297,16 @@ class Codebook:
                 dists[start : start + m],
             )
         return indices, dists
+
+
+def codebooks_of_stages(stages: Any, dtype: DTypeLike | None = None) -> list[Codebook]:
+    """One :class:`Codebook` per stage of ``stages`` (an (M, K, D) array or a
+    sequence of (K, D) arrays or Codebooks); a bad stage's error names the stage.
+    """
+    books = []
+    for stage, cb in enumerate(stages):
+        try:
+            books.append(cb if isinstance(cb, Codebook) else Codebook(cb, dtype=dtype))
+        except ValueError as exc:
+            raise ValueError(f"codebook of stage {stage}: {exc}") from None
+    return books
