@@ -9,8 +9,12 @@ first of equal values, so ties go to the lowest index.
 
 In float32 that expansion can misorder codes whose distances differ by less
 than its rounding error, which matters when the residual is small next to the
-code norms. :func:`refine_near_ties` re-decides exactly those rows in float64,
-so every choice is the true minimum up to a relative 1e-5.
+code norms.
+:func:`greedy_pick` is the decision of one greedy stage (the beam engine at
+B = 1): the float32 argmin is kept where a rigorous bound on the GEMM's
+rounding (valid for any summation order, so for any BLAS kernel) shows no
+other code can be as near, and re-decided in float64 otherwise. Its numba
+twin is :func:`viva_glyph._numba.greedy_pick_kernel`.
 
 :func:`numba_kernels` hands out the optional numba kernels (:mod:`viva_glyph._numba`).
 """
@@ -29,9 +33,11 @@ __all__ = [
     "augmented_table",
     "chunk_rows",
     "code_dtype",
+    "greedy_pick",
     "nearest_into",
+    "norm_limit",
     "numba_kernels",
-    "refine_near_ties",
+    "rounding_factor",
 ]
 
 #: Working-set size a chunk of distance computations aims for (fits in L2/L3).
@@ -112,64 +118,88 @@ def nearest_into(
     return idx
 
 
-#: Relative accuracy every float32 choice is held to before it is re-decided in float64.
-RELATIVE_ACCURACY = 1e-5
+def norm_limit(dtype: Any) -> float:
+    """Largest vector norm the compute dtype accepts: ``sqrt(finfo.max) / 4``.
+
+    With ``||r||, ||c||`` at most this, every term of ``||c||^2 - 2 r.c`` and of
+    ``||r - c||^2`` stays below ``finfo.max / 4``, so no distance overflows.
+    About 4.6e18 for float32 and 3.4e153 for float64.
+    """
+    return float(np.sqrt(np.finfo(np.dtype(dtype)).max)) / 4.0
 
 
-def refine_near_ties(
-    work: NDArray[np.floating[Any]],
-    idx: NDArray[np.intp],
-    residual: NDArray[np.float64],
+def rounding_factor(dimension: int, dtype: Any) -> float:
+    """``gamma = n u / (1 - n u)`` with ``n = D + 5``: the worst-case relative error of
+    ``||c||^2 - 2 r.c`` in ``dtype`` (D + 1 products in any order, plus the rounding
+    of r, of c when shifted and of ``||c||^2``, and a unit to spare), in units of
+    ``||c||^2 + 2 ||r|| ||c||`` (Higham, "Accuracy and Stability", section 3.1)."""
+    nu = (dimension + 5) * float(np.finfo(np.dtype(dtype)).eps) / 2
+    return nu / (1.0 - nu)
+
+
+def greedy_pick(
+    scores: NDArray[np.floating[Any]],
+    exact: NDArray[np.float64],
+    norm2: NDArray[np.float64],
     vectors: NDArray[np.float64],
-    code_norms: NDArray[np.float64],
-) -> None:
-    """Re-decide in float64 the rows whose float32 minimum is within rounding error.
+    norms: NDArray[np.float64],
+    gamma: float,
+    out_exact: NDArray[np.float64],
+    out_norm2: NDArray[np.float64],
+) -> NDArray[np.intp]:
+    """One greedy stage's choices and the residuals they leave (numpy path).
 
-    With unit roundoff u, each ``work[i, j]`` is typically within
-    ``b_j = sqrt(D + 2) u (||c_j||^2 + 2 ||r|| ||c_j||)`` of its exact value (the
-    float32 rounding of the residual included; rounding errors of a dot product
-    grow like sqrt(D), the worst case like D, which would send nearly every
-    128-D row to float64 for no change). Any code truly nearer than the
-    chosen q satisfies ``||c_j|| <= ||r|| + sqrt(d_q)``, which bounds ``b_j``;
-    so a code can beat q only if ``work[i, j] <= work[i, q] + b_q + b_j``. Rows
-    where ``b_q + b_j`` is below ``RELATIVE_ACCURACY`` times the distance keep q;
-    in the others every code under that bound is compared exactly in float64,
-    ties to the lowest index.
+    Each ``scores[i, j]`` lies within ``e_j = gamma ||c_j|| (||c_j|| + 2 ||r_i||)`` of
+    the exact ``||c_j||^2 - 2 r_i.c_j``. A code truly as near as the float argmin q
+    has ``||c_j|| <= ||r|| + sqrt(d_q)`` (triangle inequality), hence
+    ``scores[i, j] <= thr = scores[i, q] + e_q + e(||r|| + sqrt(d_q))``. Rows where q
+    is the only code under ``thr`` keep q (it is the exact nearest); in the others
+    every code under ``thr`` is compared in float64, ties to the lowest index.
 
     Parameters
     ----------
-    work : ndarray, shape (n, K), float32
-        ``||c||^2 - 2 r.c`` as left by :func:`nearest_into`.
-    idx : ndarray, shape (n,), intp
-        Its argmin; corrected in place.
-    residual : ndarray, shape (n, D), float64
-        The exact rows.
+    scores : ndarray, shape (n, K), float32 or float64
+        ``||c||^2 - 2 r.c`` from the GEMM of the rounded residuals.
+    exact : ndarray, shape (n, D), float64
+        The residuals r.
+    norm2 : ndarray, shape (n,), float64
+        ``||r||^2``.
     vectors : ndarray, shape (K, D), float64
-        The codebook.
-    code_norms : ndarray, shape (K,), float64
-        ``||c||`` of every entry.
+    norms : ndarray, shape (K,), float64
+        ``||c||``.
+    gamma : float
+        :func:`rounding_factor` of D and the scores' dtype.
+    out_exact : ndarray, shape (n, D), float64
+        Receives ``r - c_q``.
+    out_norm2 : ndarray, shape (n,), float64
+        Receives ``||r - c_q||^2``.
+
+    Returns
+    -------
+    ndarray, shape (n,), intp
+        The chosen codes.
     """
-    n, dim = residual.shape
-    gamma = np.sqrt(dim + 2) * float(np.finfo(np.float32).eps) / 2
-    r_norm = np.sqrt(np.einsum("nd,nd->n", residual, residual))
-    c_norm = code_norms[idx]
-    chosen_slack = gamma * c_norm * (c_norm + 2.0 * r_norm)
-    best = work[np.arange(n), idx].astype(np.float64)
-    dist_hi = np.maximum(best + r_norm**2 + chosen_slack, 0.0)
-    c_bound = r_norm + np.sqrt(dist_hi)
-    slack = chosen_slack + gamma * c_bound * (c_bound + 2.0 * r_norm)
-    loose = slack > RELATIVE_ACCURACY * dist_hi
-    if not loose.any():
-        return
-    bound = np.where(loose, best + slack, -np.inf).astype(work.dtype)
-    near = work <= bound[:, None]
+    n = scores.shape[0]
+    q: NDArray[np.intp] = scores.argmin(axis=1)
+    best = scores[np.arange(n), q].astype(np.float64)
+    r_norm = np.sqrt(norm2)
+    c_norm = norms[q]
+    chosen = gamma * c_norm * (c_norm + 2.0 * r_norm)
+    c_bound = r_norm + np.sqrt(np.maximum(best + norm2 + chosen, 0.0))
+    thr = best + chosen + gamma * c_bound * (c_bound + 2.0 * r_norm)
+    if scores.dtype != np.float64:  # the smallest value of the scores' dtype >= thr
+        low = thr.astype(scores.dtype)
+        thr = np.where(low < thr, np.nextafter(low, np.inf), low)
+    near = scores <= thr[:, None]
     rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
-    if rows.size == 0:
-        return
-    pair_row, pair_code = np.nonzero(near[rows])
-    diff = residual[rows[pair_row]] - vectors[pair_code]
-    dist = np.einsum("pd,pd->p", diff, diff)
-    order = np.lexsort((pair_code, dist, pair_row))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = pair_row[order][1:] != pair_row[order][:-1]
-    idx[rows[pair_row[order][first]]] = pair_code[order][first]
+    if rows.size:
+        pair_row, pair_code = np.nonzero(near[rows])
+        diff = exact[rows[pair_row]] - vectors[pair_code]
+        dist = np.einsum("pd,pd->p", diff, diff)
+        order = np.lexsort((pair_code, dist, pair_row))
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = pair_row[order][1:] != pair_row[order][:-1]
+        q[rows[pair_row[order][first]]] = pair_code[order][first]
+    np.subtract(exact, vectors[q], out=out_exact)
+    np.einsum("nd,nd->n", out_exact, out_exact, out=out_norm2)
+    return q

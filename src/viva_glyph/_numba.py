@@ -6,6 +6,11 @@ with identical results:
 
 - :func:`lut_step_kernel`, one table-driven beam-search stage, replaces
   :func:`viva_glyph.beam.lut_step`'s numpy path;
+- :func:`greedy_pick_kernel`, one greedy stage's decision and residual update,
+  replaces :func:`viva_glyph._kernels.greedy_pick` (same bound, same float64
+  re-decision; its float64 sums run in row order, numpy's einsum in its own, so
+  the two can part only where two codes' float64 distances agree to the last
+  bits);
 - :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
   the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
   of each cluster in row order, so the sums are bit-identical).
@@ -26,7 +31,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["accumulate_sums", "lut_step_kernel"]
+__all__ = ["accumulate_sums", "greedy_pick_kernel", "lut_step_kernel"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -38,7 +43,8 @@ def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignor
     best_s = np.empty(keep, dtype=base.dtype)
     best_i = np.empty(keep, dtype=np.int64)
     for i in range(n):
-        cnt = 0
+        best_s[:] = np.inf  # every real score enters before an empty slot could
+        worst = best_s[keep - 1]
         for p in range(b):
             if m == 0:
                 for c in range(k):
@@ -53,19 +59,15 @@ def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignor
                         tmp[c] += cross[j, row, c]
             for c in range(k):
                 s = tmp[c]
-                if cnt < keep:
-                    pos = cnt
-                    cnt += 1
-                elif s < best_s[keep - 1]:
+                if s < worst:
                     pos = keep - 1
-                else:
-                    continue
-                while pos > 0 and best_s[pos - 1] > s:
-                    best_s[pos] = best_s[pos - 1]
-                    best_i[pos] = best_i[pos - 1]
-                    pos -= 1
-                best_s[pos] = s
-                best_i[pos] = p * k + c
+                    while pos > 0 and best_s[pos - 1] > s:
+                        best_s[pos] = best_s[pos - 1]
+                        best_i[pos] = best_i[pos - 1]
+                        pos -= 1
+                    best_s[pos] = s
+                    best_i[pos] = p * k + c
+                    worst = best_s[keep - 1]
         for q in range(keep):
             p = best_i[q] // k
             c = best_i[q] - p * k
@@ -113,3 +115,74 @@ def accumulate_sums(x: NDArray[Any], labels: NDArray[np.int64], sums: NDArray[np
     ``labels`` must already be checked to lie in [0, K).
     """
     _accumulate(np.ascontiguousarray(x), np.ascontiguousarray(labels), sums)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _sum_squares(v):  # type: ignore[no-untyped-def]
+    s = 0.0
+    for t in range(v.shape[0]):
+        s += v[t] * v[t]
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, out_rows, codes):  # type: ignore[no-untyped-def]
+    n, k = scores.shape
+    d = exact.shape[1]
+    for i in range(n):
+        row = scores[i]
+        q = 0
+        best = row[0]
+        for c in range(1, k):
+            if row[c] < best:
+                best = row[c]
+                q = c
+        r_norm = np.sqrt(norm2[i])
+        cq = norms[q]
+        chosen = gamma * cq * (cq + 2.0 * r_norm)
+        b64 = np.float64(best)
+        c_bound = r_norm + np.sqrt(max(b64 + norm2[i] + chosen, 0.0))
+        thr = b64 + chosen + gamma * c_bound * (c_bound + 2.0 * r_norm)
+        near = 0
+        for c in range(k):
+            near += np.float64(row[c]) <= thr
+        if near > 1:  # float64 decision among the codes under the bound
+            best_d = np.inf
+            for c in range(k):
+                if np.float64(row[c]) <= thr:
+                    s = 0.0
+                    for t in range(d):
+                        diff = exact[i, t] - vectors[c, t]
+                        s += diff * diff
+                    if s < best_d:
+                        best_d = s
+                        q = c
+        left = out_exact[i]
+        for t in range(d):
+            left[t] = exact[i, t] - vectors[q, t]
+        dest = out_rows[i]
+        for t in range(d):
+            dest[t] = left[t]
+        dest[d] = 1.0
+        out_norm2[i] = _sum_squares(left)
+        codes[i] = q
+
+
+def greedy_pick_kernel(
+    scores: NDArray[Any],
+    exact: NDArray[np.float64],
+    norm2: NDArray[np.float64],
+    vectors: NDArray[np.float64],
+    norms: NDArray[np.float64],
+    gamma: float,
+    out_exact: NDArray[np.float64],
+    out_norm2: NDArray[np.float64],
+    out_rows: NDArray[Any],
+) -> NDArray[np.intp]:
+    """:func:`viva_glyph._kernels.greedy_pick`, fused with writing the next GEMM's rows.
+
+    ``out_rows`` (n, D + 1), the scores' dtype, receives ``r - c_q`` beside a column of ones.
+    """
+    codes = np.empty(scores.shape[0], dtype=np.intp)
+    _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, out_rows, codes)
+    return codes

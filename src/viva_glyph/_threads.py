@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,12 +47,17 @@ def default_threads() -> int:
 
 _lock = threading.Lock()
 _depth = 0
-_saved: list[int] = []
+_saved: list[tuple[Any, int]] = []
 
 
-@functools.cache
 def _blas_pools() -> tuple[Any, ...]:
-    """threadpoolctl's controllers of the loaded BLAS libraries (scanned once)."""
+    """threadpoolctl's controllers of the loaded BLAS libraries, rescanned after any
+    import (numba's first kernel call, for one, loads SciPy's OpenBLAS)."""
+    return _scan_blas(len(sys.modules))
+
+
+@functools.lru_cache(maxsize=1)
+def _scan_blas(modules: int) -> tuple[Any, ...]:
     try:
         from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
     except ImportError:  # optional: only a speed matter
@@ -59,8 +65,8 @@ def _blas_pools() -> tuple[Any, ...]:
     return tuple(c for c in ThreadpoolController().lib_controllers if c.user_api == "blas")
 
 
-def _set_threads(counts: list[int]) -> None:
-    for pool, count in zip(_blas_pools(), counts, strict=True):
+def _set_threads(pools: Sequence[tuple[Any, int]]) -> None:
+    for pool, count in pools:
         pool.set_num_threads(count)
         # threadpoolctl >= 3.6 lets only one Python thread steer OpenBLAS: hand
         # control back at once, so whichever thread restores the limit can.
@@ -79,8 +85,8 @@ def single_blas_thread() -> Iterator[None]:
     global _depth, _saved
     with _lock:
         if _depth == 0:
-            _saved = [pool.get_num_threads() for pool in _blas_pools()]
-            _set_threads([1] * len(_saved))
+            _saved = [(pool, pool.get_num_threads()) for pool in _blas_pools()]
+            _set_threads([(pool, 1) for pool, _ in _saved])
         _depth += 1
     try:
         yield

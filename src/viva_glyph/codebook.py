@@ -10,10 +10,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into, refine_near_ties
+from viva_glyph._kernels import (
+    augmented_table,
+    chunk_rows,
+    greedy_pick,
+    nearest_into,
+    norm_limit,
+    rounding_factor,
+)
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
 
-__all__ = ["Codebook"]
+__all__ = ["Codebook", "codebooks_of_stages"]
 
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
@@ -29,7 +36,9 @@ class Codebook:
     Parameters
     ----------
     vectors : array_like, shape (K, D)
-        Code vectors; finite real numbers. Copied, stored read-only.
+        Code vectors; finite real numbers, each of norm at most
+        :func:`~viva_glyph._kernels.norm_limit` of the dtype (about 4.6e18 for
+        float32), so that no squared distance overflows. Copied, stored read-only.
     dtype : float32 or float64, optional
         Storage and compute dtype. Default: float32 input stays float32,
         anything else becomes float64.
@@ -41,7 +50,7 @@ class Codebook:
     (1, 0.05)
     """
 
-    __slots__ = ("_norms", "_table", "_vectors", "_vectors64")
+    __slots__ = ("_centered", "_norms", "_table", "_vectors", "_vectors64")
 
     def __init__(self, vectors: ArrayLike, *, dtype: DTypeLike | None = None) -> None:
         arr = as_matrix(vectors, None, "codebook vectors")
@@ -52,10 +61,21 @@ class Codebook:
         arr.setflags(write=False)
         self._vectors: NDArray[np.floating[Any]] = arr
         self._table: NDArray[np.floating[Any]] | None = None
+        self._centered: tuple[Any, ...] | None = None
         vectors64 = arr.astype(np.float64)
         vectors64.setflags(write=False)
         self._vectors64: NDArray[np.float64] = vectors64
-        self._norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
+        norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
+        limit = norm_limit(arr.dtype)
+        too_big = np.flatnonzero(~(norms <= limit))
+        if too_big.size:
+            j = int(too_big[0])
+            raise ValueError(
+                f"codebook code {j} has norm {norms[j]:.4g}, above the limit {limit:.4g} "
+                f"(sqrt of the {arr.dtype} maximum / 4) beyond which squared distances overflow"
+            )
+        norms.setflags(write=False)
+        self._norms: NDArray[np.float64] = norms
 
     @classmethod
     def random(
@@ -103,6 +123,11 @@ class Codebook:
         return self._vectors64
 
     @property
+    def norms(self) -> NDArray[np.float64]:
+        """Read-only ``||c||`` of every entry in float64, shape (K,)."""
+        return self._norms
+
+    @property
     def size(self) -> int:
         """Number of entries K."""
         return int(self._vectors.shape[0])
@@ -126,6 +151,27 @@ class Codebook:
             self._table = table
         return self._table
 
+    @property
+    def centered(self) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64]]:
+        """The codebook shifted to its mean: ``(mu, table, norms)``.
+
+        ``mu`` (D,) float64 is the mean entry; ``table`` (D + 1, K) is
+        :attr:`table` of the entries ``c - mu`` (rounded once to this dtype) and
+        ``norms`` (K,) float64 their norms. Distances from ``x - mu`` to ``c - mu``
+        are those from x to c, without the float cancellation a large common
+        offset of data and codes causes.
+        """
+        if self._centered is None:
+            mu = self._vectors64.mean(axis=0)
+            shifted = self._vectors64 - mu
+            table = augmented_table(shifted.astype(self.dtype))
+            table[-1] = np.einsum("kd,kd->k", shifted, shifted)
+            norms = np.sqrt(np.einsum("kd,kd->k", shifted, shifted))
+            for arr in (mu, table, norms):
+                arr.setflags(write=False)
+            self._centered = (mu, table, norms)
+        return self._centered
+
     def __len__(self) -> int:
         return self.size
 
@@ -145,7 +191,7 @@ class Codebook:
         residual: NDArray[np.float64],
         work: NDArray[np.floating[Any]],
     ) -> NDArray[np.intp]:
-        """Nearest entry of each row: the kernel under every encoder and search.
+        """Nearest entry of each row, exact (the greedy stage decision of the engine).
 
         Parameters
         ----------
@@ -159,13 +205,17 @@ class Codebook:
         Returns
         -------
         ndarray, shape (n,), intp
-            Index of the nearest entry (ties to the lowest), exact to a relative 1e-5
-            of the float64 distance.
+            Index of the nearest entry in float64 (ties to the lowest), decided in
+            float64 wherever the GEMM's rounding bound leaves a doubt
+            (:func:`~viva_glyph._kernels.greedy_pick`).
         """
-        idx = nearest_into(rows_aug, self.table, work)
-        if self.dtype == np.float32:
-            refine_near_ties(work, idx, residual, self._vectors64, self._norms)
-        return idx
+        nearest_into(rows_aug, self.table, work)
+        norm2 = np.einsum("nd,nd->n", residual, residual)
+        gamma = rounding_factor(self.dimension, self.dtype)
+        return greedy_pick(
+            work, residual, norm2, self._vectors64, self._norms, gamma,
+            np.empty_like(residual), np.empty_like(norm2),
+        )  # fmt: skip
 
     def lookup(self, indices: ArrayLike) -> NDArray[np.floating[Any]]:
         """Entries at ``indices``, shape ``indices.shape + (D,)``.
@@ -220,6 +270,8 @@ class Codebook:
         x = as_matrix(vectors, self.dimension, "vectors")
         n, d = x.shape
         rows = chunk_rows(self.size, d, self.dtype.itemsize)
+        mu, table, norms = self.centered  # offset-free scores, as the encoder's first stage
+        gamma = rounding_factor(d, self.dtype)
         indices = np.empty(n, dtype=np.intp)
         dists = np.empty(n, dtype=np.float64)
         buf = np.ones((min(rows, n), d + 1), dtype=self.dtype)
@@ -229,9 +281,32 @@ class Codebook:
             require_finite(chunk, start, "vectors")
             m = chunk.shape[0]
             exact = chunk.astype(np.float64)
-            buf[:m, :d] = exact
-            idx = self.assign(buf[:m], exact, work[:m])
-            indices[start : start + m] = idx
-            exact -= self._vectors64[idx]
-            dists[start : start + m] = np.einsum("nd,nd->n", exact, exact)
+            shifted = exact - mu
+            buf[:m, :d] = shifted
+            nearest_into(buf[:m], table, work[:m])
+            bound2 = np.einsum("nd,nd->n", shifted, shifted)
+            left = np.empty_like(exact)
+            indices[start : start + m] = greedy_pick(
+                work[:m],
+                exact,
+                bound2,
+                self._vectors64,
+                norms,
+                gamma,
+                left,
+                dists[start : start + m],
+            )
         return indices, dists
+
+
+def codebooks_of_stages(stages: Any, dtype: DTypeLike | None = None) -> list[Codebook]:
+    """One :class:`Codebook` per stage of ``stages`` (an (M, K, D) array or a
+    sequence of (K, D) arrays or Codebooks); a bad stage's error names the stage.
+    """
+    books = []
+    for stage, cb in enumerate(stages):
+        try:
+            books.append(cb if isinstance(cb, Codebook) else Codebook(cb, dtype=dtype))
+        except ValueError as exc:
+            raise ValueError(f"codebook of stage {stage}: {exc}") from None
+    return books

@@ -1,8 +1,7 @@
 """The RVQ encoder: codebooks per stage and the array engine that uses them.
 
-Encoding streams (N, D) inputs in cache-sized row chunks; each chunk runs the
-greedy residual loop of :meth:`RvqEncoder._greedy` (or the beam search of
-:mod:`viva_glyph.beam`).
+Encoding streams (N, D) inputs in row chunks through the one engine of
+:mod:`viva_glyph.beam` (greedy is its B = 1 search, the step training runs too).
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph._kernels import chunk_rows, code_dtype
+from viva_glyph._kernels import chunk_rows, code_dtype, norm_limit
 from viva_glyph._validate import as_matrix, check_codes, positive_int, require_finite
+from viva_glyph.beam import beam_search, check_beam_size
 from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
 
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from viva_glyph.training import TrainingSummary
 
 __all__ = ["RvqEncoder"]
+
+#: Encoding hands the engine chunks of this many cache-sized row blocks at a time
+#: (the engine splits them into pieces over its threads).
+ENGINE_CHUNKS = 4
 
 
 class RvqEncoder:
@@ -115,8 +119,9 @@ class RvqEncoder:
             raise ValueError(f"num_stages must be <= {self.config.num_stages}, got {m}")
         return m
 
-    def _row_chunks(self, n: int) -> Iterator[slice]:
+    def _row_chunks(self, n: int, scale: int = 1) -> Iterator[slice]:
         rows = chunk_rows(self.config.codebook_size, self.config.dimension, self.dtype.itemsize)
+        rows *= scale
         for start in range(0, n, rows):
             yield slice(start, min(start + rows, n))
 
@@ -164,58 +169,43 @@ class RvqEncoder:
     ) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
         x = as_matrix(X, self.config.dimension)
         m = self._stages(num_stages)
-        beam = positive_int(beam_size, "beam_size")
-        n, d = x.shape
+        beam = check_beam_size(self.config, positive_int(beam_size, "beam_size"), m, self.dtype)
+        n = x.shape[0]
         codes = np.empty((n, m), dtype=self.code_dtype)
         errs = np.empty(n, dtype=np.float64) if errors else None
-        rows_max = next(self._row_chunks(n)).stop
-        # scratch reused by every chunk: no large allocation inside the loop
-        rows_aug = np.ones((rows_max, d + 1), dtype=self.dtype)
-        work = np.empty((rows_max, self.config.codebook_size), dtype=self.dtype)
-        exact = np.empty((2, rows_max, d), dtype=np.float64)
-        for rows in self._row_chunks(n):
+        for rows in self._row_chunks(n, ENGINE_CHUNKS):
             chunk = x[rows]
-            require_finite(chunk, rows.start)
-            k = chunk.shape[0]
-            if beam > 1:
-                from viva_glyph.beam import beam_search
-
-                codes[rows] = beam_search(self, chunk.astype(self.dtype, copy=False), m, beam)
-                if errs is not None:
-                    diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
-                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
-            else:
-                left = self._greedy(chunk, rows_aug[:k], work[:k], exact[:, :k], codes[rows])
-                if errs is not None:
-                    errs[rows] = np.sqrt(np.einsum("nd,nd->n", left, left))
+            self._check_rows(chunk, rows.start)
+            if beam == 1:  # greedy: the engine at B = 1 (float64 residuals and errors)
+                out = None if errs is None else errs[rows]
+                codes[rows] = beam_search(self, chunk, m, 1, sq_errors=out)
+                if out is not None:
+                    np.sqrt(out, out=out)
+                continue
+            codes[rows] = beam_search(self, chunk.astype(self.dtype, copy=False), m, beam)
+            if errs is not None:
+                diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
+                errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
         return codes, errs
 
-    def _greedy(
-        self,
-        x: NDArray[Any],
-        rows_aug: NDArray[np.floating[Any]],
-        work: NDArray[np.floating[Any]],
-        exact: NDArray[np.float64],
-        codes: NDArray[Any],
-    ) -> NDArray[np.float64]:
-        """SoundStream's Algorithm 1 on one chunk; returns the final residual (float64).
-
-        ``rows_aug`` (n, D + 1) holds the residual in the compute dtype beside a
-        column of ones; ``exact`` (2, n, D) float64 holds the exact residual and
-        the chosen entries; ``work`` (n, K) the distances.
-        """
-        d = self.config.dimension
-        residual: NDArray[np.float64] = exact[0]
-        chosen = exact[1]
-        residual[...] = x
-        for stage in range(codes.shape[1]):
-            book = self.codebooks[stage]
-            rows_aug[:, :d] = residual
-            q = book.assign(rows_aug, residual, work)  # q = argmin_c ||r - c||
-            codes[:, stage] = q
-            np.take(book.vectors64, q, axis=0, out=chosen)
-            residual -= chosen  # r <- r - c_q
-        return residual
+    def _check_rows(self, chunk: NDArray[Any], start: int) -> None:
+        """Rows must be finite and of norm at most :func:`~viva_glyph._kernels.norm_limit`
+        (one pass over the chunk when they are)."""
+        limit = norm_limit(self.dtype)
+        top = float(np.max(np.abs(chunk)))
+        if top * np.sqrt(chunk.shape[1]) <= limit:  # False for NaN
+            return
+        require_finite(chunk, start)
+        wide = chunk.astype(np.float64)
+        norms = np.sqrt(np.einsum("nd,nd->n", wide, wide))
+        bad = np.flatnonzero(~(norms <= limit))
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"X row {start + row} has norm {norms[row]:.4g}, above the limit {limit:.4g} "
+                f"of a {self.dtype} model (sqrt of the {self.dtype} maximum / 4) beyond "
+                "which squared distances overflow"
+            )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write this encoder to a model file (safetensors), atomically.

@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from viva_glyph import glyph
 from viva_glyph._validate import as_vector
-from viva_glyph.codebook import Codebook
+from viva_glyph.codebook import Codebook, codebooks_of_stages
 from viva_glyph.config import RvqConfig, default_config
 from viva_glyph.encoder import RvqEncoder
 
@@ -147,8 +147,7 @@ def from_codebooks(codebooks: Sequence[Codebook] | Sequence[ArrayLike] | ArrayLi
         )
     if not items:
         raise ValueError("from_codebooks needs at least one codebook, got none")
-    books = [cb if isinstance(cb, Codebook) else Codebook(cb) for cb in items]
-    return RvqEncoder(books)
+    return RvqEncoder(codebooks_of_stages(items))
 
 
 def _check_encoder(encoder: object) -> RvqEncoder:
