@@ -20,16 +20,21 @@ SQLite ID store for items that arrive later.
 from __future__ import annotations
 
 from viva_glyph.semantic._api import fit
+from viva_glyph.semantic._eval import SemanticReport, evaluate
 from viva_glyph.semantic._file import load
 from viva_glyph.semantic._model import SemanticIds
+from viva_glyph.semantic._store import IdStore
 from viva_glyph.semantic._tokens import PrefixTrie
 from viva_glyph.semantic._unique import ResolveReport, SuffixRangeError
 
 __all__ = [
+    "IdStore",
     "PrefixTrie",
     "ResolveReport",
     "SemanticIds",
+    "SemanticReport",
     "SuffixRangeError",
+    "evaluate",
     "fit",
     "load",
 ]
