@@ -80,3 +80,27 @@ def test_tokens_round_trip_and_vocabulary():
             parse_tokens([bad], RADICES)
     with pytest.raises(ValueError, match="tokens"):
         parse_tokens(["<a_1><b_2>", "<a_1>"], RADICES)
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 200),
+    k=st.integers(1, 4),
+    keyed=st.booleans(),
+)
+def test_suffix_ranks_match_brute_force(seed, n, k, keyed):
+    from viva_glyph.semantic._unique import suffix_ranks
+
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, k, size=(n, 3))
+    err = rng.integers(0, 3, n).astype(np.float64)  # many ties
+    keys = np.array([f"x{v}" for v in rng.permutation(n)]) if keyed else None
+    rank, size = suffix_ranks(codes, err, keys)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(codes.tolist()):
+        groups.setdefault(tuple(row), []).append(i)
+    for members in groups.values():
+        tie = (lambda i: keys[i]) if keys is not None else (lambda i: i)
+        ordered = sorted(members, key=lambda i: (err[i], tie(i)))
+        assert [int(rank[i]) for i in ordered] == list(range(len(members)))
+        assert all(int(size[i]) == len(members) for i in members)
