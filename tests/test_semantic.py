@@ -237,3 +237,22 @@ def test_bad_input(model):
         semantic.fit(x, balance=-1.0)
     with pytest.raises(ValueError, match="balanced=True"):
         ids.codes(x, balanced=True)
+
+
+def test_memmap_and_dask_inputs_stream_to_the_same_ids(tmp_path, model, monkeypatch):
+    import viva_glyph.semantic._model as m
+
+    da = pytest.importorskip("dask.array")
+    ids, x = model
+    monkeypatch.setattr(m, "BLOCK_ROWS", 700)  # several blocks
+    expect = ids.unique(x, resolve="reassign")
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(ids.unique(mm, resolve="reassign"), expect)
+    lazy = da.from_array(x, chunks=(512, 16))
+    np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
+    np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))
+    bad = x.copy()
+    bad[1500, 3] = np.inf
+    with pytest.raises(ValueError, match="row 1500"):
+        ids.codes(da.from_array(bad, chunks=(512, 16)))

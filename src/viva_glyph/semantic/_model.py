@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import code_dtype
-from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph._validate import as_matrix, check_matrix, positive_int, require_finite
 from viva_glyph.codebook import Codebook
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
@@ -23,7 +23,7 @@ from viva_glyph.semantic._unique import (
     suffix_ranks,
 )
 
-__all__ = ["METRICS", "RESOLVE", "SemanticIds", "check_balance", "normalize_rows"]
+__all__ = ["METRICS", "RESOLVE", "SemanticIds", "check_balance", "normalize_rows", "rows_source"]
 
 METRICS = ("l2", "cosine")
 RESOLVE = ("suffix", "reassign")
@@ -41,6 +41,19 @@ def check_balance(balance: object) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"balance must be None or a finite float >= 0, got {balance!r}")
     return value
+
+
+def rows_source(X: Any, dim: int | None) -> Any:
+    """``X`` checked as an (N, D) matrix without reading it.
+
+    numpy input (and array-likes) go through ``as_matrix``; other arrays with
+    ``shape``/``dtype``/``ndim`` and row slicing (Dask, zarr, h5py) are kept
+    as they are and read block by block (``np.asarray(X[a:b])``).
+    """
+    if isinstance(X, np.ndarray) or not all(hasattr(X, a) for a in ("shape", "dtype", "ndim")):
+        return as_matrix(X, dim)
+    check_matrix(X, dim)
+    return X
 
 
 def normalize_rows(x: NDArray[Any], start: int) -> NDArray[np.float64]:
@@ -151,7 +164,7 @@ class SemanticIds:
     # -- codes --------------------------------------------------------------------
     def _blocks(self, x: NDArray[Any]) -> Iterator[tuple[int, NDArray[Any]]]:
         for start in range(0, x.shape[0], BLOCK_ROWS):
-            block = x[start : start + BLOCK_ROWS]
+            block = np.asarray(x[start : start + BLOCK_ROWS])
             require_finite(block, start)
             yield start, normalize_rows(block, start) if self.metric == "cosine" else block
 
@@ -180,7 +193,7 @@ class SemanticIds:
         self, X: ArrayLike, *, balanced: bool = False
     ) -> tuple[NDArray[Any], NDArray[np.float64]]:
         """Codes (N, L) and squared reconstruction errors (N,) float64."""
-        x = as_matrix(X, self.dimension)
+        x = rows_source(X, self.dimension)
         n = x.shape[0]
         codes = np.empty((n, self.levels), dtype=code_dtype(max(self.codebook_sizes)))
         err = np.empty(n, dtype=np.float64)
@@ -270,7 +283,7 @@ class SemanticIds:
         """
         if resolve not in RESOLVE:
             raise ValueError(f"resolve must be one of {RESOLVE}, got {resolve!r}")
-        x = as_matrix(X, self.dimension)
+        x = rows_source(X, self.dimension)
         n = x.shape[0]
         key_arr = _check_keys(keys, n)
         use_balance = self.balance is not None if balanced is None else balanced
@@ -309,7 +322,7 @@ class SemanticIds:
         self, x: NDArray[Any], codes: NDArray[Any], rows: NDArray[np.intp]
     ) -> NDArray[np.float64]:
         """Squared distances of rows' residuals before the last level to every last code."""
-        block = x[np.sort(rows)]
+        block = np.asarray(x[np.sort(rows)])
         block = normalize_rows(block, 0) if self.metric == "cosine" else block.astype(np.float64)
         back = np.argsort(np.argsort(rows))  # rows in the caller's order
         residual = (

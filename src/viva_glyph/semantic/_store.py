@@ -26,8 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import code_dtype
-from viva_glyph._validate import as_matrix
-from viva_glyph.semantic._model import SemanticIds
+from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._unique import SuffixRangeError
 
 __all__ = ["IdStore", "model_fingerprint"]
@@ -201,7 +200,7 @@ class IdStore:
         SuffixRangeError
             When a glyph would need a suffix >= ``ids.suffix_size``; nothing is stored.
         """
-        x = as_matrix(X, ids.dimension)
+        x = rows_source(X, ids.dimension)
         n = x.shape[0]
         names = _keys(keys, n)
         codes, err = ids.codes_and_errors(x, balanced=balanced)
