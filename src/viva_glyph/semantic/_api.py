@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from viva_glyph._validate import as_matrix, positive_int
+from viva_glyph.codebook import Codebook
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
 from viva_glyph.semantic._model import (
     METRICS,
@@ -35,6 +36,17 @@ def _sizes(codebook_size: int | Sequence[int], levels: int) -> tuple[int, ...]:
             "give one per level"
         )
     return tuple(positive_int(k, f"codebook_size[{i}]") for i, k in enumerate(codebook_size))
+
+
+def _level_mse(x: Any, books: list[Codebook]) -> list[float]:
+    """MSE per component after each level, greedy, on at most 16,384 rows of x."""
+    rows = np.asarray(x[: 1 << 14], dtype=np.float64)
+    out = []
+    for book in books:
+        idx, _ = book.nearest_batch(rows)
+        rows = rows - book.vectors64[idx]
+        out.append(float((rows**2).mean()))
+    return out
 
 
 def fit(
@@ -105,9 +117,7 @@ def fit(
             progress=progress,
         )
         books = list(enc.codebooks)
-        assert enc.training is not None
-        training["level_errors"] = list(enc.training.stage_errors)
-        training["samples"] = enc.training.params["samples_used"]
+        training["level_mse"] = _level_mse(x, books)
     else:
         limit = min(n, SAMPLES_PER_CODE * max(sizes))
         idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else slice(None)
@@ -133,18 +143,18 @@ def fit(
                     seed=int(seed),
                 )
                 books = list(enc.codebooks)
-                assert enc.training is not None
-                training["level_errors"] = list(enc.training.stage_errors)
+                training["level_mse"] = _level_mse(sample, books)
             else:
                 books, errors, largest = train_levels(
                     sample.astype(np.float32), sizes, bal, rng, bar
                 )
-                training["level_errors"] = errors
+                training["level_mse"] = errors
                 training["largest_cluster"] = largest
         finally:
             if bar is not None:
                 bar.close()
         training["samples"] = int(sample.shape[0])
+    training.setdefault("samples", min(n, SAMPLES_PER_CODE * max(sizes)))
     training["seconds"] = time.perf_counter() - t0
     return SemanticIds(
         books,

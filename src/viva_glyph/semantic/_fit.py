@@ -2,8 +2,8 @@
 
 Equal codebook sizes without balance use :func:`viva_glyph.fit` (residual
 k-means, beam-aware when ``beam_size > 1``). Per-level sizes or a ``balance``
-bound train level after level here: progressive k-means on the residuals
-(:func:`viva_glyph.kmeans.progressive_kmeans`), then, with ``balance``, a few
+bound train level after level here: the k-means of each level's residuals is
+a one-stage :func:`viva_glyph.fit`, then, with ``balance``, a few
 Lloyd rounds whose assignment step is capacity-constrained
 (:func:`viva_glyph.semantic._balance.balanced_assign`), so every level's
 clusters on the training rows hold at most ``capacity(N, K, balance)`` rows.
@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.codebook import Codebook
-from viva_glyph.kmeans import progressive_kmeans
 from viva_glyph.semantic._balance import balanced_assign, capacity
+from viva_glyph.training import fit as rvq_fit
 
 __all__ = ["BALANCED_ROUNDS", "SAMPLES_PER_CODE", "train_levels"]
 
@@ -26,7 +26,6 @@ __all__ = ["BALANCED_ROUNDS", "SAMPLES_PER_CODE", "train_levels"]
 BALANCED_ROUNDS = 4
 #: Training rows per code (as :func:`viva_glyph.fit`).
 SAMPLES_PER_CODE = 256
-_ITERATIONS = 25
 
 
 def train_levels(
@@ -52,7 +51,7 @@ def train_levels(
     -------
     books : list of Codebook (float32)
     errors : list of float
-        Training MSE (mean ``||x - x'||^2``) after each level.
+        Training MSE per component (mean ``(x - x')**2``) after each level.
     largest : list of int
         Largest cluster of each level on the training rows.
     """
@@ -62,7 +61,9 @@ def train_levels(
     largest: list[int] = []
     n = x.shape[0]
     for k in sizes:
-        cent, _ = progressive_kmeans(residual.astype(np.float32), k, _ITERATIONS, rng)
+        seed = int(rng.integers(1 << 31))
+        first = rvq_fit(residual.astype(np.float32), num_stages=1, codebook_size=k, seed=seed)
+        cent = first.codebooks[0].vectors64
         if balance is None:
             book = Codebook(cent, dtype=np.float32)
             labels, _ = book.nearest_batch(residual)
@@ -75,7 +76,7 @@ def train_levels(
             labels = balanced_assign(residual, book.vectors64, cap)
         residual -= book.vectors64[labels]
         books.append(book)
-        errors.append(float(np.einsum("nd,nd->n", residual, residual).mean()))
+        errors.append(float(np.einsum("nd,nd->n", residual, residual).mean()) / x.shape[1])
         largest.append(int(np.bincount(labels, minlength=k).max()))
         if bar is not None:
             bar.update(1)
