@@ -256,3 +256,25 @@ def test_memmap_and_dask_inputs_stream_to_the_same_ids(tmp_path, model, monkeypa
     bad[1500, 3] = np.inf
     with pytest.raises(ValueError, match="row 1500"):
         ids.codes(da.from_array(bad, chunks=(512, 16)))
+
+
+def test_balanced_assignment_when_all_candidates_are_full(monkeypatch):
+    # 64 clusters, 32 candidates per point: the dense blob's candidates fill up, so the
+    # repair has to search every cluster for room
+    rng = np.random.default_rng(7)
+    x = np.concatenate([0.01 * rng.normal(size=(1800, 4)), 5 + rng.normal(size=(200, 4))])
+    c = np.concatenate([0.01 * rng.normal(size=(40, 4)), 5 + rng.normal(size=(24, 4))])
+    cap = capacity(2000, 64, 0.0)
+    calls = []
+    import viva_glyph.semantic._balance as b
+
+    real = b.sq_distances
+
+    def counting(a, cc):
+        calls.append(a.shape[0])
+        return real(a, cc)
+
+    monkeypatch.setattr(b, "sq_distances", counting)
+    labels = balanced_assign(x, c, cap)
+    assert np.bincount(labels, minlength=64).max() <= cap
+    assert any(n == 1 for n in calls)  # the one-row full scan ran
