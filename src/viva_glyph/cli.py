@@ -432,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
         "system's temp directory)",
     )
     p.add_argument("--force", action="store_true", help="write into DIR even if it holds files")
+    from viva_glyph._cli_ids import register  # `viva-glyph ids ...` (semantic IDs)
+
+    register(sub)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""``semantic.fit``: train a semantic-ID model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from viva_glyph._validate import as_matrix, positive_int
+from viva_glyph.codebook import Codebook
+from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
+from viva_glyph.semantic._model import (
+    METRICS,
+    SemanticIds,
+    check_balance,
+    normalize_rows,
+)
+from viva_glyph.training import fit as rvq_fit
+
+__all__ = ["fit"]
+
+
+def _sizes(codebook_size: int | Sequence[int], levels: int) -> tuple[int, ...]:
+    if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
+        return (positive_int(codebook_size, "codebook_size"),) * levels
+    if not isinstance(codebook_size, Sequence) or isinstance(codebook_size, str):
+        raise TypeError(
+            f"codebook_size must be an int or one int per level, got {type(codebook_size).__name__}"
+        )
+    if len(codebook_size) != levels:
+        raise ValueError(
+            f"codebook_size lists {len(codebook_size)} sizes, but levels is {levels}: "
+            "give one per level"
+        )
+    return tuple(positive_int(k, f"codebook_size[{i}]") for i, k in enumerate(codebook_size))
+
+
+def _level_mse(x: Any, books: list[Codebook]) -> list[float]:
+    """MSE per component after each level, greedy, on at most 16,384 rows of x."""
+    rows = np.asarray(x[: 1 << 14], dtype=np.float64)
+    out = []
+    for book in books:
+        idx, _ = book.nearest_batch(rows)
+        rows = rows - book.vectors64[idx]
+        out.append(float((rows**2).mean()))
+    return out
+
+
+def fit(
+    X: ArrayLike,
+    *,
+    levels: int = 3,
+    codebook_size: int | Sequence[int] = 256,
+    metric: str = "l2",
+    balance: float | None = None,
+    beam_size: int = 1,
+    suffix_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> SemanticIds:
+    """Fit a semantic-ID model: L levels of residual k-means over item embeddings.
+
+    Parameters
+    ----------
+    X : array_like, shape (N, D), float (memory maps welcome)
+        Item embeddings; at most ``256 * max(codebook_size)`` rows are sampled.
+    levels : int
+        Number of levels L (3 as in TIGER).
+    codebook_size : int or sequence of int
+        K of every level, or one size per level (e.g. ``(16, 256, 256)``).
+    metric : {"l2", "cosine"}
+        ``"cosine"`` scales every row to unit length (in fitting and encoding).
+    balance : float >= 0, optional
+        Bound every level's clusters to at most
+        ``max(ceil(N/K), floor((1 + balance) N / K))`` rows, in training (on the
+        training rows) and in balanced assignment (``ids.unique``).
+    beam_size : int
+        Beam width of training and encoding (equal sizes without balance only).
+    suffix_size : int, optional
+        Range of the disambiguating suffix token; default: the last level's K.
+    seed : int
+        Same data, parameters and seed give the same model.
+    progress : bool
+        Show a progress bar (needs tqdm).
+
+    Returns
+    -------
+    SemanticIds
+    """
+    t0 = time.perf_counter()
+    x = as_matrix(X, None)
+    levels = positive_int(levels, "levels")
+    sizes = _sizes(codebook_size, levels)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    bal = check_balance(balance)
+    beam = positive_int(beam_size, "beam_size")
+    if beam > 1 and (bal is not None or len(set(sizes)) > 1):
+        raise ValueError("beam_size > 1 needs equal level sizes and balance=None")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    n = x.shape[0]
+    if n < max(sizes):
+        raise ValueError(f"fit needs at least max(codebook_size) = {max(sizes)} rows, got N = {n}")
+    rng = np.random.default_rng(int(seed))
+    training: dict[str, Any] = {"seed": int(seed), "rows": n}
+    if bal is None and len(set(sizes)) == 1 and metric == "l2":
+        enc = rvq_fit(
+            x,
+            num_stages=levels,
+            codebook_size=sizes[0],
+            beam_size=beam,
+            seed=int(seed),
+            progress=progress,
+        )
+        books = list(enc.codebooks)
+        training["level_mse"] = _level_mse(x, books)
+    else:
+        limit = min(n, SAMPLES_PER_CODE * max(sizes))
+        idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else slice(None)
+        sample = np.asarray(x[idx], dtype=np.float64)
+        if not np.isfinite(sample).all():
+            bad = int(np.flatnonzero(~np.isfinite(sample).all(axis=1))[0])
+            row = bad if isinstance(idx, slice) else int(idx[bad])
+            raise ValueError(f"X row {row} holds NaN or inf")
+        if metric == "cosine":
+            sample = normalize_rows(sample, 0)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+            bar = tqdm(total=levels, desc="semantic.fit", unit="level")
+        try:
+            if bal is None and len(set(sizes)) == 1:
+                enc = rvq_fit(
+                    sample.astype(np.float32),
+                    num_stages=levels,
+                    codebook_size=sizes[0],
+                    beam_size=beam,
+                    seed=int(seed),
+                )
+                books = list(enc.codebooks)
+                training["level_mse"] = _level_mse(sample, books)
+            else:
+                books, errors, largest = train_levels(
+                    sample.astype(np.float32), sizes, bal, rng, bar
+                )
+                training["level_mse"] = errors
+                training["largest_cluster"] = largest
+        finally:
+            if bar is not None:
+                bar.close()
+        training["samples"] = int(sample.shape[0])
+    training.setdefault("samples", min(n, SAMPLES_PER_CODE * max(sizes)))
+    training["seconds"] = time.perf_counter() - t0
+    return SemanticIds(
+        books,
+        metric=metric,
+        balance=bal,
+        beam_size=beam,
+        suffix_size=suffix_size,
+        training=training,
+    )

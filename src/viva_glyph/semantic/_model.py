@@ -1,0 +1,384 @@
+"""The semantic-ID model: level codebooks, codes, unique IDs and tokens."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from viva_glyph._kernels import code_dtype
+from viva_glyph._validate import as_matrix, check_matrix, positive_int, require_finite
+from viva_glyph.codebook import Codebook
+from viva_glyph.encoder import RvqEncoder
+from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
+from viva_glyph.semantic._tokens import PrefixTrie, format_tokens, parse_tokens, vocabulary
+from viva_glyph.semantic._unique import (
+    ResolveReport,
+    check_range,
+    reassign,
+    suffix_ranks,
+)
+
+__all__ = ["METRICS", "RESOLVE", "SemanticIds", "check_balance", "normalize_rows", "rows_source"]
+
+METRICS = ("l2", "cosine")
+RESOLVE = ("suffix", "reassign")
+#: Rows read per block when streaming a (memory-mapped) input.
+BLOCK_ROWS = 1 << 16
+
+
+def check_balance(balance: object) -> float | None:
+    """``None`` or a finite float >= 0."""
+    if balance is None:
+        return None
+    if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating, np.integer)):
+        raise TypeError(f"balance must be None or a float >= 0, got {type(balance).__name__}")
+    value = float(balance)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"balance must be None or a finite float >= 0, got {balance!r}")
+    return value
+
+
+def rows_source(X: Any, dim: int | None) -> Any:
+    """``X`` checked as an (N, D) matrix without reading it.
+
+    numpy input (and array-likes) go through ``as_matrix``; other arrays with
+    ``shape``/``dtype``/``ndim`` and row slicing (Dask, zarr, h5py) are kept
+    as they are and read block by block (``np.asarray(X[a:b])``).
+    """
+    if isinstance(X, np.ndarray) or not all(hasattr(X, a) for a in ("shape", "dtype", "ndim")):
+        return as_matrix(X, dim)
+    check_matrix(X, dim)
+    return X
+
+
+def normalize_rows(x: NDArray[Any], start: int) -> NDArray[np.float64]:
+    """Rows scaled to unit length (float64); a zero row is an error naming it."""
+    out = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(np.einsum("nd,nd->n", out, out))
+    if (norms == 0).any():
+        row = start + int(np.flatnonzero(norms == 0)[0])
+        raise ValueError(f"X row {row} is all zeros: it has no direction for metric='cosine'")
+    normalized: NDArray[np.float64] = out / norms[:, None]
+    return normalized
+
+
+class SemanticIds:
+    """Semantic-ID model: L level codebooks and a suffix range.
+
+    Made by :func:`viva_glyph.semantic.fit` or :func:`viva_glyph.semantic.load`.
+
+    Parameters
+    ----------
+    codebooks : sequence of Codebook
+        One per level, all of dimension D (sizes may differ).
+    metric : {"l2", "cosine"}
+        ``"cosine"`` scales every input row to unit length before encoding.
+    balance : float or None
+        Capacity bound of balanced assignment (see :meth:`codes`).
+    beam_size : int
+        Beam width of encoding (equal level sizes only).
+    suffix_size : int, optional
+        Range of the suffix token; default: the last level's size.
+    training : dict, optional
+        What fitting recorded.
+    trie : PrefixTrie, optional
+        Assigned IDs for constrained decoding (saved with the model).
+    """
+
+    def __init__(
+        self,
+        codebooks: Sequence[Codebook],
+        *,
+        metric: str = "l2",
+        balance: float | None = None,
+        beam_size: int = 1,
+        suffix_size: int | None = None,
+        training: dict[str, Any] | None = None,
+        trie: PrefixTrie | None = None,
+    ) -> None:
+        books = tuple(codebooks)
+        if not books or not all(isinstance(b, Codebook) for b in books):
+            raise TypeError("codebooks must be a non-empty sequence of Codebook")
+        if len({b.dimension for b in books}) != 1:
+            raise ValueError("all level codebooks must have the same dimension")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.codebooks = books
+        self.metric = metric
+        self.balance = check_balance(balance)
+        self.beam_size = positive_int(beam_size, "beam_size")
+        sizes = self.codebook_sizes
+        if self.beam_size > 1 and len(set(sizes)) > 1:
+            raise ValueError(f"beam_size > 1 needs equal level sizes, got {sizes}")
+        self.suffix_size = (
+            sizes[-1] if suffix_size is None else positive_int(suffix_size, "suffix_size")
+        )
+        self.training = dict(training or {})
+        self.trie = trie
+        self._encoder = RvqEncoder(books) if len(set(sizes)) == 1 else None
+
+    # -- description --------------------------------------------------------------
+    @property
+    def levels(self) -> int:
+        """Number of levels L (tokens before the suffix)."""
+        return len(self.codebooks)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        """Size of each level's codebook."""
+        return tuple(b.size for b in self.codebooks)
+
+    @property
+    def dimension(self) -> int:
+        """Dimension D of the embeddings."""
+        return self.codebooks[0].dimension
+
+    @property
+    def radices(self) -> tuple[int, ...]:
+        """Range of each position of a unique ID: the level sizes, then the suffix size."""
+        return (*self.codebook_sizes, self.suffix_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"SemanticIds(levels={self.levels}, codebook_sizes={self.codebook_sizes}, "
+            f"dimension={self.dimension}, metric={self.metric!r}, balance={self.balance}, "
+            f"suffix_size={self.suffix_size})"
+        )
+
+    def with_suffix_size(self, suffix_size: int) -> SemanticIds:
+        """The same model with another suffix range (the trie is dropped)."""
+        return SemanticIds(
+            self.codebooks,
+            metric=self.metric,
+            balance=self.balance,
+            beam_size=self.beam_size,
+            suffix_size=suffix_size,
+            training=self.training,
+        )
+
+    # -- codes --------------------------------------------------------------------
+    def _blocks(self, x: NDArray[Any]) -> Iterator[tuple[int, NDArray[Any]]]:
+        for start in range(0, x.shape[0], BLOCK_ROWS):
+            block = np.asarray(x[start : start + BLOCK_ROWS])
+            require_finite(block, start)
+            yield start, normalize_rows(block, start) if self.metric == "cosine" else block
+
+    def codes(self, X: ArrayLike, *, balanced: bool = False) -> NDArray[Any]:
+        """Raw codes of each item.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D)
+            Memory maps are read in blocks.
+        balanced : bool
+            False (default): each item's own nearest codes, independent of the
+            other items. True: capacity-constrained assignment over the items
+            of ``X`` (every code of every level used by at most
+            ``max(ceil(N/K), floor((1 + balance) N / K))`` of them); needs a
+            model fitted with ``balance`` and holds N x D float64 in memory.
+
+        Returns
+        -------
+        ndarray, shape (N, L), unsigned ints
+        """
+        codes, _ = self.codes_and_errors(X, balanced=balanced)
+        return codes
+
+    def codes_and_errors(
+        self, X: ArrayLike, *, balanced: bool = False
+    ) -> tuple[NDArray[Any], NDArray[np.float64]]:
+        """Codes (N, L) and squared reconstruction errors (N,) float64."""
+        x = rows_source(X, self.dimension)
+        n = x.shape[0]
+        codes = np.empty((n, self.levels), dtype=code_dtype(max(self.codebook_sizes)))
+        err = np.empty(n, dtype=np.float64)
+        if balanced:
+            if self.balance is None:
+                raise ValueError("balanced=True needs a model fitted with balance=...")
+            rows = np.concatenate([b.astype(np.float64) for _, b in self._blocks(x)])
+            codes[:], err[:] = self._balanced(rows)
+            return codes, err
+        for start, block in self._blocks(x):
+            stop = start + block.shape[0]
+            if self._encoder is not None:
+                c, e = self._encoder.encode_with_errors(block, beam_size=self.beam_size)
+                codes[start:stop], err[start:stop] = c, e**2
+            else:
+                residual = np.array(block, dtype=np.float64)
+                for level, book in enumerate(self.codebooks):
+                    idx, d = book.nearest_batch(residual)
+                    codes[start:stop, level] = idx
+                    residual -= book.vectors64[idx]
+                err[start:stop] = d
+        return codes, err
+
+    def _balanced(self, x: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        assert self.balance is not None
+        n = x.shape[0]
+        residual = x.copy()
+        codes = np.empty((n, self.levels), dtype=np.intp)
+        for level, book in enumerate(self.codebooks):
+            cap = capacity(n, book.size, self.balance)
+            codes[:, level] = balanced_assign(residual, book.vectors64, cap)
+            residual -= book.vectors64[codes[:, level]]
+        return codes, np.einsum("nd,nd->n", residual, residual)
+
+    def decode(self, codes: ArrayLike) -> NDArray[np.float64]:
+        """Reconstructions (N, D) float64 of codes (N, m), m <= L (the first m levels)."""
+        arr = np.asarray(codes)
+        if arr.ndim != 2 or not 1 <= arr.shape[1] <= self.levels + 1:
+            raise ValueError(
+                f"codes must have shape (N, m), 1 <= m <= {self.levels}, got {arr.shape}"
+            )
+        arr = _check(arr[:, : self.levels], self.codebook_sizes)
+        out = np.zeros((arr.shape[0], self.dimension), dtype=np.float64)
+        for level in range(arr.shape[1]):
+            out += self.codebooks[level].vectors64[arr[:, level]]
+        return out
+
+    # -- unique IDs -----------------------------------------------------------------
+    def unique(
+        self,
+        X: ArrayLike,
+        keys: Sequence[Any] | NDArray[Any] | None = None,
+        resolve: str = "suffix",
+        *,
+        balanced: bool | None = None,
+        report: bool = False,
+    ) -> Any:
+        """Unique IDs: the L codes of each item and a suffix token.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, D)
+        keys : sequence, length N, optional
+            Distinct item keys; break ties of the suffix order (default: row order).
+        resolve : {"suffix", "reassign"}
+            ``"suffix"``: the items of one glyph are numbered 0, 1, 2, ... by
+            their distance to its reconstruction (ties by key). ``"reassign"``:
+            every item past the first of its glyph moves to the nearest
+            last-level code that no item holds under the same prefix (items of
+            a full prefix stay and get a suffix).
+        balanced : bool, optional
+            Use the balanced assignment of :meth:`codes`; default: when the
+            model was fitted with ``balance``.
+        report : bool
+            Also return a :class:`ResolveReport`.
+
+        Returns
+        -------
+        ids : ndarray, shape (N, L + 1), unsigned ints
+        report : ResolveReport (only with ``report=True``)
+
+        Raises
+        ------
+        SuffixRangeError (a ValueError)
+            When more items share a glyph than ``suffix_size``: says how many
+            collided and which suffix size would work; never wraps.
+        """
+        if resolve not in RESOLVE:
+            raise ValueError(f"resolve must be one of {RESOLVE}, got {resolve!r}")
+        x = rows_source(X, self.dimension)
+        n = x.shape[0]
+        key_arr = _check_keys(keys, n)
+        use_balance = self.balance is not None if balanced is None else balanced
+        codes, err = self.codes_and_errors(x, balanced=use_balance)
+        rank, size = suffix_ranks(codes, err, key_arr)
+        collided = int((size > 1).sum())
+        largest = int(size.max())
+        moved_rows: NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        extra: NDArray[np.float64] = np.zeros(0)
+        cand: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        final = codes.astype(np.int64)
+        if resolve == "reassign" and largest > 1:
+            final, moved_rows, extra, cand = reassign(
+                codes, rank, lambda rows: self._last_distances(x, final, rows), self.codebook_sizes
+            )
+            err = err.copy()
+            if moved_rows.size:
+                err[moved_rows] += extra
+            rank, size = suffix_ranks(final, err, key_arr)
+        check_range(rank, size, self.suffix_size)
+        out = np.empty((n, self.levels + 1), dtype=code_dtype(max(self.radices)))
+        out[:, : self.levels] = final
+        out[:, self.levels] = rank
+        if not report:
+            return out
+        return out, ResolveReport(
+            collided=collided,
+            largest_group=largest,
+            moved=int(moved_rows.size),
+            extra_error=float(extra.mean()) if extra.size else 0.0,
+            mean_rank=float(cand.mean()) if cand.size else 0.0,
+            suffixed=int((rank > 0).sum()),
+        )
+
+    def _last_distances(
+        self, x: NDArray[Any], codes: NDArray[Any], rows: NDArray[np.intp]
+    ) -> NDArray[np.float64]:
+        """Squared distances of rows' residuals before the last level to every last code."""
+        block = np.asarray(x[np.sort(rows)])
+        block = normalize_rows(block, 0) if self.metric == "cosine" else block.astype(np.float64)
+        back = np.argsort(np.argsort(rows))  # rows in the caller's order
+        residual = (
+            block[back] - self.decode(codes[rows, : self.levels - 1])
+            if self.levels > 1
+            else block[back]
+        )
+        return sq_distances(residual, self.codebooks[-1].vectors64)
+
+    # -- tokens -------------------------------------------------------------------
+    def tokens(self, ids: ArrayLike) -> list[str]:
+        """Token strings such as ``<a_12><b_7><c_200><d_0>`` of IDs or codes (N, P)."""
+        return format_tokens(ids, self.radices)
+
+    def parse(self, texts: Sequence[str] | str) -> NDArray[np.int64]:
+        """Codes (N, P) of token strings; inverse of :meth:`tokens`."""
+        return parse_tokens(texts, self.radices)
+
+    def vocabulary(self) -> list[str]:
+        """Every token string (L levels, then the suffix), to add to a tokenizer."""
+        return vocabulary(self.radices)
+
+    def build_trie(self, ids: ArrayLike) -> PrefixTrie:
+        """Index assigned unique IDs (N, L + 1) for :meth:`PrefixTrie.allowed`; sets ``.trie``."""
+        self.trie = PrefixTrie(ids, self.radices)
+        return self.trie
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model (and its trie) to a safetensors file, atomically."""
+        from viva_glyph.semantic._file import save
+
+        save(self, path)
+
+
+def _check(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+    for j in range(arr.shape[1]):
+        if arr.size and (arr[:, j].min() < 0 or arr[:, j].max() >= sizes[j]):
+            raise ValueError(f"codes column {j} must be in [0, {sizes[j]})")
+    return arr.astype(np.intp)
+
+
+def _check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any] | None:
+    if keys is None:
+        return None
+    arr = np.asarray(keys)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(
+            f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
+        )
+    if arr.dtype == object:
+        raise TypeError("keys must all be str or all be int")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.shape[0] != n:
+        raise ValueError(
+            f"keys must be distinct: {uniq[counts > 1][0]!r} appears {counts.max()} times"
+        )
+    return arr

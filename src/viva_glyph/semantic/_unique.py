@@ -1,0 +1,181 @@
+"""Making semantic IDs unique: a suffix token, or moving items to free leaves.
+
+Both work on sorted codes only (one ``lexsort``), never on the embeddings,
+except that ``"reassign"`` reads the last-level residuals of the items it moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["ResolveReport", "SuffixRangeError", "reassign", "suffix_ranks"]
+
+
+class SuffixRangeError(ValueError):
+    """More items share one glyph than the model's suffix range can number."""
+
+
+@dataclass(frozen=True)
+class ResolveReport:
+    """What :meth:`SemanticIds.unique` did.
+
+    Attributes
+    ----------
+    collided : int
+        Items whose raw glyph (L codes) another item also has.
+    largest_group : int
+        Most items sharing one raw glyph.
+    moved : int
+        Items moved to a free last-level code (``"reassign"`` only).
+    extra_error : float
+        Mean increase of the squared reconstruction error of the moved items.
+    mean_rank : float
+        Mean rank of the chosen last-level code among the item's candidates
+        (0 would be its own nearest code, which was taken).
+    suffixed : int
+        Items given a suffix other than 0.
+    """
+
+    collided: int
+    largest_group: int
+    moved: int = 0
+    extra_error: float = 0.0
+    mean_rank: float = 0.0
+    suffixed: int = 0
+
+
+def _order(
+    codes: NDArray[Any], sqerr: NDArray[np.float64], keys: NDArray[Any] | None
+) -> NDArray[np.intp]:
+    cols = [codes[:, j] for j in range(codes.shape[1] - 1, -1, -1)]
+    tail = [sqerr] if keys is None else [keys, sqerr]
+    return np.lexsort((*tail, *cols))  # stable: ties by row when keys is None
+
+
+def suffix_ranks(
+    codes: NDArray[Any], sqerr: NDArray[np.float64], keys: NDArray[Any] | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Rank of each item inside its glyph (by error, ties by key) and its glyph's size.
+
+    Returns
+    -------
+    rank : ndarray, shape (N,), int64
+    size : ndarray, shape (N,), int64
+    """
+    n = codes.shape[0]
+    order = _order(codes, sqerr, keys)
+    s = codes[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (s[1:] != s[:-1]).any(axis=1)
+    idx = np.arange(n, dtype=np.int64)
+    start = np.maximum.accumulate(np.where(new, idx, 0))
+    bounds = np.append(np.flatnonzero(new), n)
+    sizes = np.diff(bounds)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = idx - start
+    size = np.empty(n, dtype=np.int64)
+    size[order] = np.repeat(sizes, sizes)
+    return rank, size
+
+
+def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: int) -> None:
+    """Raise :class:`SuffixRangeError` when a rank does not fit in the suffix range."""
+    largest = int(size.max()) if size.size else 0
+    if largest > suffix_size:
+        collided = int((size > 1).sum())
+        raise SuffixRangeError(
+            f"{collided} items collided (largest group: {largest} items with one glyph), but "
+            f"the suffix range is {suffix_size}: a suffix size of {largest} would work "
+            f"(fit(..., suffix_size={largest}) or ids.with_suffix_size({largest})); "
+            "or fit more levels or larger codebooks"
+        )
+
+
+def reassign(
+    codes: NDArray[Any],
+    rank: NDArray[np.int64],
+    last_distances: Callable[[NDArray[np.intp]], NDArray[np.float64]],
+    radices: tuple[int, ...],
+) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.float64], NDArray[np.int64]]:
+    """Move items past the first of their glyph to the nearest free last-level code.
+
+    The prefix (first L-1 codes) is kept. Items are placed in order of rank (the
+    second of each glyph first, then the third, ...); a code is free when no
+    item holds that glyph.
+
+    Parameters
+    ----------
+    codes : ndarray, shape (N, L)
+    rank : ndarray, shape (N,)
+        Rank inside the glyph (0: keeps the glyph).
+    last_distances : callable
+        Rows -> (n, K_L) squared distances of their residual before the last
+        level to every last-level code.
+    radices : tuple of int
+        Codebook size of each level.
+
+    Returns
+    -------
+    codes : ndarray, shape (N, L), int64
+        With the moved items' last code changed.
+    moved : ndarray of row numbers
+    extra : ndarray, shape (len(moved),)
+        Squared-error increase of each moved item.
+    cand_rank : ndarray, shape (len(moved),)
+        Rank of the chosen code in the item's own distance order.
+    """
+    out = codes.astype(np.int64, copy=True)
+    L = out.shape[1]
+    over = np.flatnonzero(rank > 0)
+    if over.size == 0:
+        return out, over, np.zeros(0), np.zeros(0, dtype=np.int64)
+    over = over[np.argsort(rank[over], kind="stable")]
+    dist = last_distances(over)
+    k = dist.shape[1]
+    # occupancy (prefix, last code) of the prefixes that the overflowing items use
+    pkey = _prefix_keys(out[:, : L - 1], radices[: L - 1])
+    prefixes = np.unique(pkey[over])
+    inverse = np.searchsorted(prefixes, pkey)
+    inside = inverse < prefixes.size
+    inside[inside] = prefixes[inverse[inside]] == pkey[inside]
+    held = np.zeros((prefixes.size, k), dtype=bool)
+    keep = (rank == 0) & inside
+    held[inverse[keep], out[keep, L - 1]] = True
+    moved: list[int] = []
+    extra: list[float] = []
+    cand: list[int] = []
+    for pos, i in enumerate(over):
+        p = inverse[i]
+        order = np.argsort(dist[pos], kind="stable")
+        free = order[~held[p, order]]
+        if free.size == 0:
+            continue  # prefix full: keeps its glyph and a suffix
+        c = int(free[0])
+        extra.append(float(dist[pos, c] - dist[pos, out[i, L - 1]]))
+        cand.append(int(np.flatnonzero(order == c)[0]))
+        out[i, L - 1] = c
+        held[p, c] = True
+        moved.append(int(i))
+    return (
+        out,
+        np.array(moved, dtype=np.intp),
+        np.array(extra, dtype=np.float64),
+        np.array(cand, dtype=np.int64),
+    )
+
+
+def _prefix_keys(prefix: NDArray[np.int64], radices: tuple[int, ...]) -> NDArray[np.int64]:
+    """One int64 per row of ``prefix`` (mixed radix); all zeros for an empty prefix."""
+    key = np.zeros(prefix.shape[0], dtype=np.int64)
+    total = 1
+    for j, r in enumerate(radices):
+        total *= r
+        if total >= 1 << 63:
+            raise ValueError(f"prefix space {radices} does not fit in 63 bits for 'reassign'")
+        key = key * r + prefix[:, j]
+    return key

@@ -1,0 +1,146 @@
+"""`viva-glyph ids fit|assign|eval` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "viva_glyph", "ids", *args], capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ids")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 12)) + 3 * rng.normal(size=(8, 12))[rng.integers(0, 8, 1500)]
+    np.save(d / "x.npy", x.astype(np.float32))
+    (d / "keys.txt").write_text("\n".join(f"item-{i}" for i in range(1500)) + "\n")
+    r = run(
+        "fit",
+        str(d / "x.npy"),
+        "-o",
+        str(d / "ids.safetensors"),
+        "--levels",
+        "2",
+        "--codebook-size",
+        "8,16",
+        "--suffix-size",
+        "200",
+    )
+    assert r.returncode == 0, r.stderr
+    return d, x
+
+
+def test_fit_assign_eval(files):
+    import pyarrow.parquet as pq
+
+    from viva_glyph import semantic
+
+    d, x = files
+    ids = semantic.load(d / "ids.safetensors")
+    assert ids.codebook_sizes == (8, 16) and ids.suffix_size == 200
+    r = run(
+        "assign",
+        str(d / "ids.safetensors"),
+        str(d / "x.npy"),
+        "-o",
+        str(d / "out.parquet"),
+        "--keys",
+        str(d / "keys.txt"),
+        "--trie",
+    )
+    assert r.returncode == 0, r.stderr
+    table = pq.read_table(d / "out.parquet").to_pydict()
+    assert table["key"][:2] == ["item-0", "item-1"]
+    keys = [f"item-{i}" for i in range(1500)]
+    expect = ids.unique(x.astype(np.float32), keys=keys)
+    np.testing.assert_array_equal(np.array(table["tokens"]), expect)
+    assert table["token_string"] == ids.tokens(expect)
+    with_trie = semantic.load(d / "ids.safetensors")
+    assert with_trie.trie is not None and len(with_trie.trie) == 1500
+    # with a store: the same IDs come back on a second run, from the store
+    for _ in range(2):
+        r = run(
+            "assign",
+            str(d / "ids.safetensors"),
+            str(d / "x.npy"),
+            "-o",
+            str(d / "s.csv"),
+            "--keys",
+            str(d / "keys.txt"),
+            "--store",
+            str(d / "ids.sqlite"),
+        )
+        assert r.returncode == 0, r.stderr
+    lines = (d / "s.csv").read_text().splitlines()
+    assert lines[0] == "key,tokens,token_string" and len(lines) == 1501
+    r = run(
+        "eval", str(d / "ids.safetensors"), str(d / "x.npy"), "--json", "--plot", str(d / "p.png")
+    )
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["unique_ids"] is True and rep["n"] == 1500
+    assert (d / "p.png").exists()
+    assert "collision rate" in run("eval", str(d / "ids.safetensors"), str(d / "x.npy")).stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--keys", "KEYS_SHORT"], "holds 3 keys, but the data has 1500 rows"),
+        (["--store", "JUNK"], "not a viva-glyph ID store"),
+        (["-o", "out.txt"], "must end in .parquet or .csv"),
+    ],
+)
+def test_assign_errors_exit_2_in_one_line(files, extra, message):
+    d, _ = files
+    (d / "short.txt").write_text("a\nb\nc\n")
+    (d / "junk.db").write_bytes(b"junk" * 500)
+    extra = [
+        {
+            "KEYS_SHORT": str(d / "short.txt"),
+            "JUNK": str(d / "junk.db"),
+            "out.txt": str(d / "out.txt"),
+        }.get(a, a)
+        for a in extra
+    ]
+    args = ["assign", str(d / "ids.safetensors"), str(d / "x.npy"), "-o", str(d / "o.parquet")]
+    r = run(*args, *extra)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_suffix_range_and_nan_errors(files, tmp_path):
+    d, x = files
+    np.save(tmp_path / "dup.npy", np.repeat(x[:1], 300, axis=0).astype(np.float32))
+    r = run(
+        "assign",
+        str(d / "ids.safetensors"),
+        str(tmp_path / "dup.npy"),
+        "-o",
+        str(tmp_path / "o.csv"),
+    )
+    assert r.returncode == 2 and "a suffix size of 300 would work" in r.stderr
+    assert not (tmp_path / "o.csv").exists()
+    bad = x[:50].astype(np.float32).copy()
+    bad[9, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    r = run(
+        "fit",
+        str(tmp_path / "nan.npy"),
+        "-o",
+        str(tmp_path / "m.safetensors"),
+        "--codebook-size",
+        "4",
+    )
+    assert r.returncode == 2 and "row 9" in r.stderr
+    r = run("fit", str(d / "x.npy"), "-o", str(tmp_path / "m.safetensors"), "--codebook-size", "x")
+    assert r.returncode == 2
