@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -152,9 +153,22 @@ def _handshake(address: str, timeout: float) -> None:
             "is reachable only from the process that runs it"
         )
     try:
-        parse_address(address)
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            from distributed.comm.addressing import parse_host_port
+
+            host, port = parse_host_port(location)
     except ValueError as exc:
         raise ValueError(f"{address!r} is not a dask scheduler address {example}: {exc}") from None
+
+    if scheme in ("tcp", "tls"):  # a refused or unreachable port is told apart from a mute server
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            why = f" ({exc.strerror.lower()})" if exc.strerror else f" ({exc})"
+            raise ConnectionError(
+                f"could not connect to a dask scheduler at {address} within {timeout:g} s{why}"
+            ) from None
 
     from distributed.security import Security
 
