@@ -13,7 +13,8 @@ GEMM for the lookup tables of all queries and a compiled scan over the codes
 
 from __future__ import annotations
 
+from viva_glyph.index._file import IndexFormatError, load, save
 from viva_glyph.index._index import MAX_K, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES
 
-__all__ = ["MAX_K", "METRICS", "NORM_MODES", "RvqIndex"]
+__all__ = ["MAX_K", "METRICS", "NORM_MODES", "IndexFormatError", "RvqIndex", "load", "save"]

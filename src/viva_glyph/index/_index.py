@@ -241,6 +241,12 @@ class RvqIndex:
         """Remove vectors by id; every id must be in the index. Returns how many went."""
         return self.store.remove(ids)
 
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this index to one safetensors file, atomically (:func:`viva_glyph.index.save`)."""
+        from viva_glyph.index._file import save
+
+        save(self, path)
+
     # -- search -----------------------------------------------------------------------
     def search(
         self,
