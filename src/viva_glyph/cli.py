@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "fit the default config on the shipped PAD emotion data", [])
     p.add_argument("--out", metavar="DIR", help="folder for model, plot and data (new folder)")
+    from viva_glyph._cli_index import register
+
+    register(sub)
     return parser
 
 
