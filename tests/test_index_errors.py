@@ -130,3 +130,17 @@ def test_ivf_errors(enc) -> None:
         idx.add_codes(np.zeros((2, 3), dtype=np.int64), lists=[0, 4])
     with pytest.raises(ValueError, match="cannot change once vectors are stored"):
         idx.train(np.ones((10, 6)))
+
+
+def test_given_centroids(enc) -> None:
+    cent = np.random.default_rng(3).standard_normal((5, 6))
+    idx = RvqIndex(enc, centroids=cent)
+    assert idx.nlist == 5 and idx.is_trained
+    np.testing.assert_array_equal(idx.store.centroids, cent)
+    with pytest.raises(ValueError, match="nlist = 4 but 5 centroids"):
+        RvqIndex(enc, nlist=4, centroids=cent)
+    with pytest.raises(ValueError, match="dimension 6"):
+        RvqIndex(enc, centroids=np.zeros((5, 3)))
+    cent[2, 1] = np.nan
+    with pytest.raises(ValueError, match="row 2"):
+        RvqIndex(enc, centroids=cent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -12,16 +11,9 @@ from numpy.typing import ArrayLike, NDArray
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.index import _norms
-from viva_glyph.index._rerank import gather_rows, rerank
-from viva_glyph.index._scan import (
-    MODE_ADD,
-    MODE_PLAIN,
-    MODE_SCALE,
-    ScanInput,
-    lookup_tables,
-    scan,
-    scan_kernels,
-)
+from viva_glyph.index._query import rerank_source, scan_input, vector_terms
+from viva_glyph.index._rerank import rerank as rerank_exact
+from viva_glyph.index._scan import scan
 from viva_glyph.index._store import Store
 
 __all__ = ["MAX_K", "METRICS", "QUERY_BATCH", "RvqIndex"]
@@ -55,6 +47,9 @@ class RvqIndex:
     nlist : int, optional
         Number of IVF lists; the coarse k-means is trained by :meth:`train`
         or by the first :meth:`add`.
+    centroids : array_like, shape (nlist, D), optional
+        Coarse centroids trained elsewhere (then ``nlist`` may be omitted);
+        ``encoder`` should then have been fitted to the residuals to them.
 
     Examples
     --------
@@ -71,6 +66,7 @@ class RvqIndex:
         norm: str = "float",
         beam_size: int = 1,
         nlist: int | None = None,
+        centroids: ArrayLike | None = None,
     ) -> None:
         if not isinstance(encoder, RvqEncoder):
             raise TypeError(f"encoder must be an RvqEncoder, got {type(encoder).__name__}")
@@ -90,7 +86,16 @@ class RvqIndex:
         self.nlist = None if nlist is None else positive_int(nlist, "nlist")
         self._stack32 = np.ascontiguousarray(encoder.codebook_array, dtype=np.float32)
         self._tables = _norms.NormTables(encoder.codebook_array) if norm == "lut" else None
+        cent = None
+        if centroids is not None:
+            cent = as_matrix(centroids, encoder.config.dimension, "centroids")
+            require_finite(cent, 0, "centroids")
+            if self.nlist is not None and cent.shape[0] != self.nlist:
+                raise ValueError(f"nlist = {self.nlist} but {cent.shape[0]} centroids were given")
+            self.nlist = cent.shape[0]
         self.store = Store.empty(encoder, norm, self.nlist)
+        if cent is not None:
+            self.store.set_centroids(np.asarray(cent, dtype=encoder.dtype))
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -291,7 +296,7 @@ class RvqIndex:
         elif vectors is not None:
             raise ValueError("vectors are only used with rerank=R; pass rerank too")
         nprobe = self._check_nprobe(nprobe)
-        source = self._rerank_source(vectors) if rerank is not None else None
+        source = rerank_source(self, vectors) if rerank is not None else None
         q64 = np.asarray(q, dtype=np.float64)
         if self.metric == "cosine":
             qn = np.linalg.norm(q64, axis=1)
@@ -301,12 +306,12 @@ class RvqIndex:
         nq = q64.shape[0]
         dist = np.empty((nq, k), dtype=np.float32)
         pos = np.empty((nq, k), dtype=np.int64)
-        terms = self._vector_terms()
+        terms = vector_terms(self)
         for a in range(0, nq, QUERY_BATCH):
             qb = q64[a : a + QUERY_BATCH]
-            sc, ps = scan(self._scan_input(qb, nprobe, terms), depth)
+            sc, ps = scan(scan_input(self, qb, nprobe, terms), depth)
             if source is not None:
-                s64, ps = rerank_fn(self.metric, qb, ps, source, k)
+                s64, ps = rerank_exact(self.metric, qb, ps, source, k)
                 sc = s64.astype(np.float32)
             else:
                 sc, ps = sc[:, :k], ps[:, :k]
@@ -326,97 +331,3 @@ class RvqIndex:
         if self.nlist is not None and p > self.nlist:
             raise ValueError(f"nprobe must be <= nlist = {self.nlist}, got {p}")
         return p
-
-    def _vector_terms(self) -> tuple[int, NDArray[np.float32], NDArray[np.float32]]:
-        """(mode, add, scale) of the scan: the per-vector norm terms."""
-        empty = np.empty(0, dtype=np.float32)
-        if self.metric == "ip":  # the inner product needs no norm
-            return MODE_PLAIN, empty, empty
-        if self._tables is not None:
-            norms = self._tables.norms(self.store.codes, scan_kernels())
-            if self.store.centroids is not None:
-                norms = norms + self._centroid_terms()
-        else:
-            assert self.store.norms is not None
-            norms = _norms.decode_norms(self.norm, self.store.norm_params, self.store.norms)
-        if self.metric == "l2":
-            return MODE_ADD, np.ascontiguousarray(norms, dtype=np.float32), empty
-        with np.errstate(divide="ignore"):
-            scale = np.where(norms > 0, 1.0 / np.sqrt(np.maximum(norms, 0)), 0.0)
-        return MODE_SCALE, empty, scale.astype(np.float32)
-
-    def _centroid_terms(self) -> NDArray[np.float32]:
-        """``||c||^2 + 2 <c, r'>`` of every IVF row (c its centroid, r' its residual)."""
-        store = self.store
-        assert store.centroids is not None
-        cent = store.centroids.astype(np.float64)
-        m, k, d = self._stack32.shape
-        tab = cent @ self.encoder.codebook_array.astype(np.float64).reshape(m * k, d).T
-        tab = tab.reshape(-1, m, k)
-        out = np.empty(len(self), dtype=np.float32)
-        for a in range(0, len(self), ADD_ROWS):
-            pos = np.arange(a, min(a + ADD_ROWS, len(self)), dtype=np.int64)
-            lists = store.list_of(pos)
-            codes = np.asarray(store.codes[a : a + pos.shape[0]])
-            acc = np.einsum("nd,nd->n", cent[lists], cent[lists])
-            for j in range(m):
-                acc += 2.0 * tab[lists, j, codes[:, j]]
-            out[a : a + pos.shape[0]] = acc
-        return out
-
-    def _scan_input(
-        self,
-        q64: NDArray[np.float64],
-        nprobe: int,
-        terms: tuple[int, NDArray[np.float32], NDArray[np.float32]],
-    ) -> ScanInput:
-        mode, add, scale = terms
-        factor = -2.0 if self.metric == "l2" else -1.0
-        q32 = q64.astype(np.float32)
-        lut = lookup_tables(q32, self._stack32, factor)
-        nq = q32.shape[0]
-        store = self.store
-        if store.centroids is None:
-            probes = np.zeros((nq, 1), dtype=np.int64)
-            consts = np.zeros((nq, 1), dtype=np.float32)
-            offsets = np.array([0, len(self)], dtype=np.int64)
-        else:
-            cent32 = store.centroids.astype(np.float32)
-            qc = q32 @ cent32.T
-            key = -qc if self.metric != "l2" else np.einsum("cd,cd->c", cent32, cent32) - 2 * qc
-            probes = np.argpartition(key, nprobe - 1, axis=1)[:, :nprobe].astype(np.int64)
-            consts = (factor * np.take_along_axis(qc, probes, axis=1)).astype(np.float32)
-            offsets = store.offsets
-        return ScanInput(
-            lut, np.ascontiguousarray(store.codes), add, scale, mode, offsets, probes, consts
-        )
-
-    def _rerank_source(self, vectors: Any) -> Callable[[NDArray[np.int64]], NDArray[np.float64]]:
-        """Vectors of stored positions: from ``vectors`` by id, or decoded."""
-        store = self.store
-        if vectors is None:
-
-            def decoded(positions: NDArray[np.int64]) -> NDArray[np.float64]:
-                out = self.encoder._decode_rows(np.asarray(store.codes[positions]), np.float64)
-                if store.centroids is not None:
-                    out += store.centroids[store.list_of(positions)]
-                return out
-
-            return decoded
-        if isinstance(vectors, (str, os.PathLike)):
-            vectors = np.load(os.fspath(vectors), mmap_mode="r", allow_pickle=False)
-        arr = as_matrix(vectors, self.dimension, "vectors")
-        top = int(store.ids.max()) if len(self) else -1
-        if arr.shape[0] <= top:
-            raise ValueError(
-                f"vectors has {arr.shape[0]} rows, but re-ranking addresses them by id "
-                f"and the index holds id {top}"
-            )
-
-        def by_id(positions: NDArray[np.int64]) -> NDArray[np.float64]:
-            return gather_rows(arr, store.ids[positions], self.dimension)
-
-        return by_id
-
-
-rerank_fn = rerank

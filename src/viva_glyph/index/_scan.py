@@ -7,8 +7,8 @@ a query is a sum of table entries plus a per-vector term::
     ip:      -<q, x'>                =        -  sum_m <q, C_m[c_m]>
     cosine:  -<q, x'> / ||x'||       (q normalised beforehand)
 
-The tables ``<q, C_m[k]>`` of a whole batch of queries come from ONE GEMM
-(:func:`lookup_tables`); :func:`scan` sums them over the codes with the numba
+The tables ``<q, C_m[k]>`` of a block of queries come from one GEMM
+(:func:`lookup_tables`; one block per thread); :func:`scan` sums them over the codes with the numba
 kernel of :mod:`viva_glyph.index._kernels_numba` (or blocked numpy when numba is
 absent) and keeps, per query, the k smallest scores in a heap (partial
 selection: a full sort never happens). Work is split over threads by query
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._threads import default_threads, parallel_map
+from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
 
 __all__ = ["MODE_ADD", "MODE_PLAIN", "MODE_SCALE", "ScanInput", "lookup_tables", "scan"]
 
@@ -73,13 +73,17 @@ def lookup_tables(
 class ScanInput(NamedTuple):
     """Everything the scan reads; arrays are C-contiguous.
 
-    ``offsets`` (L + 1,) int64 bound the L lists of ``codes`` (N, M);
+    ``queries`` (nq, D) float32 and ``stack`` (M, K, D) float32 give the
+    tables ``factor * <q, C_m[k]>`` (computed per query block, in the worker
+    thread, one GEMM each); ``offsets`` (L + 1,) int64 bound the L lists of ``codes`` (N, M);
     ``probes`` (nq, P) int64 lists to scan per query (-1: none) with
     ``consts`` (nq, P) float32 added to their scores; ``add`` / ``scale`` (N,)
     float32 per-vector terms used as ``mode`` says.
     """
 
-    lut: NDArray[np.float32]
+    queries: NDArray[np.float32]
+    stack: NDArray[np.float32]
+    factor: float
     codes: NDArray[Any]
     add: NDArray[np.float32]
     scale: NDArray[np.float32]
@@ -97,7 +101,7 @@ def _kernel_pass(
     kern: ModuleType, s: ScanInput, rows: slice, lo: int, hi: int, k: int
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Queries ``rows`` against codes [lo, hi) (flat) or their probed lists (IVF)."""
-    lut = s.lut[rows]
+    lut = lookup_tables(s.queries[rows], s.stack, s.factor)
     heap_d, heap_i = _empty_heaps(lut.shape[0], k)
     if s.offsets.shape[0] == 2:  # flat: blocks of codes, each kept in cache by all queries
         probes = np.zeros((lut.shape[0], 1), dtype=np.int64)
@@ -122,7 +126,7 @@ def _numpy_pass(
     s: ScanInput, rows: slice, lo: int, hi: int, k: int
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The same as :func:`_kernel_pass` in blocked numpy."""
-    lut = s.lut[rows]
+    lut = lookup_tables(s.queries[rows], s.stack, s.factor)
     nq, m, _ = lut.shape
     best_d, best_i = _empty_heaps(nq, k)
     flat = s.offsets.shape[0] == 2
@@ -218,7 +222,7 @@ def scan(
     scores : ndarray, shape (nq, k), float32, ascending (inf where fewer than k)
     positions : ndarray, shape (nq, k), int64, rows of ``codes`` (-1 where none)
     """
-    nq = s.lut.shape[0]
+    nq = s.queries.shape[0]
     n = s.codes.shape[0]
     threads = default_threads() if threads is None else threads
     kern = scan_kernels()
@@ -230,13 +234,16 @@ def scan(
         return _numpy_pass(s, rows, lo, hi, k)
 
     flat = s.offsets.shape[0] == 2
-    if nq >= threads or not flat or n < 2 * CODE_BLOCK:
-        step = -(-nq // max(1, min(threads, nq)))
-        tasks = [(slice(a, min(a + step, nq)), 0, n) for a in range(0, nq, step)]
-        parts = parallel_map(run, tasks, threads)
-        d = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, k), np.float32)
-        i = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, k), np.int64)
-        return finish(d, i)
-    step = -(-n // threads)
-    tasks = [(slice(0, nq), a, min(a + step, n)) for a in range(0, n, step)]
-    return merge(parallel_map(run, tasks, threads), k)
+    # BLAS on one thread: the GEMMs are per block, and many small multi-threaded
+    # BLAS calls are far slower than one-threaded ones on a busy machine.
+    with single_blas_thread():
+        if nq >= threads or not flat or n < 2 * CODE_BLOCK:
+            step = -(-nq // max(1, min(threads, nq)))
+            tasks = [(slice(a, min(a + step, nq)), 0, n) for a in range(0, nq, step)]
+            parts = parallel_map(run, tasks, threads)
+            d = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, k), np.float32)
+            i = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, k), np.int64)
+            return finish(d, i)
+        step = -(-n // threads)
+        tasks = [(slice(0, nq), a, min(a + step, n)) for a in range(0, n, step)]
+        return merge(parallel_map(run, tasks, threads), k)
