@@ -219,3 +219,17 @@ def test_any_header_byte_flip_loads_or_raises_format_error(tmp_path_factory, pos
     except IndexFormatError:
         return
     back.search(np.zeros((1, 2)), 2)
+
+
+def test_build_from_memmap_equals_in_memory(enc, X, tmp_path, monkeypatch) -> None:
+    from viva_glyph.index import _index
+
+    monkeypatch.setattr(_index, "ADD_ROWS", 64)  # several blocks, pages dropped after each
+    np.save(tmp_path / "x.npy", X)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a, b = RvqIndex(enc), RvqIndex(enc)
+    a.add(mapped)
+    b.add(np.array(X))
+    np.testing.assert_array_equal(a.store.codes, b.store.codes)
+    np.testing.assert_array_equal(a.store.norms, b.store.norms)
+    np.testing.assert_array_equal(mapped, X)  # still readable after its pages were dropped

@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.index import _norms
+from viva_glyph.index._pages import drop_pages
 from viva_glyph.index._query import rerank_source, scan_input, vector_terms
 from viva_glyph.index._rerank import rerank as rerank_exact
 from viva_glyph.index._scan import scan
@@ -190,6 +191,7 @@ class RvqIndex:
                 recon += base
             norms = np.einsum("nd,nd->n", recon, recon)
             self.store.append(codes, norms, new_ids[start : start + codes.shape[0]], lists)
+            drop_pages(x, start, start + codes.shape[0])
             if progress is not None:
                 progress(min(start + ADD_ROWS, n))
         self.store.finish_append()
