@@ -16,5 +16,16 @@ from __future__ import annotations
 from viva_glyph.index._file import IndexFormatError, load, save
 from viva_glyph.index._index import MAX_K, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES
+from viva_glyph.index._shards import merge_results, search_shards
 
-__all__ = ["MAX_K", "METRICS", "NORM_MODES", "IndexFormatError", "RvqIndex", "load", "save"]
+__all__ = [
+    "MAX_K",
+    "METRICS",
+    "NORM_MODES",
+    "IndexFormatError",
+    "RvqIndex",
+    "load",
+    "merge_results",
+    "save",
+    "search_shards",
+]
