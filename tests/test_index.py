@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from viva_glyph.codebook import Codebook
 from viva_glyph.encoder import RvqEncoder
-from viva_glyph.index import RvqIndex, _scan
+from viva_glyph.index import RvqIndex, _rerank, _scan
 
 M, K, D = 4, 32, 8
 CASES = [
@@ -146,8 +146,11 @@ def test_ids_fewer_than_k_and_remove(enc, data) -> None:
     assert (i == -1).all() and (d == -np.inf).all()
 
 
+@pytest.mark.parametrize("block", [None, 1000])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_rerank_everything_is_exact_knn(enc, data, metric, tmp_path) -> None:
+def test_rerank_everything_is_exact_knn(enc, data, metric, block, tmp_path, monkeypatch) -> None:
+    if block is not None:  # re-score a few queries at a time
+        monkeypatch.setattr(_rerank, "BLOCK_ELEMENTS", block)
     X, Q = data
     index = RvqIndex(enc, metric=metric, norm="qint8" if metric != "ip" else "none")
     ids = np.arange(len(X))[::-1].copy()

@@ -9,6 +9,9 @@ from numpy.typing import NDArray
 
 __all__ = ["exact_scores", "gather_rows", "rerank"]
 
+#: float64 candidate values re-scored at once (16 MiB).
+BLOCK_ELEMENTS = 1 << 21
+
 
 def gather_rows(vectors: Any, rows: NDArray[np.int64], dimension: int) -> NDArray[np.float64]:
     """``vectors[rows]`` in float64, reading each distinct row once in file order.
@@ -74,10 +77,17 @@ def rerank(
     scores : ndarray, shape (nq, k), float64 (inf where no candidate)
     positions : ndarray, shape (nq, k), int64 (-1 where no candidate)
     """
-    valid = positions >= 0
-    cand = np.zeros((*positions.shape, queries.shape[1]), dtype=np.float64)
-    cand[valid] = fetch(positions[valid])
-    scores = exact_scores(metric, queries, cand)
-    scores[~valid] = np.inf
+    nq, r = positions.shape
+    d = queries.shape[1]
+    scores = np.empty((nq, r), dtype=np.float64)
+    step = max(1, BLOCK_ELEMENTS // max(1, r * d))  # bounds the (rows, R, D) candidates
+    for a in range(0, nq, step):
+        pos = positions[a : a + step]
+        valid = pos >= 0
+        cand = np.zeros((*pos.shape, d), dtype=np.float64)
+        cand[valid] = fetch(pos[valid])
+        block = exact_scores(metric, queries[a : a + step], cand)
+        block[~valid] = np.inf
+        scores[a : a + step] = block
     order = np.argsort(scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
