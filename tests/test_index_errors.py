@@ -103,8 +103,8 @@ def test_nan_in_a_later_block_adds_nothing(index, monkeypatch) -> None:
 
 
 def test_bad_codes(index) -> None:
-    with pytest.raises(ValueError, match=r"token index out of range: expected \[0, 16\)"):
-        index.add_codes(np.full((2, 3), 16))
+    with pytest.raises(ValueError, match=r"codes must be in \[0, 16\), got \[0, 16, 0\] at row 1"):
+        index.add_codes(np.array([[0, 0, 0], [0, 16, 0]]))
     with pytest.raises(ValueError, match=r"codes must have shape \(N, 3\)"):
         index.add_codes(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(TypeError, match="codes must be integers"):

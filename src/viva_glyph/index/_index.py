@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -86,6 +87,7 @@ class RvqIndex:
         self.beam_size = positive_int(beam_size, "beam_size")
         self.nlist = None if nlist is None else positive_int(nlist, "nlist")
         self._stack32 = np.ascontiguousarray(encoder.codebook_array, dtype=np.float32)
+        self._stack64 = np.asarray(encoder.codebook_array, dtype=np.float64)
         self._tables = _norms.NormTables(encoder.codebook_array) if norm == "lut" else None
         cent = None
         if centroids is not None:
@@ -186,7 +188,7 @@ class RvqIndex:
                 base = self.store.centroids[lists].astype(np.float64)
                 chunk = chunk - base
             codes = self.encoder.encode(chunk, beam_size=self.beam_size)
-            recon = self.encoder._decode_rows(codes, np.float64)
+            recon = self.decode64(codes)
             if base is not None:
                 recon += base
             norms = np.einsum("nd,nd->n", recon, recon)
@@ -216,17 +218,20 @@ class RvqIndex:
         lists : array_like of int, shape (N,)
             IVF list of each code (IVF indexes only, required there).
         """
-        arr = self.encoder._check_codes(codes)
-        if arr.shape[1] != self.encoder.config.num_stages or np.ndim(codes) != 2:
-            raise ValueError(
-                f"codes must have shape (N, {self.encoder.config.num_stages}), "
-                f"got {np.shape(codes)}"
-            )
+        arr = np.asarray(codes)
+        m, k = self.encoder.config.num_stages, self.encoder.config.codebook_size
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[1] != m:
+            raise ValueError(f"codes must have shape (N, {m}), got {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= k):
+            bad = int(np.flatnonzero(((arr < 0) | (arr >= k)).any(axis=1))[0])
+            raise ValueError(f"codes must be in [0, {k}), got {arr[bad].tolist()} at row {bad}")
         n = arr.shape[0]
         new_ids = self.store.check_new_ids(ids, n)
         lst = self.store.check_lists(lists, n)
         if norms is None:
-            recon = self.encoder._decode_rows(arr, np.float64)
+            recon = self.decode64(arr)
             if lst is not None:
                 assert self.store.centroids is not None
                 recon += self.store.centroids[lst]
@@ -235,14 +240,21 @@ class RvqIndex:
             nrm = np.asarray(norms, dtype=np.float64)
             if nrm.shape != (n,):
                 raise ValueError(f"norms must have shape ({n},), got {nrm.shape}")
-            bad = np.flatnonzero(~np.isfinite(nrm) | (nrm < 0))
-            if bad.size:
+            wrong = np.flatnonzero(~np.isfinite(nrm) | (nrm < 0))
+            if wrong.size:
                 raise ValueError(
-                    f"norms must be finite and >= 0, got {nrm[bad[0]]} at row {bad[0]}"
+                    f"norms must be finite and >= 0, got {nrm[wrong[0]]} at row {wrong[0]}"
                 )
         self.store.reserve(n)
         self.store.append(arr.astype(self.encoder.code_dtype), nrm, new_ids, lst)
         self.store.finish_append()
+
+    def decode64(self, codes: NDArray[Any]) -> NDArray[np.float64]:
+        """Reconstructions (n, D) float64 of codes (n, M): the sum of the chosen entries."""
+        out: NDArray[np.float64] = self._stack64[0][codes[:, 0]]
+        for stage in range(1, codes.shape[1]):
+            out += self._stack64[stage][codes[:, stage]]
+        return out
 
     def remove(self, ids: ArrayLike) -> int:
         """Remove vectors by id; every id must be in the index. Returns how many went."""

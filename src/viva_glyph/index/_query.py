@@ -108,7 +108,7 @@ def rerank_source(
     if vectors is None:
 
         def decoded(positions: NDArray[np.int64]) -> NDArray[np.float64]:
-            out = self.encoder._decode_rows(np.asarray(store.codes[positions]), np.float64)
+            out = self.decode64(np.asarray(store.codes[positions]))
             if store.centroids is not None:
                 out += store.centroids[store.list_of(positions)]
             return out
