@@ -276,11 +276,17 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=256, help="IVF lists, 0 = no IVF (256)")
     parser.add_argument("--nprobe", default="4,16,64", help="IVF nprobe values (4,16,64)")
     parser.add_argument("--rerank", default="100,300", help="re-ranking depths (100,300)")
+    parser.add_argument(
+        "--slow-queries", type=int, default=200, help="queries for FAISS ST_norm_from_LUT (200)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs (3)")
     parser.add_argument("--no-digits", action="store_true", help="skip load_digits")
     args = parser.parse_args()
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     args.rerank = [int(p) for p in args.rerank.split(",")]
+    global SLOW_QUERIES, SLOW_MARK
+    SLOW_QUERIES = args.slow_queries
+    SLOW_MARK = f" [{SLOW_QUERIES} queries, 1 run]"
     faiss.omp_set_num_threads(2)
     print(f"faiss {faiss.__version__}, viva-glyph {vg.__version__}, threads 2, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")  # fmt: skip
