@@ -81,8 +81,6 @@ def save(index: RvqIndex, path: PathLike) -> None:
         raise TypeError(f"index must be an RvqIndex, got {type(index).__name__}")
     if index.nlist is not None and index.store.centroids is None:
         raise ValueError("an untrained IVF index cannot be saved: add vectors first")
-    from viva_glyph import __version__
-
     c = index.encoder.config
     meta = {
         "format": FORMAT_NAME,
@@ -95,7 +93,7 @@ def save(index: RvqIndex, path: PathLike) -> None:
         "beam_size": str(index.beam_size),
         "nlist": str(index.nlist or 0),
         "count": str(len(index)),
-        "library_version": __version__,
+        "library_version": _library_version(),
     }
     header: dict[str, Any] = {"__metadata__": meta}
     at = 0
@@ -116,6 +114,16 @@ def save(index: RvqIndex, path: PathLike) -> None:
             for a in range(0, max(arr.shape[0], 1), _WRITE_ROWS):
                 fh.write(np.ascontiguousarray(arr[a : a + _WRITE_ROWS]).tobytes())
         fh.flush()
+
+
+def _library_version() -> str:
+    """The installed distribution's version (the package root is not imported from here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("viva-glyph")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _fail(path: PathLike, why: str) -> IndexFormatError:
