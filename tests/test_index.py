@@ -180,8 +180,11 @@ def test_rerank_improves_recall(enc, data) -> None:
     assert recall[1] > recall[0] and recall[1] >= 0.95
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize(("metric", "norm"), [("l2", "float"), ("l2", "lut"), ("cosine", "float")])
-def test_ivf_all_lists_equals_brute_force(enc, data, metric, norm) -> None:
+def test_ivf_all_lists_equals_brute_force(enc, data, metric, norm, backend, monkeypatch) -> None:
+    if backend == "numpy":
+        monkeypatch.setenv("VIVA_GLYPH_NUMBA", "0")
     X, Q = data
     index = RvqIndex(enc, metric=metric, norm=norm, nlist=8)
     index.add(X)
