@@ -432,9 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         "system's temp directory)",
     )
     p.add_argument("--force", action="store_true", help="write into DIR even if it holds files")
-    from viva_glyph._cli_ids import register  # `viva-glyph ids ...` (semantic IDs)
+    from viva_glyph import _cli_ids, _cli_index  # `viva-glyph ids ...`, `viva-glyph index ...`
 
-    register(sub)
+    _cli_ids.register(sub)
+    _cli_index.register(sub)
     return parser
 
 

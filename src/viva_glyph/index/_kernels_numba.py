@@ -1,0 +1,105 @@
+"""numba kernels of the index scan (optional, extra ``fast``).
+
+Imported only through :func:`viva_glyph.index._scan.scan_kernels`; without
+numba (or with ``VIVA_GLYPH_NUMBA=0``) the blocked numpy code of
+:mod:`viva_glyph.index._scan` runs instead. Both keep, per query, the k
+smallest scores with ties to the lower position, so both give the same
+neighbours when no two scores are within float32 rounding of each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["lut_norms", "scan"]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _push(heap_d, heap_i, q, s, pos):  # type: ignore[no-untyped-def]
+    """Replace the root of query q's max-heap by (s, pos) and sift it down."""
+    kk = heap_d.shape[1]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= kk:
+            break
+        right = left + 1
+        big = left
+        if right < kk and (
+            heap_d[q, right] > heap_d[q, left]
+            or (heap_d[q, right] == heap_d[q, left] and heap_i[q, right] > heap_i[q, left])
+        ):
+            big = right
+        if heap_d[q, big] > s or (heap_d[q, big] == s and heap_i[q, big] > pos):
+            heap_d[q, i] = heap_d[q, big]
+            heap_i[q, i] = heap_i[q, big]
+            i = big
+        else:
+            break
+    heap_d[q, i] = s
+    heap_i[q, i] = pos
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(lut, codes, add, scale, mode, offsets, probes, consts, base, heap_d, heap_i):  # type: ignore[no-untyped-def]
+    nq, m, _ = lut.shape
+    for q in range(nq):
+        for p in range(probes.shape[1]):
+            lst = probes[q, p]
+            if lst < 0:
+                continue
+            c0 = consts[q, p]
+            for i in range(offsets[lst], offsets[lst + 1]):
+                s = c0
+                for j in range(m):
+                    s += lut[q, j, codes[i, j]]
+                if mode == 0:
+                    s += add[i]
+                elif mode == 1:
+                    s *= scale[i]
+                pos = base + i
+                if s < heap_d[q, 0] or (s == heap_d[q, 0] and pos < heap_i[q, 0]):
+                    _push(heap_d, heap_i, q, s, pos)
+
+
+def scan(
+    lut: NDArray[np.float32],
+    codes: NDArray[Any],
+    add: NDArray[np.float32],
+    scale: NDArray[np.float32],
+    mode: int,
+    offsets: NDArray[np.int64],
+    probes: NDArray[np.int64],
+    consts: NDArray[np.float32],
+    base: int,
+    heap_d: NDArray[np.float32],
+    heap_i: NDArray[np.int64],
+) -> None:
+    """Push every probed code's score into the per-query heaps (see ``_scan.scan_block``)."""
+    _scan(lut, codes, add, scale, mode, offsets, probes, consts, base, heap_d, heap_i)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lut_norms(codes, sq, cross, out):  # type: ignore[no-untyped-def]
+    n, m = codes.shape
+    for i in range(n):
+        s = 0.0
+        pair = 0
+        for a in range(m):
+            ca = codes[i, a]
+            s += sq[a, ca]
+            for b in range(a + 1, m):
+                s += 2.0 * cross[pair, ca, codes[i, b]]
+                pair += 1
+        out[i] = s
+
+
+def lut_norms(
+    codes: NDArray[Any], sq: NDArray[np.float64], cross: NDArray[np.float64], out: NDArray[Any]
+) -> None:
+    """``out[i] = ||decode(codes[i])||^2`` from the stage tables (see ``_norms.NormTables``)."""
+    _lut_norms(codes, sq, cross, out)

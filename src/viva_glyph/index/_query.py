@@ -1,0 +1,130 @@
+"""Search inputs of an :class:`~viva_glyph.index.RvqIndex`: norm terms, IVF probes, re-ranking."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from viva_glyph._threads import single_blas_thread
+from viva_glyph._validate import as_matrix
+from viva_glyph.index import _norms
+from viva_glyph.index._rerank import gather_rows
+from viva_glyph.index._scan import MODE_ADD, MODE_PLAIN, MODE_SCALE, ScanInput, scan_kernels
+
+if TYPE_CHECKING:
+    from viva_glyph.index._index import RvqIndex
+
+__all__ = ["centroid_terms", "rerank_source", "scan_input", "vector_terms"]
+
+#: Rows per step when IVF norm terms are rebuilt.
+ROWS = 1 << 16
+
+
+def vector_terms(self: RvqIndex) -> tuple[int, NDArray[np.float32], NDArray[np.float32]]:
+    """(mode, add, scale) of the scan: the per-vector norm terms."""
+    empty = np.empty(0, dtype=np.float32)
+    if self.metric == "ip":  # the inner product needs no norm
+        return MODE_PLAIN, empty, empty
+    if self._tables is not None:
+        norms = self._tables.norms(self.store.codes, scan_kernels())
+        if self.store.centroids is not None:
+            norms = norms + centroid_terms(self)
+    else:
+        assert self.store.norms is not None
+        norms = _norms.decode_norms(self.norm, self.store.norm_params, self.store.norms)
+    if self.metric == "l2":
+        return MODE_ADD, np.ascontiguousarray(norms, dtype=np.float32), empty
+    with np.errstate(divide="ignore"):
+        scale = np.where(norms > 0, 1.0 / np.sqrt(np.maximum(norms, 0)), 0.0)
+    return MODE_SCALE, empty, scale.astype(np.float32)
+
+
+def centroid_terms(self: RvqIndex) -> NDArray[np.float32]:
+    """``||c||^2 + 2 <c, r'>`` of every IVF row (c its centroid, r' its residual)."""
+    store = self.store
+    assert store.centroids is not None
+    cent = store.centroids.astype(np.float64)
+    m, k, d = self._stack32.shape
+    tab = cent @ self.encoder.codebook_array.astype(np.float64).reshape(m * k, d).T
+    tab = tab.reshape(-1, m, k)
+    out = np.empty(len(self), dtype=np.float32)
+    for a in range(0, len(self), ROWS):
+        pos = np.arange(a, min(a + ROWS, len(self)), dtype=np.int64)
+        lists = store.list_of(pos)
+        codes = np.asarray(store.codes[a : a + pos.shape[0]])
+        acc = np.einsum("nd,nd->n", cent[lists], cent[lists])
+        for j in range(m):
+            acc += 2.0 * tab[lists, j, codes[:, j]]
+        out[a : a + pos.shape[0]] = acc
+    return out
+
+
+def scan_input(
+    self: RvqIndex,
+    q64: NDArray[np.float64],
+    nprobe: int,
+    terms: tuple[int, NDArray[np.float32], NDArray[np.float32]],
+) -> ScanInput:
+    mode, add, scale = terms
+    factor = -2.0 if self.metric == "l2" else -1.0
+    q32 = np.ascontiguousarray(q64, dtype=np.float32)
+    nq = q32.shape[0]
+    store = self.store
+    if store.centroids is None:
+        probes = np.zeros((nq, 1), dtype=np.int64)
+        consts = np.zeros((nq, 1), dtype=np.float32)
+        offsets = np.array([0, len(self)], dtype=np.int64)
+    else:
+        cent32 = store.centroids.astype(np.float32)
+        with single_blas_thread():
+            qc = q32 @ cent32.T
+        key = -qc if self.metric != "l2" else np.einsum("cd,cd->c", cent32, cent32) - 2 * qc
+        probes = np.argpartition(key, nprobe - 1, axis=1)[:, :nprobe].astype(np.int64)
+        consts = (factor * np.take_along_axis(qc, probes, axis=1)).astype(np.float32)
+        offsets = store.offsets
+    return ScanInput(
+        q32,
+        self._stack32,
+        factor,
+        np.ascontiguousarray(store.codes),
+        add,
+        scale,
+        mode,
+        offsets,
+        probes,
+        consts,
+    )
+
+
+def rerank_source(
+    self: RvqIndex, vectors: Any
+) -> Callable[[NDArray[np.int64]], NDArray[np.float64]]:
+    """Vectors of stored positions: from ``vectors`` by id, or decoded."""
+    store = self.store
+    if vectors is None:
+
+        def decoded(positions: NDArray[np.int64]) -> NDArray[np.float64]:
+            out = self.decode64(np.asarray(store.codes[positions]))
+            if store.centroids is not None:
+                out += store.centroids[store.list_of(positions)]
+            return out
+
+        return decoded
+    if isinstance(vectors, (str, os.PathLike)):
+        vectors = np.load(os.fspath(vectors), mmap_mode="r", allow_pickle=False)
+    arr = as_matrix(vectors, self.dimension, "vectors")
+    top = int(store.ids.max()) if len(self) else -1
+    if arr.shape[0] <= top:
+        raise ValueError(
+            f"vectors has {arr.shape[0]} rows, but re-ranking addresses them by id "
+            f"and the index holds id {top}"
+        )
+
+    def by_id(positions: NDArray[np.int64]) -> NDArray[np.float64]:
+        return gather_rows(arr, store.ids[positions], self.dimension)
+
+    return by_id

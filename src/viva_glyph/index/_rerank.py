@@ -1,0 +1,93 @@
+"""Exact re-scoring of an index's best candidates, from the original vectors or decoded codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["exact_scores", "gather_rows", "rerank"]
+
+#: float64 candidate values re-scored at once (16 MiB).
+BLOCK_ELEMENTS = 1 << 21
+
+
+def gather_rows(vectors: Any, rows: NDArray[np.int64], dimension: int) -> NDArray[np.float64]:
+    """``vectors[rows]`` in float64, reading each distinct row once in file order.
+
+    Parameters
+    ----------
+    vectors : ndarray or memory-mapped .npy, shape (N, D)
+    rows : ndarray of int64, any shape, all in [0, N)
+
+    Returns
+    -------
+    ndarray, shape rows.shape + (D,), float64
+    """
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    got = np.asarray(vectors[uniq], dtype=np.float64)
+    if not np.isfinite(got).all():
+        bad = int(uniq[np.flatnonzero(~np.isfinite(got).all(axis=1))[0]])
+        raise ValueError(f"vectors row {bad} (used for re-ranking) holds NaN or inf")
+    return got[inverse.reshape(rows.shape)].reshape(*rows.shape, dimension)
+
+
+def exact_scores(
+    metric: str, queries: NDArray[np.float64], cand: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Scores (smaller is better) of candidates (nq, R, D) against queries (nq, D), float64.
+
+    ``||q - v||^2`` for L2, ``-<q, v>`` for ip, ``-<q, v> / (||q|| ||v||)`` for cosine.
+    """
+    if metric == "l2":
+        diff = cand - queries[:, None, :]
+        out: NDArray[np.float64] = np.einsum("qrd,qrd->qr", diff, diff)
+        return out
+    ip = np.einsum("qrd,qd->qr", cand, queries)
+    if metric == "ip":
+        neg: NDArray[np.float64] = -ip
+        return neg
+    norms = np.sqrt(np.einsum("qrd,qrd->qr", cand, cand)) * np.linalg.norm(queries, axis=1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos: NDArray[np.float64] = np.where(norms > 0, ip / norms, 0.0)
+    return -cos
+
+
+def rerank(
+    metric: str,
+    queries: NDArray[np.float64],
+    positions: NDArray[np.int64],
+    fetch: Any,
+    k: int,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Re-score candidate positions exactly and keep the k best of each row.
+
+    Parameters
+    ----------
+    metric : str
+    queries : ndarray, shape (nq, D), float64
+    positions : ndarray, shape (nq, R), int64; -1 marks no candidate
+    fetch : callable(positions (n,) int64) -> ndarray (n, D) float64
+        Vectors of valid positions.
+    k : int
+
+    Returns
+    -------
+    scores : ndarray, shape (nq, k), float64 (inf where no candidate)
+    positions : ndarray, shape (nq, k), int64 (-1 where no candidate)
+    """
+    nq, r = positions.shape
+    d = queries.shape[1]
+    scores = np.empty((nq, r), dtype=np.float64)
+    step = max(1, BLOCK_ELEMENTS // max(1, r * d))  # bounds the (rows, R, D) candidates
+    for a in range(0, nq, step):
+        pos = positions[a : a + step]
+        valid = pos >= 0
+        cand = np.zeros((*pos.shape, d), dtype=np.float64)
+        cand[valid] = fetch(pos[valid])
+        block = exact_scores(metric, queries[a : a + step], cand)
+        block[~valid] = np.inf
+        scores[a : a + step] = block
+    order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)

@@ -1,0 +1,155 @@
+# mypy: disable-error-code="no-untyped-call"
+# (dask and distributed ship without complete type hints.)
+"""Search a collection of index shards (one file each) on a Dask cluster.
+
+Each shard file is opened (memory-mapped) and searched by one task; one more
+task merges the per-shard top-k of every query. Shards hold disjoint ids; when
+they are the consecutive parts of one index, the result equals that index's
+(neighbours with equal scores come in shard order, as they come in storage
+order from one index). A task whose worker dies is run again by the scheduler
+on another worker (dask.distributed reschedules the tasks of lost workers);
+``retries`` re-runs tasks that raise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from viva_glyph._validate import as_matrix, positive_int, require_finite
+
+__all__ = ["merge_results", "search_shards"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _search_one(
+    path: str, queries: NDArray[Any], k: int, nprobe: int
+) -> tuple[str, int, NDArray[np.float32], NDArray[np.int64]]:
+    from viva_glyph.index._file import load
+
+    index = load(path)
+    probe = min(nprobe, index.nlist) if index.nlist else 1
+    d, i = index.search(queries, k, nprobe=probe)
+    return index.metric, index.dimension, d, i
+
+
+def _rerank_merged(
+    merged: tuple[NDArray[np.float32], NDArray[np.int64]],
+    metric: str,
+    queries: NDArray[np.float64],
+    vectors: str,
+    k: int,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Re-score the merged candidates exactly from the originals (row = id), keep k."""
+    from viva_glyph.index._rerank import gather_rows, rerank
+
+    arr = np.load(vectors, mmap_mode="r", allow_pickle=False)
+    ids = merged[1]
+    if ids.size and int(ids.max()) >= arr.shape[0]:
+        raise ValueError(f"{vectors} has {arr.shape[0]} rows but id {int(ids.max())} was found")
+    q = queries
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1)[:, None]
+
+    def fetch(rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        return gather_rows(arr, rows, q.shape[1])
+
+    scores, best = rerank(metric, q, ids, fetch, k)
+    dist = scores.astype(np.float32)
+    return (dist if metric == "l2" else -dist), best
+
+
+def merge_results(
+    parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64]]], k: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Merge per-shard ``(metric, dimension, distances, ids)`` into one top-k per query.
+
+    Equal scores keep shard order (a stable sort); empty slots (-1) go last.
+    """
+    metrics = {(p[0], p[1]) for p in parts}
+    if len(metrics) != 1:
+        raise ValueError(f"shards disagree on metric/dimension: {sorted(metrics)}")
+    metric = parts[0][0]
+    d = np.concatenate([p[2] for p in parts], axis=1)
+    i = np.concatenate([p[3] for p in parts], axis=1)
+    key = d.astype(np.float64) if metric == "l2" else -d.astype(np.float64)
+    key[i < 0] = np.inf
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def search_shards(
+    paths: Sequence[PathLike],
+    Q: ArrayLike,
+    k: int,
+    *,
+    nprobe: int = 1,
+    rerank: int | None = None,
+    vectors: PathLike | None = None,
+    retries: int = 2,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The k nearest neighbours of each query over all shards, searched in parallel.
+
+    Parameters
+    ----------
+    paths : sequence of str or PathLike
+        Index files (:meth:`RvqIndex.save`) with disjoint ids; every worker must
+        be able to read them.
+    Q : array_like, shape (nq, D) or (D,)
+    k, nprobe, rerank :
+        As :meth:`RvqIndex.search` (nprobe is capped at each shard's nlist).
+    vectors : path of a ``.npy``, optional
+        Originals addressed by id; needed for re-ranking, which re-scores the
+        best ``rerank`` candidates of all shards together (as one index would).
+    retries : int
+        Times a failing shard task is re-run (dask.distributed only).
+
+    Returns
+    -------
+    distances : ndarray, shape (nq, k), float32
+    ids : ndarray, shape (nq, k), int64
+
+    Runs on the current dask.distributed client, else on dask's local scheduler.
+    """
+    from dask.base import compute
+    from dask.delayed import delayed
+
+    from viva_glyph.dask import current_client
+
+    files = [os.fspath(p) for p in paths]
+    if not files:
+        raise ValueError("search_shards needs at least one shard file, got none")
+    q = np.ascontiguousarray(as_matrix(Q, None, "Q"), dtype=np.float64)
+    require_finite(q, 0, "Q")
+    k = positive_int(k, "k")
+    nprobe = positive_int(nprobe, "nprobe")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    depth = k
+    if rerank is not None:
+        depth = positive_int(rerank, "rerank")
+        if depth < k or vectors is None:
+            raise ValueError(
+                f"sharded re-ranking needs rerank >= k ({k}) and vectors= (a .npy path), "
+                f"got rerank={depth}, vectors={vectors!r}"
+            )
+    shared = delayed(q, pure=True)  # one key, shipped once per worker
+    search = delayed(_search_one, pure=True)
+    parts = [search(f, shared, depth, nprobe) for f in files]
+    merged = delayed(merge_results, pure=True)(parts, depth)
+    if rerank is not None:
+        metric = delayed(lambda p: p[0], pure=True)(parts[0])
+        final = delayed(_rerank_merged, pure=True)
+        merged = final(merged, metric, shared, os.fspath(vectors), k)  # type: ignore[arg-type]
+    client = current_client()
+    if client is None:
+        (result,) = compute(merged)
+    else:
+        result = client.compute(merged, retries=retries).result()
+    d, i = result
+    return d, i
