@@ -31,8 +31,9 @@ def gaussian(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def mse(enc: vg.RvqEncoder, x: np.ndarray, beam: int = 1) -> float:
+    """Mean squared error per component (sklearn.metrics.mean_squared_error's figure)."""
     diff = x.astype(np.float64) - enc.decode(enc.encode(x, beam_size=beam))
-    return float((diff**2).sum(axis=1).mean())
+    return float((diff**2).mean())
 
 
 def test_fit_recovers_well_separated_clusters() -> None:
@@ -44,7 +45,7 @@ def test_fit_recovers_well_separated_clusters() -> None:
     assert dist.min(axis=1).max() < 0.05
     assert enc.dtype == np.float32
     assert isinstance(enc.training, TrainingSummary)
-    assert enc.training.stage_errors[0] == pytest.approx(mse(enc, x), rel=1e-4)
+    assert enc.training.stage_mse[0] == pytest.approx(mse(enc, x), rel=1e-4)
 
 
 @pytest.mark.parametrize(("beam", "refine"), [(1, 0), (3, 2)])
@@ -55,18 +56,18 @@ def test_fit_is_deterministic(beam: int, refine: int) -> None:
     b = vg.fit(x, seed=3, **kw)
     assert a.codebook_array.tobytes() == b.codebook_array.tobytes()
     assert a.training is not None and b.training is not None
-    assert a.training.stage_errors == b.training.stage_errors
+    assert a.training.stage_mse == b.training.stage_mse
     c = vg.fit(x, seed=4, **kw)
     assert c.codebook_array.tobytes() != a.codebook_array.tobytes()
 
 
-def test_stage_errors_decrease_and_match_encoding() -> None:
+def test_stage_mse_decrease_and_match_encoding() -> None:
     x = gaussian(2000, 6, seed=1)
     for beam in (1, 4):
         enc = vg.fit(x, num_stages=4, codebook_size=16, beam_size=beam, iterations=10)
-        errs = enc.training.stage_errors  # type: ignore[union-attr]
+        errs = enc.training.stage_mse  # type: ignore[union-attr]
         assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(errs))
-        assert errs[-1] < errs[0] < float((x.astype(np.float64) ** 2).sum(axis=1).mean())
+        assert errs[-1] < errs[0] < float((x.astype(np.float64) ** 2).mean())
         assert errs[-1] == pytest.approx(mse(enc, x, beam), rel=1e-4)
 
 
@@ -74,8 +75,8 @@ def test_refinement_never_worse_on_held_out_and_lsq_matches_lstsq() -> None:
     x = gaussian(3000, 8, seed=2)
     enc = vg.fit(x, num_stages=3, codebook_size=16, beam_size=2, refine=3, iterations=10)
     s = enc.training
-    assert s is not None and len(s.refine_errors) == 4
-    assert s.refine_errors[s.refine_selected] == min(s.refine_errors) <= s.refine_errors[0]
+    assert s is not None and len(s.refine_mse) == 4
+    assert s.refine_mse[s.refine_selected] == min(s.refine_mse) <= s.refine_mse[0]
     # the joint update against an explicit ridge least-squares solve
     rng = np.random.default_rng(0)
     m, k, d, n = 2, 4, 3, 60
@@ -153,7 +154,7 @@ def test_summary_round_trip_and_bad_input() -> None:
     for bad in [
         None,
         {},
-        {**d, "stage_errors": "x"},
+        {**d, "stage_mse": "x"},
         {**d, "iterations": [1.5, 2]},
         {**d, "params": 3},
     ]:

@@ -146,9 +146,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"wrote {args.output}: {c.num_stages} stages x {c.codebook_size} codes, "
             f"dimension {c.dimension}"
         )
-        if encoder.training is not None and encoder.training.stage_errors:
-            errors = ", ".join(f"{e:.4g}" for e in encoder.training.stage_errors)
-            print(f"training error (mean ||x - x'||^2) after each stage: {errors}")
+        if encoder.training is not None and encoder.training.stage_mse:
+            errors = ", ".join(f"{e:.4g}" for e in encoder.training.stage_mse)
+            print(f"training MSE (per component) after each stage: {errors}")
     return 0
 
 
