@@ -51,7 +51,7 @@ Accumulation = tuple[NDArray[np.float64], NDArray[np.int64], float]
 
 #: Relative inertia change under which Lloyd's iterations stop (chosen by
 #: ``benchmarks/bench_fit.py --sweep``; see the README's training section).
-TOL = 1e-4
+TOL = 1e-3
 
 #: Working-set budget of one distance GEMM in :func:`assign` (few large BLAS calls).
 ASSIGN_BYTES = 4 << 20
@@ -381,7 +381,7 @@ def lloyd(
 
 
 #: Number of dimension steps of :func:`progressive_kmeans`.
-PROGRESSIVE_STEPS = 6
+PROGRESSIVE_STEPS = 10
 
 
 def _col_sums(leaf: NDArray[Any]) -> NDArray[np.float64]:
@@ -408,7 +408,7 @@ def progressive_kmeans(
     iterations: int,
     rng: np.random.Generator,
     *,
-    tol: float = TOL,
+    tol: float | None = None,
     steps: int | None = None,
 ) -> tuple[NDArray[np.float64], int]:
     """k-means in the principal axes of the rows, on growing leading dimensions.
@@ -430,8 +430,8 @@ def progressive_kmeans(
     iterations : int
         Most Lloyd iterations per dimension step.
     rng : numpy.random.Generator
-    tol : float
-        Relative inertia change that ends a step early.
+    tol : float, optional
+        Relative inertia change that ends a step early (default :data:`TOL`).
     steps : int, optional
         Dimension steps (default :data:`PROGRESSIVE_STEPS`).
 
@@ -443,6 +443,7 @@ def progressive_kmeans(
     """
     n, d = rows.shape
     steps = PROGRESSIVE_STEPS if steps is None else steps
+    tol = TOL if tol is None else tol
     mean = rows.reduce(_col_sums, add_all) / n
     mean32 = mean.astype(np.float32)
     gram = rows.reduce(functools.partial(_centred_gram, mean32), add_all)

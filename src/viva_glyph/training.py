@@ -36,7 +36,7 @@ _log = logging.getLogger(__name__)
 #: Rows per code read by default (FAISS's max_points_per_centroid): more rarely helps.
 SAMPLES_PER_CODE = 256
 #: Default most Lloyd iterations per dimension step (chosen by benchmarks/bench_fit.py --sweep).
-ITERATIONS = 25
+ITERATIONS = 10
 #: Largest magnitude a training value may have: squared distances of D such
 #: values stay far inside float32's range (3.4e38) for any practical D.
 MAX_MAGNITUDE = 1e15
@@ -207,9 +207,11 @@ def fit(
         largest B that fits).
     iterations : int
         Most Lloyd iterations of each of the dimension steps of a stage's
-        progressive k-means (:func:`viva_glyph.kmeans.progressive_kmeans`, 6
-        steps); a step stops earlier when an iteration changes the inertia by
-        less than :data:`viva_glyph.kmeans.TOL` relative.
+        progressive k-means (:func:`viva_glyph.kmeans.progressive_kmeans`, up
+        to 10 steps); a step stops earlier when an iteration changes the
+        inertia by at most :data:`viva_glyph.kmeans.TOL` (1e-3) relative. The
+        defaults (10 iterations, 1e-3, 10 steps: FAISS's iterations and steps
+        plus early stopping) were chosen by ``benchmarks/bench_fit.py --sweep``.
     refine : int
         Rounds of joint least-squares codebook refinement (0: none). A tenth of
         the sample is held out; the iterate with the lowest held-out MSE wins.
