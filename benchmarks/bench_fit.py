@@ -19,8 +19,10 @@ held out). M = 8 (M = 4 for D = 6), K = 256.
 
 MSE is the mean squared error PER COMPONENT on the held-out rows
 (``mean((x - x')**2)``, as scikit-learn's ``mean_squared_error``). Times are
-training only, medians of ``--repeats`` interleaved rounds (every setting once
-per round). FAISS and viva-glyph use the same threads (``--threads``, default 2:
+training only; times and MSEs are medians of ``--repeats`` interleaved rounds
+(every setting once per round; round r seeds both libraries with r, FAISS as
+its default seed 1234 + r, so the MSE median covers k-means' seed variance).
+FAISS and viva-glyph use the same threads (``--threads``, default 2:
 ``faiss.omp_set_num_threads`` and ``VIVA_GLYPH_NUM_THREADS``).
 
 ``--sweep`` instead fits viva-glyph over settings of iterations, tolerance and
@@ -81,10 +83,13 @@ def mse(x: np.ndarray, recon: np.ndarray) -> float:
     return float(np.mean(diff * diff))
 
 
-def faiss_run(xt: np.ndarray, xh: np.ndarray, m: int, beam: int | None) -> dict[str, float]:
+def faiss_run(
+    xt: np.ndarray, xh: np.ndarray, m: int, beam: int | None, seed: int = 0
+) -> dict[str, float]:
     import faiss
 
     rq = faiss.ResidualQuantizer(xt.shape[1], m, 8)
+    rq.cp.seed += seed  # round r: FAISS's default seed (1234) + r
     if beam is not None:
         rq.max_beam_size = beam
     t = time.perf_counter()
@@ -93,22 +98,25 @@ def faiss_run(xt: np.ndarray, xh: np.ndarray, m: int, beam: int | None) -> dict[
     return {"train_s": train_s, "mse": mse(xh, rq.decode(rq.compute_codes(xh)))}
 
 
-def viva_run(xt: np.ndarray, xh: np.ndarray, m: int, beam: int, **kw: Any) -> dict[str, float]:
+def viva_run(
+    xt: np.ndarray, xh: np.ndarray, m: int, beam: int, seed: int = 0, **kw: Any
+) -> dict[str, float]:
     import viva_glyph as vg
 
     t = time.perf_counter()
-    enc = vg.fit(xt, num_stages=m, codebook_size=256, beam_size=beam, **kw)
+    enc = vg.fit(xt, num_stages=m, codebook_size=256, beam_size=beam, seed=seed, **kw)
     train_s = time.perf_counter() - t
     recon = enc.decode(enc.encode(xh, beam_size=beam)).astype(np.float64)
     its = enc.training.iterations if enc.training is not None else ()
     return {"train_s": train_s, "mse": mse(xh, recon), "iters": float(sum(its))}
 
 
-def interleaved(jobs: dict[str, Callable[[], dict[str, float]]], repeats: int) -> dict[str, Any]:
+def interleaved(jobs: dict[str, Callable[..., dict[str, float]]], repeats: int) -> dict[str, Any]:
+    """Medians over rounds; round r runs every job once, with seed r (both libraries)."""
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in jobs}
     for rep in range(repeats):
         for label, job in jobs.items():
-            runs[label].append(job())
+            runs[label].append(job(seed=rep))
             r = runs[label][-1]
             print(f"    round {rep + 1}: {label:<34} train {r['train_s']:7.2f} s  "
                   f"mse {r['mse']:.8g}", flush=True)  # fmt: skip
@@ -145,10 +153,10 @@ def sweep(name: str, args: argparse.Namespace) -> None:
     print(f"\n== sweep {name}: D={xt.shape[1]} M={m}, train {len(xt)}")
     base = kmeans.TOL, kmeans.PROGRESSIVE_STEPS
 
-    def run(beam: int, it: int, tol: float, steps: int) -> dict[str, float]:
+    def run(beam: int, it: int, tol: float, steps: int, seed: int) -> dict[str, float]:
         kmeans.TOL, kmeans.PROGRESSIVE_STEPS = tol, steps
         try:
-            return viva_run(xt, xh, m, beam, iterations=it)
+            return viva_run(xt, xh, m, beam, seed, iterations=it)
         finally:
             kmeans.TOL, kmeans.PROGRESSIVE_STEPS = base
 

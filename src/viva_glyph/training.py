@@ -79,9 +79,16 @@ class _FitArgs(NamedTuple):
 
 def _memory_budget() -> int:
     """Bytes the beam search of a fit may use: half the memory available now."""
+    try:  # Linux: MemAvailable counts the page cache the kernel can reclaim
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not on Linux
+    except (AttributeError, ValueError, OSError):  # neither Linux nor POSIX sysconf
         free = 8 << 30
     return int(free) // 2
 
