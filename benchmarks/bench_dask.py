@@ -174,9 +174,9 @@ def bench_fit(args: argparse.Namespace, path: Path) -> None:
     kw: dict[str, Any] = dict(num_stages=args.fit_stages, codebook_size=args.fit_k,
                               iterations=args.fit_iterations, seed=0)  # fmt: skip
 
-    def mse(e: vg.RvqEncoder) -> float:
+    def mse(e: vg.RvqEncoder) -> float:  # per component
         diff = held.astype(np.float64) - e.decode(e.encode(held))
-        return float(np.einsum("nd,nd->", diff, diff) / held.shape[0])
+        return float(np.einsum("nd,nd->", diff, diff) / diff.size)
 
     with cluster_client(args, args.fit_memory) as client:
         X = vgd.from_npy(path, chunk_rows=args.fit_block_rows)[:rows]

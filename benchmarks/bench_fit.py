@@ -1,24 +1,37 @@
-"""Fitted RVQ: viva_glyph.fit + encode against faiss.ResidualQuantizer, in one process.
+"""Training time and held-out MSE: viva_glyph.fit against faiss.ResidualQuantizer, one process.
 
-Data (issue 3): correlated Gaussian X = G A + b, G standard normal, A random D x D
-scaled by 1/sqrt(D); 50,000 training and 100,000 held-out vectors. Case d128:
-D = 128, M = 8, K = 256 (64 bits). Case d6: D = 6, M = 4, K = 256 (the seed's
-default shape, 32 bits).
+Both libraries at their DEFAULTS (anything else is an extra, labelled row):
 
-FAISS runs at max_beam_size 1, 5, 10; each at its best: Train_refine_codebook on
-and off (the lower held-out MSE is kept) and use_beam_LUT 0 and 1 for encoding
-(the faster is kept). MSE is the mean squared error per vector
-(``mean ||x - x'||^2``), next to the Gaussian rate-distortion bound of the data's
-covariance at the code's bit rate (reverse water-filling; no quantizer beats it).
-Times are medians of ``--repeats`` runs, interleaved (each round runs every
-setting once, so all see the same machine load); a FAISS refine setting whose
-first run has a higher held-out MSE than the same beam without refinement is
-not repeated: it cannot be the best setting.
+- ``viva fit B=1``: ``viva_glyph.fit(X, num_stages=M, codebook_size=K)``, codes by
+  ``encode(X)``;
+- ``viva fit B=5``: the same with ``beam_size=5``, codes by ``encode(X, beam_size=5)``;
+- ``faiss B=1``: ``faiss.ResidualQuantizer(D, M, 8)`` with ``max_beam_size = 1``
+  (its other settings at their defaults: progressive-dimension k-means, 10 steps of
+  ``niter = 10``, 256 points per centroid), codes by ``compute_codes``;
+- ``faiss B=5``: ``faiss.ResidualQuantizer(D, M, 8)`` as constructed (its default
+  ``max_beam_size`` is 5).
+
+Data (``--widths``): synthetic ``sD`` of width D: 64 clusters whose centres and
+within-cluster noise both follow a power-law spectrum (eigenvalue i ~ i**-1.2 in
+a random basis), plus a nonzero mean of norm 3 x the data's RMS spread;
+``digits``: scikit-learn's ``load_digits`` (1,797 x 64, 1,437 to train, the rest
+held out). M = 8 (M = 4 for D = 6), K = 256.
+
+MSE is the mean squared error PER COMPONENT on the held-out rows
+(``mean((x - x')**2)``, as scikit-learn's ``mean_squared_error``). Times are
+training only; times and MSEs are medians of ``--repeats`` interleaved rounds
+(every setting once per round; round r seeds both libraries with r, FAISS as
+its default seed 1234 + r, so the MSE median covers k-means' seed variance).
+FAISS and viva-glyph use the same threads (``--threads``, default 2:
+``faiss.omp_set_num_threads`` and ``VIVA_GLYPH_NUM_THREADS``).
+
+``--sweep`` instead fits viva-glyph over settings of iterations, tolerance and
+progressive-dimension steps (the table that chose the defaults).
 
 Usage::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py \
-        --cases d128 --faiss-beams 1,5,10 --repeats 3
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py \\
+        --widths s6,s64,s128,s384,s768,digits --repeats 3
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,200 +47,178 @@ from typing import Any
 
 import numpy as np
 
-import viva_glyph
-
-CASES = {"d128": (128, 8, 256), "d6": (6, 4, 256)}
-
-
-def make_data(d: int, n_train: int, n_test: int, seed: int = 0) -> tuple[Any, Any, Any]:
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((d, d)) / math.sqrt(d)
-    b = rng.standard_normal(d)
-    xt = (rng.standard_normal((n_train, d)) @ a + b).astype(np.float32)
-    xh = (rng.standard_normal((n_test, d)) @ a + b).astype(np.float32)
-    return xt, xh, a.T @ a
+N_CLUSTERS = 64
+POWER = 1.2
 
 
-def rate_distortion(cov: Any, bits: float) -> float:
-    """Gaussian D(R) by reverse water-filling: sum_i min(theta, lam_i), R in bits."""
-    lam = np.clip(np.linalg.eigvalsh(cov), 1e-300, None)
+def power_law_data(d: int, n: int, seed: int = 0) -> np.ndarray:
+    """Clustered rows with a power-law spectrum and a nonzero mean, float32 (n, d)."""
+    rng = np.random.default_rng(1000 + d)  # the distribution depends on d only
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    scale = np.arange(1, d + 1) ** (-POWER / 2)
+    centres = (rng.standard_normal((N_CLUSTERS, d)) * scale) @ basis.T
+    spread = math.sqrt(float(np.sum(scale**2)) * 2)
+    mean = rng.standard_normal(d)
+    mean *= 3 * spread / np.linalg.norm(mean)
+    draw = np.random.default_rng(seed)
+    noise = (draw.standard_normal((n, d)) * (0.7 * scale)) @ basis.T
+    return (mean + centres[draw.integers(0, N_CLUSTERS, n)] + noise).astype(np.float32)
 
-    def rate(theta: float) -> float:
-        return float(np.sum(np.maximum(0.0, 0.5 * np.log2(lam / theta))))
 
-    lo, hi = 1e-300, float(lam.max())
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if rate(mid) > bits else (lo, mid)
-    return float(np.sum(np.minimum(hi, lam)))
+def dataset(name: str, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train, held-out, M) for a width name."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x = load_digits().data.astype(np.float32)
+        x = x[np.random.default_rng(0).permutation(len(x))]
+        cut = int(0.8 * len(x))
+        return x[:cut], x[cut:], 8
+    d = int(name.lstrip("s"))
+    return power_law_data(d, n_train, 1), power_law_data(d, n_test, 2), 4 if d == 6 else 8
 
 
-def mse(x: Any, recon: Any) -> float:
+def mse(x: np.ndarray, recon: np.ndarray) -> float:
     diff = x.astype(np.float64) - recon
-    return float(np.einsum("nd,nd->", diff, diff) / len(x))
+    return float(np.mean(diff * diff))
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
-def faiss_once(xt: Any, xh: Any, m: int, k: int, beam: int, refine: bool) -> dict[str, Any]:
-    """One FAISS run: train time, held-out MSE, encode time with use_beam_LUT 0 and 1."""
+def faiss_run(
+    xt: np.ndarray, xh: np.ndarray, m: int, beam: int | None, seed: int = 0
+) -> dict[str, float]:
     import faiss
 
-    rq = faiss.ResidualQuantizer(xt.shape[1], m, int(math.log2(k)))
-    rq.max_beam_size = beam
-    if refine:
-        rq.train_type = rq.train_type | faiss.ResidualQuantizer.Train_refine_codebook
-    train, _ = timed(lambda: rq.train(xt))
-    enc = {}
-    for lut in (0, 1):
-        rq.use_beam_LUT = lut
-        enc[lut], codes = timed(lambda: rq.compute_codes(xh))
-    return {"train_s": train, "mse": mse(xh, rq.decode(codes)), "enc": enc}
+    rq = faiss.ResidualQuantizer(xt.shape[1], m, 8)
+    rq.cp.seed += seed  # round r: FAISS's default seed (1234) + r
+    if beam is not None:
+        rq.max_beam_size = beam
+    t = time.perf_counter()
+    rq.train(xt)
+    train_s = time.perf_counter() - t
+    return {"train_s": train_s, "mse": mse(xh, rq.decode(rq.compute_codes(xh)))}
 
 
-def ours_once(
-    xt: Any, xh: Any, m: int, k: int, beam: int, enc_beam: int, refine: int, iters: int
-) -> dict[str, Any]:
-    """One viva_glyph run: fit time, held-out MSE, encode time."""
-    train, enc = timed(
-        lambda: viva_glyph.fit(
-            xt, num_stages=m, codebook_size=k, beam_size=beam, refine=refine, iterations=iters
-        )
-    )
-    t, codes = timed(lambda: enc.encode(xh, beam_size=enc_beam))
-    return {"train_s": train, "mse": mse(xh, enc.decode(codes).astype(np.float64)), "enc": t}
+def viva_run(
+    xt: np.ndarray, xh: np.ndarray, m: int, beam: int, seed: int = 0, **kw: Any
+) -> dict[str, float]:
+    import viva_glyph as vg
+
+    t = time.perf_counter()
+    enc = vg.fit(xt, num_stages=m, codebook_size=256, beam_size=beam, seed=seed, **kw)
+    train_s = time.perf_counter() - t
+    recon = enc.decode(enc.encode(xh, beam_size=beam)).astype(np.float64)
+    its = enc.training.iterations if enc.training is not None else ()
+    return {"train_s": train_s, "mse": mse(xh, recon), "iters": float(sum(its))}
 
 
-def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over runs; for FAISS the faster use_beam_LUT setting is kept."""
-    res: dict[str, Any] = {
-        "name": name,
-        "runs": len(runs),
-        "train_s": statistics.median(r["train_s"] for r in runs),
-        "mse": statistics.median(r["mse"] for r in runs),
+def interleaved(jobs: dict[str, Callable[..., dict[str, float]]], repeats: int) -> dict[str, Any]:
+    """Medians over rounds; round r runs every job once, with seed r (both libraries)."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in jobs}
+    for rep in range(repeats):
+        for label, job in jobs.items():
+            runs[label].append(job(seed=rep))
+            r = runs[label][-1]
+            print(f"    round {rep + 1}: {label:<34} train {r['train_s']:7.2f} s  "
+                  f"mse {r['mse']:.8g}", flush=True)  # fmt: skip
+    return {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in runs.items()}
+
+
+def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    xt, xh, m = dataset(name, args.train, args.test)
+    print(f"\n== {name}: D={xt.shape[1]} M={m} K=256, train {len(xt)}, held-out {len(xh)}")
+    jobs = {
+        "faiss B=1": functools.partial(faiss_run, xt, xh, m, 1),
+        "viva fit B=1": functools.partial(viva_run, xt, xh, m, 1),
+        "faiss B=5 (default)": functools.partial(faiss_run, xt, xh, m, None),
+        "viva fit B=5": functools.partial(viva_run, xt, xh, m, 5),
     }
-    if isinstance(runs[0]["enc"], dict):
-        per = {v: statistics.median(r["enc"][v] for r in runs) for v in (0, 1)}
-        res["lut"] = min(per, key=lambda v: per[v])
-        res["encode_s"] = per[res["lut"]]
-        enc_txt = f"encode LUT0 {per[0]:6.2f} s LUT1 {per[1]:6.2f} s"
-    else:
-        res["encode_s"] = statistics.median(r["enc"] for r in runs)
-        enc_txt = f"encode {res['encode_s']:6.2f} s"
-    print(
-        f"  {name:<52} train {res['train_s']:7.2f} s  mse {res['mse']:9.5g}  {enc_txt} "
-        f"({len(runs)} runs)",
-        flush=True,
-    )
-    return res
+    res = interleaved(jobs, args.repeats)
+    row = {"name": name, "D": xt.shape[1], **{k: v for k, v in res.items()}}
+    for ours, theirs, target in (("viva fit B=1", "faiss B=1", 0.7), ("viva fit B=5",
+                                 "faiss B=5 (default)", 1.0)):  # fmt: skip
+        t = res[ours]["train_s"] / res[theirs]["train_s"]
+        q = res[ours]["mse"] / res[theirs]["mse"]
+        ok = "ok" if t <= target and q <= 1.0 else "MISSED"
+        print(f"  {ours} vs {theirs}: time {t:.3f}x (target <= {target}), MSE {q:.4f}x "
+              f"(target <= 1.00)  {ok}")  # fmt: skip
+        row[f"{ours} time"], row[f"{ours} mse"] = t, q
+    return row
 
 
-def _refine_lost(label: str, runs: dict[str, list[dict[str, Any]]]) -> bool:
-    plain = runs.get(label.replace(" +refine", ""), [])
-    return bool(plain) and runs[label][0]["mse"] >= plain[0]["mse"]
+def sweep(name: str, args: argparse.Namespace) -> None:
+    """viva fit over (iterations, tolerance, dimension steps) settings, for the defaults."""
+    from viva_glyph import kmeans
+
+    xt, xh, m = dataset(name, args.train, args.test)
+    print(f"\n== sweep {name}: D={xt.shape[1]} M={m}, train {len(xt)}")
+    base = kmeans.TOL, kmeans.PROGRESSIVE_STEPS
+
+    def run(beam: int, it: int, tol: float, steps: int, seed: int) -> dict[str, float]:
+        kmeans.TOL, kmeans.PROGRESSIVE_STEPS = tol, steps
+        try:
+            return viva_run(xt, xh, m, beam, seed, iterations=it)
+        finally:
+            kmeans.TOL, kmeans.PROGRESSIVE_STEPS = base
+
+    jobs: dict[str, Callable[[], dict[str, float]]] = {}
+    for beam in (int(b) for b in args.sweep_beams.split(",")):
+        for spec in args.sweep_specs.split(","):
+            it, tol, steps = spec.split(":")
+            label = f"B={beam} iterations={it} tol={tol} steps={steps}"
+            jobs[label] = functools.partial(run, beam, int(it), float(tol), int(steps))
+    res = interleaved(jobs, args.repeats)
+    print(f"\n  {'setting':<40}{'train s':>9}{'MSE':>14}{'Lloyd its':>10}")
+    for label, r in res.items():
+        print(f"  {label:<40}{r['train_s']:9.2f}{r['mse']:14.8g}{r['iters']:10.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--cases", default="d128,d6", help="comma list of d128, d6")
-    ap.add_argument(
-        "--faiss-beams", default="1,5,10", help="FAISS max_beam_size values ('' = none)"
-    )
-    ap.add_argument(
-        "--faiss-refine",
-        choices=("probe", "off"),
-        default="probe",
-        help="try Train_refine_codebook too (probe) or not (off: it overfits, see issue 3)",
-    )
-    ap.add_argument("--ours", default="greedy,beam5,best", help="comma list of greedy, beam5, best")
-    ap.add_argument("--best-beam", type=int, default=20, help="training beam of 'best'")
-    ap.add_argument("--best-encode-beam", type=int, default=128, help="encoding beam of 'best'")
-    ap.add_argument("--best-refine", type=int, default=0, help="refine rounds of 'best'")
-    ap.add_argument("--iterations", type=int, default=15, help="our k-means iterations per step")
-    ap.add_argument("--greedy-iterations", type=int, help="iterations of 'greedy' (default above)")
+    ap.add_argument("--widths", default="s6,s64,s128,s384,s768,digits")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train", type=int, default=50_000)
-    ap.add_argument("--test", type=int, default=100_000)
+    ap.add_argument("--test", type=int, default=20_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--omp-wait",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for FAISS's OpenMP threads ('' = libgomp's default, spinning); "
+        "PASSIVE spares FAISS the spin waits that cost it 3-4x on a loaded machine",
+    )
+    ap.add_argument("--sweep", action="store_true", help="grid of viva-glyph settings")
+    ap.add_argument(
+        "--sweep-specs",
+        default="25:1e-4:6,10:1e-4:10,10:1e-3:10,10:3e-3:10,15:1e-3:10",
+        help="comma list of iterations:tolerance:dimension-steps",
+    )
+    ap.add_argument("--sweep-beams", default="1")
     args = ap.parse_args()
+    os.environ["VIVA_GLYPH_NUM_THREADS"] = str(args.threads)
+    if args.omp_wait:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait  # read when faiss loads libgomp
+    import faiss
 
-    for case in args.cases.split(","):
-        d, m, k = CASES[case]
-        xt, xh, cov = make_data(d, args.train, args.test)
-        bits = m * math.log2(k)
-        bound = rate_distortion(cov, bits)
+    print(
+        f"faiss {faiss.__version__}, {args.threads} threads, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load {os.getloadavg()[0]:.1f}"
+    )
+    faiss.omp_set_num_threads(args.threads)
+    names = [w for w in args.widths.split(",") if w]
+    if args.sweep:
+        for name in names:
+            sweep(name, args)
+        return
+    rows = [compare(name, args) for name in names]
+    print("\n| data | D | fit B=1 / FAISS B=1 time | MSE ratio | fit B=5 / FAISS B=5 time "
+          "| MSE ratio | FAISS B=1 s | FAISS B=5 s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
         print(
-            f"\n== {case}: D={d} M={m} K={k} ({bits:.0f} bits), train {len(xt)}, held-out "
-            f"{len(xh)}, repeats {args.repeats}",
-            flush=True,
+            f"| {r['name']} | {r['D']} | {r['viva fit B=1 time']:.3f} "
+            f"| {r['viva fit B=1 mse']:.4f} "
+            f"| {r['viva fit B=5 time']:.3f} | {r['viva fit B=5 mse']:.4f} "
+            f"| {r['faiss B=1']['train_s']:.2f} | {r['faiss B=5 (default)']['train_s']:.2f} |"
         )
-        print(f"  Gaussian rate-distortion bound at {bits:.0f} bits: {bound:.3f}", flush=True)
-        settings = {
-            "greedy": (1, 1, 0, args.greedy_iterations or args.iterations),
-            "beam5": (5, 5, 0, args.iterations),
-            "best": (args.best_beam, args.best_encode_beam, args.best_refine, args.iterations),
-        }
-        jobs: dict[str, Callable[[], dict[str, Any]]] = {}
-        for name in [s for s in args.ours.split(",") if s]:
-            beam, enc_beam, refine, iters = settings[name]
-            label = f"viva {name} (fit B={beam}, enc B={enc_beam}, refine={refine}, it={iters})"
-            jobs[label] = functools.partial(ours_once, xt, xh, m, k, beam, enc_beam, refine, iters)
-        refines = (False, True) if args.faiss_refine == "probe" else (False,)
-        for beam in [int(b) for b in args.faiss_beams.split(",") if b]:
-            for refine in refines:
-                label = f"faiss beam {beam}" + (" +refine" if refine else "")
-                jobs[label] = functools.partial(faiss_once, xt, xh, m, k, beam, refine)
-        # Repeats are interleaved (every setting once per round) so that all
-        # settings see the same machine load.
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in jobs}
-        for rep in range(args.repeats):
-            for label, job in jobs.items():
-                if rep and "+refine" in label and _refine_lost(label, runs):
-                    continue  # refinement lost on held-out MSE in round 1: it cannot be best
-                runs[label].append(job())
-                r = runs[label][-1]
-                print(f"    round {rep + 1}: {label}: train {r['train_s']:.2f} s, mse "
-                      f"{r['mse']:.5g}", flush=True)  # fmt: skip
-        print()
-        results = {label: summarize(label, rs) for label, rs in runs.items()}
-        ours = {
-            n: results[lab] for n in settings for lab in results if lab.startswith(f"viva {n} ")
-        }
-        faiss_res: dict[int, dict[str, Any]] = {}
-        for label, res in results.items():
-            if label.startswith("faiss"):
-                beam = int(label.split()[2])
-                if beam not in faiss_res or res["mse"] < faiss_res[beam]["mse"]:
-                    faiss_res[beam] = res
-
-        n = len(xh)
-        print(f"\n  {'setting':<52}{'train s':>9}{'MSE':>10}{'MSE/bound':>10}{'enc vec/s':>12}")
-        for r in list(faiss_res.values()) + list(ours.values()):
-            name = r["name"] + (f" (LUT{r['lut']})" if "lut" in r else "")
-            print(
-                f"  {name:<52}{r['train_s']:9.2f}{r['mse']:10.5g}{r['mse'] / bound:10.3f}"
-                f"{n / r['encode_s']:12.0f}"
-            )
-        pairs = [("greedy", 1), ("beam5", 5)]
-        for ours_name, beam in pairs:
-            if ours_name in ours and beam in faiss_res:
-                o, f = ours[ours_name], faiss_res[beam]
-                print(
-                    f"  {ours_name} vs faiss beam {beam}: MSE ratio {o['mse'] / f['mse']:.4f}, "
-                    f"train time ratio {o['train_s'] / f['train_s']:.3f}, encode speedup "
-                    f"{f['encode_s'] / o['encode_s']:.2f}x"
-                )
-        if "best" in ours and faiss_res:
-            o = ours["best"]
-            fbest = min(faiss_res.values(), key=lambda r: r["mse"])
-            msg = f"  best vs best faiss ({fbest['name']}): MSE ratio {o['mse'] / fbest['mse']:.4f}"
-            if 10 in faiss_res:
-                ratio = o["train_s"] / faiss_res[10]["train_s"]
-                msg += f", train time ratio vs faiss beam 10 {ratio:.3f}"
-            print(msg)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from viva_glyph import kmeans  # noqa: E402
+from viva_glyph._rows import ArrayRows  # noqa: E402
 from viva_glyph.torch import ResidualVQ  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +108,9 @@ def test_init_is_numpys_kmeans(d: int, k: int, iters: int) -> None:
     g = torch.Generator().manual_seed(5)
     torch.randn((2, k, d), generator=g)  # the constructor's random codebooks
     rng = np.random.default_rng(int(torch.randint(1 << 62, (), generator=g)))
-    ref, _ = kmeans.progressive_kmeans(x.numpy().copy(), k, iters, rng)
+    xs = x.numpy().copy()
+    rows = ArrayRows.of(xs, kmeans.leaf_rows(k, xs.shape[1]))
+    ref, _ = kmeans.progressive_kmeans(rows, k, iters, rng)
     np.testing.assert_array_equal(vq.codebook[0].numpy(), ref.astype(np.float32))
     # every code is used on the training rows, in both stages
     vq.eval()

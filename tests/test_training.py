@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import viva_glyph as vg
+from viva_glyph import training
 from viva_glyph.refine import lsq_codebooks
 from viva_glyph.training import TrainingSummary
 
@@ -31,8 +34,9 @@ def gaussian(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def mse(enc: vg.RvqEncoder, x: np.ndarray, beam: int = 1) -> float:
+    """Mean squared error per component (sklearn.metrics.mean_squared_error's figure)."""
     diff = x.astype(np.float64) - enc.decode(enc.encode(x, beam_size=beam))
-    return float((diff**2).sum(axis=1).mean())
+    return float((diff**2).mean())
 
 
 def test_fit_recovers_well_separated_clusters() -> None:
@@ -44,7 +48,7 @@ def test_fit_recovers_well_separated_clusters() -> None:
     assert dist.min(axis=1).max() < 0.05
     assert enc.dtype == np.float32
     assert isinstance(enc.training, TrainingSummary)
-    assert enc.training.stage_errors[0] == pytest.approx(mse(enc, x), rel=1e-4)
+    assert enc.training.stage_mse[0] == pytest.approx(mse(enc, x), rel=1e-4)
 
 
 @pytest.mark.parametrize(("beam", "refine"), [(1, 0), (3, 2)])
@@ -55,18 +59,18 @@ def test_fit_is_deterministic(beam: int, refine: int) -> None:
     b = vg.fit(x, seed=3, **kw)
     assert a.codebook_array.tobytes() == b.codebook_array.tobytes()
     assert a.training is not None and b.training is not None
-    assert a.training.stage_errors == b.training.stage_errors
+    assert a.training.stage_mse == b.training.stage_mse
     c = vg.fit(x, seed=4, **kw)
     assert c.codebook_array.tobytes() != a.codebook_array.tobytes()
 
 
-def test_stage_errors_decrease_and_match_encoding() -> None:
+def test_stage_mse_decrease_and_match_encoding() -> None:
     x = gaussian(2000, 6, seed=1)
     for beam in (1, 4):
         enc = vg.fit(x, num_stages=4, codebook_size=16, beam_size=beam, iterations=10)
-        errs = enc.training.stage_errors  # type: ignore[union-attr]
+        errs = enc.training.stage_mse  # type: ignore[union-attr]
         assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(errs))
-        assert errs[-1] < errs[0] < float((x.astype(np.float64) ** 2).sum(axis=1).mean())
+        assert errs[-1] < errs[0] < float((x.astype(np.float64) ** 2).mean())
         assert errs[-1] == pytest.approx(mse(enc, x, beam), rel=1e-4)
 
 
@@ -74,8 +78,8 @@ def test_refinement_never_worse_on_held_out_and_lsq_matches_lstsq() -> None:
     x = gaussian(3000, 8, seed=2)
     enc = vg.fit(x, num_stages=3, codebook_size=16, beam_size=2, refine=3, iterations=10)
     s = enc.training
-    assert s is not None and len(s.refine_errors) == 4
-    assert s.refine_errors[s.refine_selected] == min(s.refine_errors) <= s.refine_errors[0]
+    assert s is not None and len(s.refine_mse) == 4
+    assert s.refine_mse[s.refine_selected] == min(s.refine_mse) <= s.refine_mse[0]
     # the joint update against an explicit ridge least-squares solve
     rng = np.random.default_rng(0)
     m, k, d, n = 2, 4, 3, 60
@@ -153,7 +157,7 @@ def test_summary_round_trip_and_bad_input() -> None:
     for bad in [
         None,
         {},
-        {**d, "stage_errors": "x"},
+        {**d, "stage_mse": "x"},
         {**d, "iterations": [1.5, 2]},
         {**d, "params": 3},
     ]:
@@ -183,3 +187,76 @@ def test_beam_training_numba_and_numpy_identical(monkeypatch: pytest.MonkeyPatch
     b = vg.fit(x, **kw)
     assert a.codebook_array.tobytes() == b.codebook_array.tobytes()
     np.testing.assert_array_equal(a.encode(x, beam_size=4), b.encode(x, beam_size=4))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_model_file_of_version_0_1_reads_per_component_mse() -> None:
+    """A file written by viva-glyph 0.1 holds per-vector errors under the old keys."""
+    enc = vg.load(DATA / "fit_v0_1.safetensors")
+    s = enc.training
+    assert s is not None and s.params["dimension"] == 3
+    # the figures as 0.1 wrote them (mean ||x - x'||^2), read back divided by D = 3
+    assert s.stage_mse == pytest.approx((1.022667483650148 / 3, 0.346308823832466 / 3))
+    # and that is the per-component MSE of the stored codebooks on the data they were fitted to
+    x = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
+    assert s.stage_mse[-1] == pytest.approx(mse(enc, x), rel=1e-5)
+    # a 0.1 summary with refinement (as its to_dict wrote it)
+    old = {
+        "stage_errors": [0.9723142611069812, 0.35633415310057226], "iterations": [9, 9],
+        "seconds": 1.1, "params": {"dimension": 3, "refine": 1},
+        "refine_errors": [0.6062556378829107, 0.7285232624776055], "refine_selected": 0,
+    }  # fmt: skip
+    got = TrainingSummary.from_dict(old)
+    assert got.refine_mse == pytest.approx((0.6062556378829107 / 3, 0.7285232624776055 / 3))
+    assert TrainingSummary.from_dict(json.loads(json.dumps(got.to_dict()))) == got
+    with pytest.raises(ValueError, match="dimension"):  # no D: per-vector figures unreadable
+        TrainingSummary.from_dict({**old, "params": {}})
+
+
+def test_cli_fit_prints_per_component_mse(tmp_path: Path) -> None:
+    x = gaussian(1000, 6, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, "-m", "viva_glyph", "fit", str(tmp_path / "x.npy"), "-o",
+         str(tmp_path / "m.safetensors"), "--stages", "2", "--codebook-size", "16"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(t for t in out.splitlines() if "MSE" in t)
+    assert "per component" in line
+    printed = [float(v) for v in line.split(":")[-1].split(",")]
+    enc = vg.load(tmp_path / "m.safetensors")
+    assert printed[-1] == pytest.approx(mse(enc, x), rel=1e-3)
+
+
+def test_beam_size_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11: fit --beam 100000 on 5,000 x 8 never finished; now it says what fits."""
+    x = gaussian(5000, 8, seed=5)
+    with pytest.raises(ValueError, match=r"largest beam_size that fits .* is \d+"):
+        vg.fit(x, beam_size=100_000)
+    monkeypatch.setattr(training, "_memory_budget", lambda: 1 << 30)
+    # B * K * rows * 4 bytes: 2**30 // (256 * 5000 * 4) = 209
+    with pytest.raises(ValueError, match=r"beam_size 210 needs .* is 209:"):
+        vg.fit(x, beam_size=210)
+    with pytest.raises(ValueError, match=r"is 419:"):  # fewer rows, larger beams
+        vg.fit(x, beam_size=420, max_samples=2500)
+
+
+def test_data_too_small_for_float32() -> None:
+    """Issue 11: data of magnitude 1e-25 trained to a relative error of 8e43 silently."""
+    x = gaussian(2000, 4, seed=6).astype(np.float64) * 1e-25
+    with pytest.raises(ValueError, match=r"largest magnitude is [0-9.]+e-25.*multiply the data"):
+        vg.fit(x, num_stages=2, codebook_size=16)
+    enc = vg.fit(x * 1e25, num_stages=2, codebook_size=16)  # scaled as the message says
+    assert enc.training is not None and enc.training.stage_mse[-1] < 0.5 * float(np.var(x * 1e25))
+    vg.fit(np.zeros((100, 3)), num_stages=1, codebook_size=4)  # all zero: degenerate, allowed
+
+
+@pytest.mark.parametrize("value", [1e39, -3e20])
+def test_values_beyond_float32_training_range_name_the_row(value: float) -> None:
+    """Issue 11: float64 input beyond float32's range gave 'Eigenvalues did not converge'."""
+    x = gaussian(2000, 4, seed=7).astype(np.float64)
+    x[1234, 2] = value
+    with pytest.raises(ValueError, match=r"X row 1234 holds a value of magnitude [0-9.]+e\+\d+"):
+        vg.fit(x, num_stages=2, codebook_size=16)

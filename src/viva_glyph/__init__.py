@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from viva_glyph import codebook, glyph, rvq
+from viva_glyph._version import __version__
 from viva_glyph.codebook import Codebook
 from viva_glyph.rvq import (
     RvqConfig,
@@ -20,8 +21,6 @@ from viva_glyph.rvq import (
     reconstruction_error,
     total_vocabulary,
 )
-
-__version__ = "0.1.0"
 
 # Parts with optional dependencies or heavier imports load on first use.
 _LAZY = {

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._files import atomic_output
+from viva_glyph._version import __version__
 
 __all__ = [
     "FORMAT_NAME",
@@ -106,15 +107,6 @@ def header_problem(header: bytes) -> str | None:
     return None
 
 
-def _library_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("viva-glyph")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _metadata(model: SavableModel, stack: NDArray[np.floating[Any]]) -> dict[str, str]:
     c = model.config
     meta = {
@@ -124,7 +116,7 @@ def _metadata(model: SavableModel, stack: NDArray[np.floating[Any]]) -> dict[str
             {"num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size}
         ),
         "dtype": str(stack.dtype),
-        "library_version": _library_version(),
+        "library_version": __version__,
     }
     if model.training is not None:
         try:

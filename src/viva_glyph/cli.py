@@ -18,10 +18,10 @@ from typing import Any, NoReturn
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph import __version__
 from viva_glyph._files import Terminated, check_output, removing_temps_on_signals
 from viva_glyph._validate import check_codes, require_finite
-from viva_glyph.rvq import RvqEncoder
+from viva_glyph._version import __version__
+from viva_glyph.encoder import RvqEncoder
 
 __all__ = ["main"]
 
@@ -152,9 +152,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"wrote {args.output}: {c.num_stages} stages x {c.codebook_size} codes, "
             f"dimension {c.dimension}"
         )
-        if encoder.training is not None and encoder.training.stage_errors:
-            errors = ", ".join(f"{e:.4g}" for e in encoder.training.stage_errors)
-            print(f"training error (mean ||x - x'||^2) after each stage: {errors}")
+        if encoder.training is not None and encoder.training.stage_mse:
+            errors = ", ".join(f"{e:.4g}" for e in encoder.training.stage_mse)
+            print(f"training MSE (per component) after each stage: {errors}")
     return 0
 
 

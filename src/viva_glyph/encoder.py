@@ -20,7 +20,7 @@ from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
 
 if TYPE_CHECKING:
-    from viva_glyph.training import TrainingSummary
+    from viva_glyph.summary import TrainingSummary
 
 __all__ = ["RvqEncoder"]
 

@@ -1,15 +1,19 @@
-"""k-means as small pure steps: assign, accumulate, combine, update.
+"""k-means: small pure steps and one Lloyd loop for every executor.
 
-The steps compose into :func:`lloyd` here and into a distributed Lloyd
-iteration elsewhere (:mod:`viva_glyph.dask`): every worker runs :func:`assign`
-and :func:`accumulate` on its chunk, partial results are merged with
-:func:`combine`, and one :func:`update` makes the new centroids. Sums are
-accumulated in float64, in row order, so results do not depend on how rows are
-split into chunks beyond float64 rounding, and are bit-identical run to run.
+The steps: :func:`assign` (nearest centroid, one GEMM per cache-sized chunk
+against the augmented table ``[-2 C^T; ||c||^2]`` of :mod:`viva_glyph._kernels`),
+:func:`accumulate` (per-cluster float64 sums in row order), :func:`combine`
+and :func:`update` (means; an empty cluster re-seeded by splitting the largest).
 
-Distances use the shared nearest-code kernel (:mod:`viva_glyph._kernels`): one
-GEMM per chunk against the augmented table ``[-2 C^T; ||c||^2]``, in the
-centroids' dtype (pass float32 centroids for float32 speed).
+They compose into ONE Lloyd loop (:func:`lloyd_rows`) and one progressive
+k-means (:func:`progressive_kmeans`), written against
+:class:`viva_glyph._rows.Rows`: a matrix held as *leaves* of a fixed number of
+rows (:func:`leaf_rows`, a function of K and D only), with a map over leaves
+and a fixed reduction tree. Executors plug in the map and the reduction
+(the in-process thread pool, ``viva_glyph.dask``). Every GEMM therefore has the same
+shape and every sum the same order whichever executor runs, so the results
+are identical (given the same BLAS library and settings) and do not depend
+on the thread count.
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._kernels import augmented_table, chunk_rows, nearest_into, numba_kernels
-from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
+from viva_glyph._rows import ArrayRows, Rows, add_all
+from viva_glyph._threads import single_blas_thread
 
 __all__ = [
     "accumulate",
     "assign",
     "combine",
+    "combine_all",
     "kmeans_plus_plus",
+    "leaf_rows",
     "lloyd",
+    "lloyd_rows",
     "partial_step",
     "progressive_kmeans",
     "update",
@@ -41,17 +49,26 @@ _log = logging.getLogger(__name__)
 
 Accumulation = tuple[NDArray[np.float64], NDArray[np.int64], float]
 
-#: Relative inertia improvement under which :func:`progressive_kmeans` steps stop.
-TOL = 1e-4
+#: Relative inertia change under which Lloyd's iterations stop (chosen by
+#: ``benchmarks/bench_fit.py --sweep``; see the README's training section).
+TOL = 1e-3
 
 #: Working-set budget of one distance GEMM in :func:`assign` (few large BLAS calls).
 ASSIGN_BYTES = 4 << 20
+
+#: Most rows of one leaf (see :func:`leaf_rows`).
+LEAF_MAX = 4096
 
 #: Rows per centroid drawn for k-means++ seeding (Lloyd's iterations then use all rows).
 SEED_SAMPLES_PER_CODE = 16
 
 #: Relative size of the perturbation that splits a cluster to re-seed an empty one.
 SPLIT_EPS = 1.0 / 1024.0
+
+
+def leaf_rows(k: int, d: int) -> int:
+    """Rows per leaf for K centroids in D dimensions: one cache-sized distance GEMM."""
+    return min(chunk_rows(k, d, 4, ASSIGN_BYTES), LEAF_MAX)
 
 
 def _compute_dtype(centroids: NDArray[Any]) -> np.dtype[Any]:
@@ -162,13 +179,14 @@ def partial_step(X_chunk: NDArray[Any], centroids: NDArray[Any]) -> Accumulation
     return accumulate(X_chunk, labels, centroids.shape[0], sqdist)
 
 
-def _chunk_step(X: NDArray[Any], rows: int, centroids: NDArray[Any], start: int) -> Accumulation:
-    return partial_step(X[start : start + rows], centroids)
-
-
 def combine(a: Accumulation, b: Accumulation) -> Accumulation:
-    """Sum of two partial accumulations (associative; same shapes in, same out)."""
+    """Sum of two partial accumulations (same shapes in, same out)."""
     return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def combine_all(*parts: Accumulation) -> Accumulation:
+    """:func:`combine` of ``parts`` from left to right (a node of the reduction tree)."""
+    return functools.reduce(combine, parts)
 
 
 def update(
@@ -256,69 +274,55 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
     return centers
 
 
-def lloyd(
-    X: NDArray[Any],
-    K: int,
+def _leaf_step(centroids: NDArray[Any], leaf: NDArray[Any]) -> Accumulation:
+    """:func:`partial_step` on the leading ``centroids.shape[1]`` columns of a leaf."""
+    d = centroids.shape[1]
+    return partial_step(leaf if leaf.shape[1] == d else leaf[:, :d], centroids)
+
+
+def lloyd_rows(
+    rows: Rows,
+    init: NDArray[Any],
     *,
-    iterations: int = 25,
-    tol: float = 1e-4,
+    iterations: int,
+    tol: float,
     rng: np.random.Generator,
-    init: NDArray[Any] | None = None,
-    seed_samples: int | None = None,
     dtype: Any = np.float32,
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[NDArray[np.float64], int, float]:
-    """Lloyd's k-means built from :func:`assign`, :func:`accumulate` and :func:`update`.
+    """Lloyd's iterations on any executor: the one loop every caller runs.
+
+    Each iteration is one reduction over the leaves (:func:`partial_step`,
+    :func:`combine_all`) and one :func:`update`. It stops after ``iterations``
+    or when an iteration without empty clusters lowers the inertia by at most
+    ``tol`` relative to the iteration before.
 
     Parameters
     ----------
-    X : ndarray, shape (N, D), N >= K
-        Streamed in chunks (a memory map is never loaded whole).
-    K : int
+    rows : Rows, shape (n, w), w >= D
+        Only the first D = ``init.shape[1]`` columns are used.
+    init : ndarray, shape (K, D)
     iterations : int
-        Maximum number of Lloyd iterations (assign + update).
     tol : float
-        Stop when the inertia improves by less than ``tol`` relative to the
-        previous iteration.
     rng : numpy.random.Generator
-    init : ndarray, shape (K, D), optional
-        Initial centroids; default k-means++ on ``seed_samples`` rows.
-    seed_samples : int, optional
-        Rows drawn for k-means++ (default ``min(N, SEED_SAMPLES_PER_CODE * K)``).
+        For the splits of empty clusters.
     dtype : float32 or float64
         Distance-search dtype.
     callback : callable(iteration, inertia), optional
-        Called after every iteration.
 
     Returns
     -------
     centroids : ndarray, shape (K, D), float64
     n_iter : int
-        Iterations run.
     inertia : float
-        Sum of squared distances for the last assignment.
+        Sum of squared distances of the last assignment.
     """
-    n, d = X.shape
-    if n < K:
-        raise ValueError(f"k-means with K = {K} needs at least {K} rows, got {n}")
-    if init is None:
-        m = min(n, seed_samples if seed_samples is not None else SEED_SAMPLES_PER_CODE * K)
-        idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-        cent = kmeans_plus_plus(np.asarray(X[idx]), K, rng)
-    else:
-        cent = np.array(init, dtype=np.float64, copy=True)
-    # Chunks depend on the sizes only (not on the thread count), and are
-    # combined in order: results are the same on every machine.
-    rows = max(chunk_rows(K, d, np.dtype(dtype).itemsize, ASSIGN_BYTES), 1)
-    starts = range(0, n, rows)
-    threads = default_threads()
-    prev = math.inf
-    inertia = math.inf
+    cent = np.array(init, dtype=np.float64, copy=True)
+    prev = inertia = math.inf
     n_iter = 0
     for it in range(iterations):
-        step = functools.partial(_chunk_step, X, rows, cent.astype(dtype))
-        parts = parallel_map(step, starts, threads)
-        sums, counts, inertia = functools.reduce(combine, parts)
+        step = functools.partial(_leaf_step, cent.astype(dtype))
+        sums, counts, inertia = rows.reduce(step, combine_all)
         cent, n_empty = update(sums, counts, cent, rng)
         n_iter = it + 1
         if n_empty:
@@ -331,27 +335,105 @@ def lloyd(
     return cent, n_iter, inertia
 
 
+def lloyd(
+    X: NDArray[Any],
+    K: int,
+    *,
+    iterations: int = 25,
+    tol: float = TOL,
+    rng: np.random.Generator,
+    init: NDArray[Any] | None = None,
+    seed_samples: int | None = None,
+    dtype: Any = np.float32,
+    callback: Callable[[int, float], None] | None = None,
+) -> tuple[NDArray[np.float64], int, float]:
+    """Lloyd's k-means of an in-memory matrix (:func:`lloyd_rows` on :class:`ArrayRows`).
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, D), N >= K
+        A memory map is read leaf by leaf, never loaded whole.
+    K : int
+    iterations, tol, rng, dtype, callback
+        As in :func:`lloyd_rows`.
+    init : ndarray, shape (K, D), optional
+        Initial centroids; default k-means++ on ``seed_samples`` rows.
+    seed_samples : int, optional
+        Rows drawn for k-means++ (default ``min(N, SEED_SAMPLES_PER_CODE * K)``).
+
+    Returns
+    -------
+    centroids : ndarray, shape (K, D), float64
+    n_iter : int
+    inertia : float
+    """
+    n, d = X.shape
+    if n < K:
+        raise ValueError(f"k-means with K = {K} needs at least {K} rows, got {n}")
+    if init is None:
+        m = min(n, seed_samples if seed_samples is not None else SEED_SAMPLES_PER_CODE * K)
+        idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+        init = kmeans_plus_plus(np.asarray(X[idx]), K, rng)
+    rows = ArrayRows.of(X, leaf_rows(K, d))
+    return lloyd_rows(
+        rows, init, iterations=iterations, tol=tol, rng=rng, dtype=dtype, callback=callback
+    )
+
+
 #: Number of dimension steps of :func:`progressive_kmeans`.
-PROGRESSIVE_STEPS = 6
+PROGRESSIVE_STEPS = 10
+
+
+def _col_sums(leaf: NDArray[Any]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = leaf.sum(axis=0, dtype=np.float64)
+    return out
+
+
+def _centred_gram(mean: NDArray[np.float32], leaf: NDArray[Any]) -> NDArray[np.float64]:
+    xc = leaf - mean
+    out: NDArray[np.float64] = (xc.T @ xc).astype(np.float64)  # the axes only: float32 is plenty
+    return out
+
+
+def _rotate(
+    mean: NDArray[np.float32], axes: NDArray[np.float32], leaf: NDArray[Any]
+) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = (leaf - mean) @ axes
+    return out
 
 
 def progressive_kmeans(
-    x: NDArray[np.float32],
+    rows: Rows,
     k: int,
     iterations: int,
     rng: np.random.Generator,
+    *,
+    tol: float | None = None,
     steps: int | None = None,
 ) -> tuple[NDArray[np.float64], int]:
-    """k-means in the principal axes of ``x``, on growing leading dimensions.
+    """k-means in the principal axes of the rows, on growing leading dimensions.
 
-    FAISS's ``ProgressiveDimClustering``: the data are rotated to their principal
-    axes and clustered on the first ``D**(i/S)`` of them for i = 1..S, each
-    step starting from the previous step's centroids (new coordinates 0), the
-    first from k-means++ on the first step's few axes (k-means++ in all D
+    FAISS's ``ProgressiveDimClustering``: the rows are rotated to their
+    principal axes and clustered on the first ``D**(i/S)`` of them for i = 1..S,
+    each step starting from the previous step's centroids (new coordinates 0),
+    the first from k-means++ on the first step's few axes (k-means++ in all D
     dimensions favours outliers of the Gaussian-like residuals of later stages,
     whose tiny clusters fit the training rows but not new data). Coarse
     structure is settled on the high-variance axes first, which finds better
-    optima than one full-D run.
+    optima than one full-D run. Every pass over the data is a map or a
+    reduction of ``rows``, so any executor runs the same arithmetic.
+
+    Parameters
+    ----------
+    rows : Rows, shape (n, D), float32, n >= k
+    k : int
+    iterations : int
+        Most Lloyd iterations per dimension step.
+    rng : numpy.random.Generator
+    tol : float, optional
+        Relative inertia change that ends a step early (default :data:`TOL`).
+    steps : int, optional
+        Dimension steps (default :data:`PROGRESSIVE_STEPS`).
 
     Returns
     -------
@@ -359,32 +441,26 @@ def progressive_kmeans(
     iterations : int
         Lloyd iterations run in all steps together.
     """
-    n, d = x.shape
+    n, d = rows.shape
     steps = PROGRESSIVE_STEPS if steps is None else steps
-    mean = x.mean(axis=0, dtype=np.float64)
-    xc = x - mean.astype(np.float32)
-    cov = (xc.T @ xc).astype(np.float64) / n  # only the axes matter: float32 is plenty
+    tol = TOL if tol is None else tol
+    mean = rows.reduce(_col_sums, add_all) / n
+    mean32 = mean.astype(np.float32)
+    gram = rows.reduce(functools.partial(_centred_gram, mean32), add_all)
     with single_blas_thread():
-        _, vecs = np.linalg.eigh(cov)
+        _, vecs = np.linalg.eigh(gram / n)
     rot = vecs[:, ::-1]  # principal axes, largest variance first
-    xr = xc @ rot.astype(np.float32)
+    xr = rows.map(functools.partial(_rotate, mean32, rot.astype(np.float32)), d)
     dims = sorted({max(1, min(d, round(d ** ((i + 1) / steps)))) for i in range(steps)})
     m = min(n, SEED_SAMPLES_PER_CODE * k)
     pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     with single_blas_thread():
-        cent = kmeans_plus_plus(xr[pick, : dims[0]], k, rng)
+        cent = kmeans_plus_plus(xr.take(pick)[:, : dims[0]], k, rng)
     total = 0
     for di in dims:
         init = np.zeros((k, di))
         init[:, : cent.shape[1]] = cent
-        cent, it, _ = lloyd(
-            np.ascontiguousarray(xr[:, :di]),
-            k,
-            iterations=iterations,
-            tol=TOL,
-            rng=rng,
-            init=init,
-        )
+        cent, it, _ = lloyd_rows(xr, init, iterations=iterations, tol=tol, rng=rng)
         total += it
     out: NDArray[np.float64] = cent @ rot.T + mean
     return out, total

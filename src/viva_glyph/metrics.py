@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._validate import as_matrix, require_finite
+from viva_glyph.encoder import RvqEncoder
 from viva_glyph.glyph import codes_to_glyph_ids
-from viva_glyph.rvq import RvqEncoder
 
 __all__ = ["EvalReport", "StageRow", "evaluate", "progress_bar"]
 

@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.codebook import Codebook
+from viva_glyph.encoder import RvqEncoder
 from viva_glyph.kmeans import accumulate
-from viva_glyph.rvq import RvqEncoder
 
 __all__ = ["MAX_REFINE_UNKNOWNS", "REFINE_RIDGE", "lsq_codebooks", "refine_codebooks"]
 
@@ -30,10 +30,11 @@ REFINE_RIDGE = 1.0
 
 
 def _mse(books: list[Codebook], x: NDArray[Any], codes: NDArray[Any]) -> float:
+    """Mean squared error per component of ``x`` coded as ``codes`` with ``books``."""
     diff = x.astype(np.float64)
     for m, book in enumerate(books):
         diff -= book.vectors[codes[:, m]]
-    return float(np.einsum("nd,nd->", diff, diff) / x.shape[0])
+    return float(np.einsum("nd,nd->", diff, diff) / diff.size)
 
 
 def lsq_codebooks(
@@ -105,7 +106,7 @@ def refine_codebooks(
     books : list of Codebook
         The iterate with the lowest held-out MSE.
     errors : list of float
-        Held-out MSE of iterate 0, 1, ..., rounds.
+        Held-out MSE per component of iterate 0, 1, ..., rounds.
     selected : int
         Index of the kept iterate.
     """
@@ -119,7 +120,13 @@ def refine_codebooks(
         enc = RvqEncoder(current)
         err = _mse(current, xh, enc.encode(xh, beam_size=beam))
         errors.append(err)
-        _log.info("refinement %d/%d: held-out MSE %.6g (before: %.6g)", r, rounds, err, errors[0])
+        _log.info(
+            "refinement %d/%d: held-out MSE %.6g per component (before: %.6g)",
+            r,
+            rounds,
+            err,
+            errors[0],
+        )
         if err < errors[best]:
             best, best_books = r, current
         if bar is not None:

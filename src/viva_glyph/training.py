@@ -1,6 +1,7 @@
 """Fitting RVQ codebooks to data: residual k-means, beam-aware, with refinement.
 
-:func:`fit` trains stage after stage: stage m's codebook is a k-means
+:func:`fit` samples the rows, checks them once, and trains stage after stage
+(:func:`viva_glyph._stagewise.run_stages`): stage m's codebook is a k-means
 (:mod:`viva_glyph.kmeans`) of what stages 1..m-1 leave over, where "left
 over" is the residual of the beam encoding of those stages when
 ``beam_size > 1`` (FAISS ResidualQuantizer's beam-aware training). Optional
@@ -12,31 +13,21 @@ sample, so it can never make that error worse.
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._kernels import chunk_rows
-from viva_glyph._threads import default_threads, parallel_map
+from viva_glyph._stagewise import LocalRows, run_stages
 from viva_glyph._validate import as_matrix, positive_int, require_finite
-from viva_glyph.beam import (
-    BeamState,
-    beam_start,
-    beam_step,
-    cross_tables,
-    lut_step,
-    numba_kernel,
-    use_lut,
-)
-from viva_glyph.codebook import Codebook
-from viva_glyph.kmeans import progressive_kmeans
+from viva_glyph.beam import use_lut
+from viva_glyph.config import RvqConfig, default_config
+from viva_glyph.encoder import RvqEncoder
 from viva_glyph.refine import MAX_REFINE_UNKNOWNS, refine_codebooks
-from viva_glyph.rvq import RvqConfig, RvqEncoder, default_config
+from viva_glyph.summary import TrainingSummary
 
 __all__ = ["TrainingSummary", "fit"]
 
@@ -44,72 +35,14 @@ _log = logging.getLogger(__name__)
 
 #: Rows per code read by default (FAISS's max_points_per_centroid): more rarely helps.
 SAMPLES_PER_CODE = 256
-#: Beam residuals per code a beam-aware stage trains on (several beams of a row
-#: are different points: twice the rows' rule lowers held-out error, issue 3 bench).
-BEAM_SAMPLES_PER_CODE = 512
-
-
-@dataclass(frozen=True)
-class TrainingSummary:
-    """What :func:`fit` recorded.
-
-    Attributes
-    ----------
-    stage_errors : tuple of float
-        Training MSE (mean over vectors of ``||x - x'||^2``) after each stage.
-    iterations : tuple of int
-        k-means iterations run for each stage.
-    seconds : float
-        Wall time of the whole fit.
-    params : dict
-        The fit's parameters (JSON types).
-    refine_errors : tuple of float
-        Held-out MSE of the stage-wise codebooks (first) and of each refinement
-        iterate; empty without refinement.
-    refine_selected : int
-        Index into ``refine_errors`` of the iterate kept (0: no refinement step).
-    """
-
-    stage_errors: tuple[float, ...]
-    iterations: tuple[int, ...]
-    seconds: float
-    params: dict[str, Any] = field(default_factory=dict)
-    refine_errors: tuple[float, ...] = ()
-    refine_selected: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable dict (lists for tuples)."""
-        d = asdict(self)
-        d["stage_errors"] = list(self.stage_errors)
-        d["iterations"] = list(self.iterations)
-        d["refine_errors"] = list(self.refine_errors)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: object) -> TrainingSummary:
-        """Inverse of :meth:`to_dict`; raises ValueError on malformed input."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a training summary must be a dict, got {type(d).__name__}")
-        try:
-            params = d.get("params", {})
-            if not isinstance(params, dict):
-                raise TypeError("params must be a dict")
-            return cls(
-                stage_errors=tuple(float(v) for v in d["stage_errors"]),
-                iterations=tuple(_as_int(v) for v in d["iterations"]),
-                seconds=float(d["seconds"]),
-                params=dict(params),
-                refine_errors=tuple(float(v) for v in d.get("refine_errors", ())),
-                refine_selected=_as_int(d.get("refine_selected", 0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed training summary {d!r}: {exc}") from exc
-
-
-def _as_int(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"expected an int, got {v!r}")
-    return int(v)
+#: Default most Lloyd iterations per dimension step (chosen by benchmarks/bench_fit.py --sweep).
+ITERATIONS = 10
+#: Largest magnitude a training value may have: squared distances of D such
+#: values stay far inside float32's range (3.4e38) for any practical D.
+MAX_MAGNITUDE = 1e15
+#: Smallest largest-magnitude of the data: below it float32 squared distances
+#: between nearby vectors underflow (float32's smallest normal is 1.2e-38).
+MIN_MAGNITUDE = 1e-15
 
 
 def _nonneg_int(value: object, name: str) -> int:
@@ -144,6 +77,36 @@ class _FitArgs(NamedTuple):
     samples: int  # rows to train on: min(N, max_samples)
 
 
+def _memory_budget() -> int:
+    """Bytes the beam search of a fit may use: half the memory available now."""
+    try:  # Linux: MemAvailable counts the page cache the kernel can reclaim
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # neither Linux nor POSIX sysconf
+        free = 8 << 30
+    return int(free) // 2
+
+
+def _check_beam(beam: int, rows: int, k: int) -> None:
+    """Raise unless the beam's candidate scores (B * K * rows float32) fit the budget."""
+    budget = _memory_budget()
+    need = beam * k * rows * 4
+    if beam > 1 and need > budget:
+        largest = max(1, budget // (k * rows * 4))
+        raise ValueError(
+            f"beam_size {beam} needs {need / 2**30:.3g} GiB of beam scores for {rows} training "
+            f"rows x {k} codes (B * K * rows * 4 bytes); the largest beam_size that fits in "
+            f"{budget / 2**30:.3g} GiB (half the memory available) is {largest}: "
+            "use that or fewer, or train on fewer rows (max_samples)"
+        )
+
+
 def _fit_args(
     n: int,
     dim: int,
@@ -164,134 +127,57 @@ def _fit_args(
     limit = min(n, default) if max_samples is None else positive_int(max_samples, "max_samples")
     if limit < k:
         raise ValueError(f"max_samples must be >= codebook_size = {k}, got {limit}")
+    beam = positive_int(beam_size, "beam_size")
+    _check_beam(beam, min(limit, n), k)
     return _FitArgs(
         cfg,
-        positive_int(beam_size, "beam_size"),
+        beam,
         positive_int(iterations, "iterations"),
         _nonneg_int(seed, "seed"),
         min(limit, n),
     )
 
 
+def check_magnitude(chunk: NDArray[Any], start: int, name: str = "X") -> None:
+    """Raise ``ValueError`` naming the first row of ``chunk`` holding NaN, inf or a value
+    beyond :data:`MAX_MAGNITUDE` (``start`` is the row number of ``chunk[0]``)."""
+    require_finite(chunk, start, name)
+    big = np.abs(chunk) > MAX_MAGNITUDE
+    if big.any():
+        bad = int(np.flatnonzero(big.any(axis=1))[0])
+        worst = float(np.abs(chunk[bad]).max())
+        raise ValueError(
+            f"{name} row {start + bad} holds a value of magnitude {worst:.3g}, beyond what "
+            f"float32 training handles (|x| <= {MAX_MAGNITUDE:.0e}): scale the data down"
+        )
+
+
+def check_scale(largest: float, name: str = "X") -> None:
+    """Raise ``ValueError`` when the data's largest magnitude is too small for float32."""
+    if 0.0 < largest < MIN_MAGNITUDE:
+        raise ValueError(
+            f"{name}'s largest magnitude is {largest:.3g}: float32 squared distances of such "
+            f"data underflow (training needs max |x| >= {MIN_MAGNITUDE:.0e}); multiply the data "
+            "by a constant (e.g. 1 / max |x|) and divide the reconstructions by it"
+        )
+
+
 def _read_rows(x: NDArray[Any], idx: NDArray[np.intp] | None) -> NDArray[np.float32]:
-    """Rows ``idx`` of x (all when None) as float32, read in chunks, checked finite."""
+    """Rows ``idx`` of x (all when None) as float32, read in chunks, checked."""
     n = x.shape[0] if idx is None else idx.shape[0]
     out = np.empty((n, x.shape[1]), dtype=np.float32)
     step = max(1, (8 << 20) // (x.shape[1] * max(x.dtype.itemsize, 4)))
     for start in range(0, n, step):
         stop = min(start + step, n)
         chunk = x[start:stop] if idx is None else x[idx[start:stop]]
-        if idx is None:
-            require_finite(chunk, start)
-        elif not np.isfinite(chunk).all():
-            bad = int(np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0])
-            require_finite(x[idx[start + bad] : idx[start + bad] + 1], int(idx[start + bad]))
+        try:
+            check_magnitude(chunk, 0)
+        except ValueError:
+            bad = int(np.flatnonzero(~(np.abs(chunk) <= MAX_MAGNITUDE).all(axis=1))[0])
+            row = start + bad if idx is None else int(idx[start + bad])
+            check_magnitude(chunk[bad : bad + 1], row)
         out[start:stop] = chunk
     return out
-
-
-def _stagewise(
-    x: NDArray[np.float32],
-    cfg: RvqConfig,
-    beam: int,
-    iterations: int,
-    rng: np.random.Generator,
-    bar: Any,
-) -> tuple[list[Codebook], list[BeamState], list[float], list[int]]:
-    """Train the M codebooks one after the other on (beam) residuals.
-
-    With B > 1 each stage is trained on the residuals of all B beams of every
-    row (as FAISS does), not only the best one. The beam state of every row is
-    carried from stage to stage, so each stage costs one beam step: by
-    residual GEMMs (``beam_step``; B = 1 is the greedy encoder) or, for B > 1,
-    by look-up tables (``lut_step``).
-    """
-    n, d = x.shape
-    k = cfg.codebook_size
-    lut = use_lut(cfg, beam)
-    fused = lut and numba_kernel() is not None
-    per = 4096 if fused else max(1, chunk_rows(k, d, 4) // beam)
-    slices = [slice(s, min(s + per, n)) for s in range(0, n, per)]
-    states = [beam_start(x[s], np.float32) for s in slices]
-    rows = [st.residual.reshape(-1, d + 1) for st in states] if lut else []  # type: ignore[union-attr]
-    # with the numpy path the pieces run one after the other and share scratch
-    threads = default_threads() if fused else 1
-    work = None if fused else np.empty(2 * per * beam * k, dtype=np.float32)
-    books: list[Codebook] = []
-    errors: list[float] = []
-    iters: list[int] = []
-    for stage in range(cfg.num_stages):
-        if lut:
-            residual = _beam_residuals(x, books, [st.codes for st in states], k, rng)
-        else:
-            residual = np.concatenate([st.best_residual for st in states])
-        cent, n_iter = progressive_kmeans(residual, k, iterations, rng)
-        book = Codebook(cent, dtype=np.float32)
-        if lut:
-            step = functools.partial(_table_step, book, cross_tables(books, book), beam, work)
-            states = parallel_map(step, list(zip(states, rows, strict=True)), threads)
-        else:
-            states = [beam_step(st, book, beam, work) for st in states]
-        err = float(np.concatenate([st.dist[:, 0] for st in states]).astype(np.float64).mean())
-        books.append(book)
-        errors.append(err)
-        iters.append(n_iter)
-        _log.info(
-            "stage %d/%d: %d k-means iterations, training MSE %.6g",
-            stage + 1,
-            cfg.num_stages,
-            n_iter,
-            err,
-        )
-        if bar is not None:
-            bar.update(1)
-    return books, states, errors, iters
-
-
-def _table_step(
-    book: Codebook,
-    cross: NDArray[np.float32],
-    beam: int,
-    work: NDArray[np.float32] | None,
-    piece: tuple[BeamState, NDArray[np.float32]],
-) -> BeamState:
-    """One table-path beam step of a piece: its rows (beside ones) against ``book``."""
-    state, rows = piece
-    return lut_step(state, rows @ book.table, cross, beam, work)
-
-
-def _beam_residuals(
-    x: NDArray[np.float32],
-    books: list[Codebook],
-    codes: list[NDArray[np.intp]],
-    k: int,
-    rng: np.random.Generator,
-) -> NDArray[np.float32]:
-    """Residuals of all beams of all rows (FAISS trains each stage on these).
-
-    At most ``BEAM_SAMPLES_PER_CODE * k`` of the n * b (row, beam) pairs are
-    drawn, uniformly; shape (min(n * b, cap), D).
-    """
-    allc = np.concatenate(codes)  # (n, b, m)
-    n, b, _ = allc.shape
-    cap = BEAM_SAMPLES_PER_CODE * k
-    pick = np.sort(rng.choice(n * b, cap, replace=False)) if n * b > cap else np.arange(n * b)
-    rows, beams = np.divmod(pick, b)
-    return _residual(x[rows], books, allc[rows, beams])
-
-
-def _residual(x: NDArray[Any], books: list[Codebook], codes: NDArray[Any]) -> NDArray[np.float32]:
-    """``x - sum_m books[m][codes[:, m]]`` in float32, in cache-sized pieces on threads."""
-    r = np.array(x, dtype=np.float32, copy=True)
-    per = 4096
-
-    def subtract(start: int) -> None:
-        part, part_codes = r[start : start + per], codes[start : start + per]
-        for m, book in enumerate(books):
-            part -= book.vectors[part_codes[:, m]]
-
-    parallel_map(subtract, range(0, len(r), per), default_threads())
-    return r
 
 
 def fit(
@@ -301,7 +187,7 @@ def fit(
     num_stages: int | None = None,
     codebook_size: int | None = None,
     beam_size: int = 1,
-    iterations: int = 25,
+    iterations: int = ITERATIONS,
     refine: int = 0,
     max_samples: int | None = None,
     seed: int = 0,
@@ -312,8 +198,10 @@ def fit(
     Parameters
     ----------
     X : array_like, shape (N, D), float32 or float64 (memory maps welcome)
-        Training vectors. At most ``max_samples`` rows are read (a uniform
-        random sample when N is larger); the rest of a memory map stays on disk.
+        Training vectors, finite, of magnitude at most 1e15 and (unless all
+        zero) at least 1e-15 at the largest (float32 trains them). At most
+        ``max_samples`` rows are read (a uniform random sample when N is
+        larger); the rest of a memory map stays on disk.
     config : RvqConfig, optional
         M, D, K. Without it ``num_stages`` and ``codebook_size`` (default 4 and
         256) and D from X are used; given both, they must agree.
@@ -321,12 +209,16 @@ def fit(
     beam_size : int
         1: greedy residual k-means. B > 1: stage m is trained on the residuals
         of the B-beam encoding of stages 1..m-1; encode with the same
-        ``beam_size`` for the best results.
+        ``beam_size`` for the best results. Bounded by memory: B * K * rows *
+        4 bytes must fit in half the available memory (the error says the
+        largest B that fits).
     iterations : int
-        Maximum Lloyd iterations of each of the dimension steps of a stage's
-        progressive k-means (:func:`viva_glyph.kmeans.progressive_kmeans`, 6
-        steps); each step stops earlier when the inertia improves by less than
-        1e-4 relative. 10 is FAISS's default and usually enough.
+        Most Lloyd iterations of each of the dimension steps of a stage's
+        progressive k-means (:func:`viva_glyph.kmeans.progressive_kmeans`, up
+        to 10 steps); a step stops earlier when an iteration changes the
+        inertia by at most :data:`viva_glyph.kmeans.TOL` (1e-3) relative. The
+        defaults (10 iterations, 1e-3, 10 steps: FAISS's iterations and steps
+        plus early stopping) were chosen by ``benchmarks/bench_fit.py --sweep``.
     refine : int
         Rounds of joint least-squares codebook refinement (0: none). A tenth of
         the sample is held out; the iterate with the lowest held-out MSE wins.
@@ -342,12 +234,15 @@ def fit(
     Returns
     -------
     RvqEncoder
-        float32 codebooks; ``.training`` holds a :class:`TrainingSummary`.
+        float32 codebooks; ``.training`` holds a :class:`TrainingSummary`
+        (``stage_mse``: training MSE per component after each stage).
 
     Raises
     ------
     ValueError
-        N < K, dimension mismatch, NaN/inf rows (the row is named), bad parameters.
+        N < K, dimension mismatch, NaN/inf or out-of-range rows (the row is
+        named), data too small in scale for float32, a beam too large for
+        memory, bad parameters.
     TypeError
         Non-numeric data or parameters of the wrong type.
     """
@@ -367,6 +262,7 @@ def fit(
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else None
     sample = _read_rows(x, idx)
+    check_scale(float(np.abs(sample).max()))
     params = {
         "num_stages": cfg.num_stages,
         "dimension": dim,
@@ -395,24 +291,26 @@ def fit(
                     f"codebook_size = {k} rows to train on: give more rows or refine=0"
                 )
         train = sample if hold is None else sample[~hold]
-        books, states, stage_errors, n_iters = _stagewise(train, cfg, beam, iters, rng, bar)
-        refine_errors: list[float] = []
+        data = LocalRows(train, k, beam, use_lut(cfg, beam))
+        books, stage_mse, n_iters = run_stages(
+            data, cfg.num_stages, k, beam, data.lut, iters, rng, bar
+        )
+        refine_mse: list[float] = []
         selected = 0
         if hold is not None:
-            codes = np.concatenate([st.best_codes for st in states])
-            books, refine_errors, selected = refine_codebooks(
-                books, train, codes, sample[hold], beam, rounds, bar
+            books, refine_mse, selected = refine_codebooks(
+                books, train, data.best_codes(), sample[hold], beam, rounds, bar
             )
     finally:
         if bar is not None:
             bar.close()
     summary = TrainingSummary(
-        stage_errors=tuple(stage_errors),
+        stage_mse=tuple(stage_mse),
         iterations=tuple(n_iters),
         seconds=time.perf_counter() - t0,
         params=params,
-        refine_errors=tuple(refine_errors),
+        refine_mse=tuple(refine_mse),
         refine_selected=selected,
     )
-    _log.info("fit done in %.3f s: training MSE %.6g", summary.seconds, stage_errors[-1])
+    _log.info("fit done in %.3f s: training MSE %.6g", summary.seconds, stage_mse[-1])
     return RvqEncoder(books, cfg, training=summary)

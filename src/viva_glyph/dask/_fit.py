@@ -2,233 +2,267 @@
 # (dask and distributed ship without complete type hints.)
 """Distributed residual k-means: :func:`viva_glyph.fit` on a dask array.
 
-The same training as :func:`viva_glyph.training.fit` (same parameters, same
-random draws, same stopping rule), with every pass over the data a map over row
-blocks:
+The same training as :func:`viva_glyph.training.fit`, run by the same code:
+the stage loop (:func:`viva_glyph._stagewise.run_stages`), the progressive
+k-means and Lloyd loop of :mod:`viva_glyph.kmeans`, and the same leaf
+functions, with the executor below plugged in. The sampled rows are cut into
+the same leaves as in memory (:func:`viva_glyph.kmeans.leaf_rows` rows); a
+dask block holds ``FANIN**j`` whole leaves, runs the leaf functions on each
+and reduces their results as the lower levels of the fan-in-8 tree; the
+client builds the upper levels as a graph. So every GEMM has the same shape
+and every sum the same order as in memory, and the codebooks equal the
+in-memory fit's bit for bit when client and workers use the same BLAS
+library and settings.
 
-- stage m trains on what the (beam) encoding of stages 1..m-1 leaves over;
-  each block recomputes its residuals from X with the encoder of the stages so
-  far, and they are persisted on the workers while a stage trains when they
-  fit in a third of the cluster's memory (else recomputed each pass, out of
-  core);
-- each stage is :func:`viva_glyph.kmeans.progressive_kmeans`: the residuals'
-  mean and covariance (one reduction) give the principal axes; k-means++
-  (:func:`viva_glyph.kmeans.kmeans_plus_plus`) on the same random sample of
-  rotated rows the in-memory fit draws (16 K rows, the only rows that reach the
-  client) seeds Lloyd runs on growing leading dimensions;
-- a Lloyd iteration: :func:`viva_glyph.kmeans.partial_step` (assign +
-  accumulate) on each block, a tree reduction with
-  :func:`viva_glyph.kmeans.combine`, and :func:`viva_glyph.kmeans.update` on
-  the client.
+Each stage re-encodes every leaf from X with the codebooks so far on the
+workers; the residuals, rotated to their principal axes, are persisted on the
+workers while the stage trains when they fit in a third of the cluster's
+memory (else recomputed each pass, out of core).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import chunk_rows
-from viva_glyph._validate import require_finite
-from viva_glyph.beam import beam_start, beam_step, use_lut
+from viva_glyph._rows import FANIN, add_all, tree_reduce
+from viva_glyph._stagewise import (
+    Piece,
+    crosses,
+    leaf_encode,
+    leaf_pairs,
+    leaf_residual,
+    leaf_sq_error,
+    run_stages,
+)
+from viva_glyph._threads import single_blas_thread
+from viva_glyph.beam import use_lut
 from viva_glyph.codebook import Codebook
+from viva_glyph.config import RvqConfig
 from viva_glyph.dask._arrays import as_dask_matrix
 from viva_glyph.dask._compute import compute, current_client
-from viva_glyph.kmeans import (
-    PROGRESSIVE_STEPS,
-    SEED_SAMPLES_PER_CODE,
-    TOL,
-    Accumulation,
-    combine,
-    kmeans_plus_plus,
-    partial_step,
-    update,
-)
-from viva_glyph.rvq import RvqConfig, RvqEncoder
+from viva_glyph.encoder import RvqEncoder
+from viva_glyph.kmeans import leaf_rows
+from viva_glyph.summary import TrainingSummary
 from viva_glyph.training import (
-    BEAM_SAMPLES_PER_CODE,
-    TrainingSummary,
+    ITERATIONS,
     _fit_args,
     _nonneg_int,
-    _residual,
+    check_magnitude,
+    check_scale,
 )
 
 if TYPE_CHECKING:
     import dask.array as da
-    from dask.delayed import Delayed
 
 __all__ = ["fit"]
 
 _log = logging.getLogger(__name__)
 
-#: Blocks combined per node of the reduction tree.
-SPLIT_EVERY = 8
+T = TypeVar("T")
+
+#: Largest size of a block of leaves (bytes of float32 rows).
+BLOCK_BYTES = 64 << 20
 #: Share of the cluster's memory that persisted residuals may take.
 PERSIST_SHARE = 1 / 3
 
-Moments = tuple[int, NDArray[np.float64], NDArray[np.float64]]
-
 
 # -- block functions (run on the workers) -------------------------------------------------
-def _residual_block(
-    block: NDArray[Any],
-    books: Sequence[Codebook],
-    beam: int,
-    block_info: dict[Any, Any] | None = None,
+def _leaves(block: NDArray[Any], leaf: int) -> list[NDArray[Any]]:
+    return [block[s : s + leaf] for s in range(0, block.shape[0], leaf)]
+
+
+def _map_block(
+    block: NDArray[Any], fn: Callable[[NDArray[Any]], NDArray[np.float32]], leaf: int
 ) -> NDArray[np.float32]:
-    """What the beam encoding with ``books`` leaves of each row, float32 (n, D)."""
+    with single_blas_thread():
+        return np.concatenate([fn(v) for v in _leaves(block, leaf)])
+
+
+def _reduce_block(
+    block: NDArray[Any], fn: Callable[[NDArray[Any]], T], merge: Callable[..., T], leaf: int
+) -> T:
+    with single_blas_thread():
+        return tree_reduce([fn(v) for v in _leaves(block, leaf)], merge)
+
+
+def _checked_block(
+    block: NDArray[Any], block_info: dict[Any, Any] | None = None
+) -> NDArray[np.float32]:
+    """The rows as float32, checked (NaN, inf, magnitude) with their global row numbers."""
     start = int(block_info[None]["array-location"][0][0]) if block_info else 0
-    if not books:
-        require_finite(block, start)
-        return np.array(block, dtype=np.float32, copy=True)
-    try:
-        codes = RvqEncoder(books).encode(block, beam_size=beam)
-    except ValueError as exc:  # name the global row, not the row inside the block
-        raise ValueError(f"block starting at row {start}: {exc}") from exc
-    return _residual(block, list(books), codes)
+    check_magnitude(block, start)
+    return np.asarray(block, dtype=np.float32)
 
 
-def _rotate_block(
-    block: NDArray[Any], mean: NDArray[np.float32], axes: NDArray[np.float32]
+def _max_abs(block: NDArray[Any]) -> NDArray[np.float64]:
+    return np.array([[float(np.abs(block).max())]])
+
+
+def _encoded_leaves(
+    block: NDArray[Any], books: Sequence[Codebook], spec: tuple[int, int, bool]
+) -> list[tuple[NDArray[Any], list[Piece] | None]]:
+    leaf, beam, lut = spec
+    cross = crosses(books) if lut else []
+    return [(v, leaf_encode(v, books, cross, leaf, beam, lut)) for v in _leaves(block, leaf)]
+
+
+def _sq_error_block(
+    block: NDArray[Any], books: Sequence[Codebook], spec: tuple[int, int, bool]
+) -> float:
+    with single_blas_thread():
+        parts = [leaf_sq_error(p) for _, p in _encoded_leaves(block, books, spec) if p]
+        return float(tree_reduce(parts, add_all))
+
+
+def _residual_block(
+    block: NDArray[Any], books: Sequence[Codebook], spec: tuple[int, int, bool]
 ) -> NDArray[np.float32]:
-    """Rows centred and turned to the principal ``axes`` (D, d), float32 (n, d)."""
-    out: NDArray[np.float32] = (block - mean) @ axes
-    return out
+    with single_blas_thread():
+        return np.concatenate([leaf_residual(v, p) for v, p in _encoded_leaves(block, books, spec)])
 
 
-def _moments_block(block: NDArray[Any], centre: NDArray[np.float32]) -> Moments:
-    """Row count, column sums and Gram matrix of ``block - centre``, in float64."""
-    x = (block - centre).astype(np.float64)
-    return x.shape[0], x.sum(axis=0), x.T @ x
-
-
-def _add_moments(*parts: Moments) -> Moments:
-    return (
-        sum(p[0] for p in parts),
-        functools.reduce(np.add, [p[1] for p in parts]),
-        functools.reduce(np.add, [p[2] for p in parts]),
-    )
-
-
-def _beam_pair_block(
+def _pairs_block(
     block: NDArray[Any],
     books: Sequence[Codebook],
-    beam: int,
-    start: int,
-    pairs: NDArray[np.intp],
+    spec: tuple[int, int, bool],
+    pairs: list[NDArray[np.intp]],
 ) -> NDArray[np.float32]:
-    """Residuals of the (row, beam) pairs ``pairs`` (index row * b + beam) of a block."""
-    require_finite(block, start)
-    n, d = block.shape
-    per = max(1, chunk_rows(books[0].size if books else 1, d, 4) // beam)
-    codes = []
-    for lo in range(0, n, per):
-        state = beam_start(block[lo : lo + per], np.float32)
-        for book in books:
-            state = beam_step(state, book, beam)
-        codes.append(state.codes)
-    allc = np.concatenate(codes)  # (n, b, m)
-    rows, beams = np.divmod(pairs, allc.shape[1])
-    return _residual(block[rows], list(books), allc[rows, beams])
-
-
-def _sum_squares(block: NDArray[Any]) -> NDArray[np.float64]:
-    r = block.astype(np.float64)
-    return np.array([[np.einsum("nd,nd->", r, r)]])
-
-
-def _combine_many(*parts: Accumulation) -> Accumulation:
-    return functools.reduce(combine, parts)
+    with single_blas_thread():
+        leaves = _encoded_leaves(block, books, spec)
+        return np.concatenate(
+            [leaf_pairs(v, p, books, q) for (v, p), q in zip(leaves, pairs, strict=True)]
+        )
 
 
 # -- client side --------------------------------------------------------------------------
-def _tree(parts: list[Delayed], merge: Any) -> Any:
-    """Value of ``parts`` reduced by ``merge`` in a tree of fan-in :data:`SPLIT_EVERY`."""
+def _tree(parts: list[Any], merge: Callable[..., T]) -> T:
+    """Value of ``parts`` reduced by ``merge`` in the fan-in-:data:`FANIN` tree."""
     from dask.delayed import delayed
 
     while len(parts) > 1:
         parts = [
-            delayed(merge, pure=True)(*parts[i : i + SPLIT_EVERY])
-            for i in range(0, len(parts), SPLIT_EVERY)
+            delayed(merge, pure=True)(*parts[i : i + FANIN]) for i in range(0, len(parts), FANIN)
         ]
     return compute(parts)[0]
 
 
-def _lloyd_pass(R: da.Array, centroids: NDArray[Any]) -> Accumulation:
-    """One assignment pass: per-block partial sums, reduced as a tree."""
-    from dask.delayed import delayed
-
-    key = delayed(np.ascontiguousarray(centroids, dtype=np.float32), pure=True, traverse=False)
-    parts = [delayed(partial_step, pure=True)(b, key) for b in R.to_delayed().ravel()]
-    total: Accumulation = _tree(parts, _combine_many)
-    return total
-
-
-def _lloyd(
-    R: da.Array, init: NDArray[Any], iterations: int, rng: np.random.Generator
-) -> tuple[NDArray[np.float64], int]:
-    """:func:`viva_glyph.kmeans.lloyd` from ``init``: same iterations and stopping rule."""
-    cent = np.array(init, dtype=np.float64, copy=True)
-    prev = math.inf
-    n_iter = 0
-    for it in range(iterations):
-        sums, counts, inertia = _lloyd_pass(R, cent)
-        cent, n_empty = update(sums, counts, cent, rng)
-        n_iter = it + 1
-        _log.debug("k-means iteration %d: inertia %.6g, %d empty", n_iter, inertia, n_empty)
-        if n_empty == 0 and math.isfinite(prev) and prev - inertia <= TOL * prev:
-            break
-        prev = inertia
-    return cent, n_iter
+def _aligned(x: da.Array, leaf: int) -> da.Array:
+    """``x`` in blocks of ``leaf * FANIN**j`` rows (the last shorter), j >= 0 as large as
+    both the input's blocks and :data:`BLOCK_BYTES` allow."""
+    per = leaf
+    limit = max(leaf, min(max(x.chunks[0]), BLOCK_BYTES // (4 * int(x.shape[1]))))
+    while per * FANIN <= limit:
+        per *= FANIN
+    return x.rechunk({0: per, 1: -1})
 
 
-def _progressive_kmeans(
-    R: da.Array, k: int, iterations: int, rng: np.random.Generator, keep: bool
-) -> tuple[NDArray[np.float64], int]:
-    """:func:`viva_glyph.kmeans.progressive_kmeans` on the blocks of ``R``."""
-    import dask.array as da
-    from dask.delayed import delayed
+class _DaskRows:
+    """:class:`viva_glyph._rows.Rows` on a dask array of aligned blocks."""
 
-    n, d = (int(s) for s in R.shape)
-    blocks = R.to_delayed().ravel()
+    def __init__(self, arr: da.Array, leaf: int, keep: bool) -> None:
+        self.arr, self.leaf, self.keep = arr, leaf, keep
 
-    def moments(about: NDArray[np.float32]) -> Moments:
-        key = delayed(about, pure=True, traverse=False)
-        return _tree([delayed(_moments_block, pure=True)(b, key) for b in blocks], _add_moments)
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.arr.shape[0]), int(self.arr.shape[1])
 
-    # Two passes, as in memory: the mean, then the covariance of the centred rows.
-    count, total, _ = moments(np.zeros(d, dtype=np.float32))
-    mean = total / count
-    _, _, gram = moments(mean.astype(np.float32))
-    _, vecs = np.linalg.eigh(gram / count)
-    rot = vecs[:, ::-1]  # principal axes, largest variance first
-    axes = delayed(rot.astype(np.float32), pure=True, traverse=False)
-    centre = delayed(mean.astype(np.float32), pure=True, traverse=False)
-    xr = da.map_blocks(
-        _rotate_block, R, centre, axes, dtype=np.float32, meta=np.empty((0, d), np.float32)
-    )
-    if keep:
-        xr = xr.persist()
-    dims = sorted({max(1, min(d, round(d ** ((i + 1) / PROGRESSIVE_STEPS))))
-                   for i in range(PROGRESSIVE_STEPS)})  # fmt: skip
-    m = min(n, SEED_SAMPLES_PER_CODE * k)
-    pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-    sample = np.asarray(compute([xr[pick, : dims[0]]])[0])
-    cent = kmeans_plus_plus(sample, k, rng)
-    n_iter = 0
-    for di in dims:
-        init = np.zeros((k, di))
-        init[:, : cent.shape[1]] = cent
-        cent, it = _lloyd(xr[:, :di], init, iterations, rng)
-        n_iter += it
-    out: NDArray[np.float64] = cent @ rot.T + mean
-    return out, n_iter
+    def map(self, fn: Callable[[NDArray[Any]], NDArray[np.float32]], width: int) -> _DaskRows:
+        import dask.array as da
+        from dask.delayed import delayed
+
+        key = delayed(fn, pure=True, traverse=False)
+        out = da.map_blocks(
+            _map_block, self.arr, key, self.leaf, dtype=np.float32,
+            chunks=(self.arr.chunks[0], (width,)), meta=np.empty((0, width), np.float32),
+        )  # fmt: skip
+        return _DaskRows(out.persist() if self.keep else out, self.leaf, self.keep)
+
+    def reduce(self, fn: Callable[[NDArray[Any]], T], merge: Callable[..., T]) -> T:
+        from dask.delayed import delayed
+
+        key = delayed(fn, pure=True, traverse=False)
+        blocks = self.arr.to_delayed().ravel()
+        return _tree([delayed(_reduce_block, pure=True)(b, key, merge, self.leaf)
+                      for b in blocks], merge)  # fmt: skip
+
+    def take(self, rows: NDArray[np.intp]) -> NDArray[Any]:
+        return np.asarray(compute([self.arr[rows]])[0])
+
+
+class _DaskTraining:
+    """:class:`viva_glyph._stagewise.TrainingRows` on the workers: leaves re-encoded per pass."""
+
+    def __init__(self, x: da.Array, k: int, beam: int, lut: bool, keep: bool) -> None:
+        self.leaf = leaf_rows(k, int(x.shape[1]))
+        self.spec = (self.leaf, beam, lut)
+        self.x = _aligned(x, self.leaf)
+        self.keep = keep
+        self.books: list[Codebook] = []
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.x.shape[0]), int(self.x.shape[1])
+
+    def _books(self) -> Any:
+        from dask.delayed import delayed
+
+        return delayed(tuple(self.books), pure=True, traverse=False)
+
+    def checked(self) -> None:
+        """Check every row (as the in-memory fit reads them) and the data's scale."""
+        import dask.array as da
+
+        d = self.shape[1]
+        self.x = da.map_blocks(
+            _checked_block, self.x, dtype=np.float32, meta=np.empty((0, d), np.float32)
+        )
+        big = da.map_blocks(_max_abs, self.x, dtype=np.float64,
+                            chunks=((1,) * self.x.numblocks[0], (1,)))  # fmt: skip
+        check_scale(float(compute([big.max()])[0]))
+
+    def advance(self, books: Sequence[Codebook]) -> float:
+        from dask.delayed import delayed
+
+        self.books = list(books)
+        key = self._books()
+        parts = [delayed(_sq_error_block, pure=True)(b, key, self.spec)
+                 for b in self.x.to_delayed().ravel()]  # fmt: skip
+        return float(_tree(parts, add_all))
+
+    def residuals(self) -> _DaskRows:
+        import dask.array as da
+
+        d = self.shape[1]
+        r = da.map_blocks(_residual_block, self.x, self._books(), self.spec, dtype=np.float32,
+                          meta=np.empty((0, d), np.float32))  # fmt: skip
+        return _DaskRows(r, self.leaf, self.keep)
+
+    def pair_residuals(self, pick: NDArray[np.intp]) -> _DaskRows:
+        import dask.array as da
+        from dask.delayed import delayed
+
+        b = 1  # beams per row after the stages so far
+        for _ in self.books:
+            b = min(self.spec[1], b * self.books[0].size)
+        d = self.shape[1]
+        key = self._books()
+        bounds = np.cumsum((0, *self.x.chunks[0]))
+        parts = []
+        for blk, lo, hi in zip(self.x.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True):
+            starts = np.arange(lo, hi, self.leaf)
+            cut = np.searchsorted(pick, np.append(starts, hi) * b)
+            local = [pick[cut[i] : cut[i + 1]] - s * b for i, s in enumerate(starts)]
+            if cut[-1] > cut[0]:
+                task = delayed(_pairs_block, pure=True)(blk, key, self.spec, local)
+                parts.append(da.from_delayed(task, shape=(int(cut[-1] - cut[0]), d),
+                                             dtype=np.float32))  # fmt: skip
+        return _DaskRows(_aligned(da.concatenate(parts), self.leaf), self.leaf, self.keep)
 
 
 def _memory_budget() -> float:
@@ -243,53 +277,6 @@ def _memory_budget() -> float:
     return PERSIST_SHARE * total
 
 
-def _residuals(X: da.Array, books: Sequence[Codebook], beam: int) -> da.Array:
-    import dask.array as da
-    from dask.delayed import delayed
-
-    key = delayed(tuple(books), pure=True, traverse=False)
-    return da.map_blocks(
-        _residual_block,
-        X,
-        key,
-        beam,
-        dtype=np.float32,
-        meta=np.empty((0, X.shape[1]), dtype=np.float32),
-        token="viva-glyph-residual",
-    )
-
-
-def _beam_residuals(
-    X: da.Array, books: Sequence[Codebook], beam: int, k: int, rng: np.random.Generator
-) -> da.Array:
-    """:func:`viva_glyph.training._beam_residuals` on blocks: the same draw of pairs."""
-    import dask.array as da
-    from dask.delayed import delayed
-
-    n, d = (int(s) for s in X.shape)
-    b = 1  # beams per row after the stages so far
-    for _ in books:
-        b = min(beam, b * k)
-    cap = BEAM_SAMPLES_PER_CODE * k
-    pick = np.sort(rng.choice(n * b, cap, replace=False)) if n * b > cap else np.arange(n * b)
-    key = delayed(tuple(books), pure=True, traverse=False)
-    parts = []
-    bounds = np.cumsum((0, *X.chunks[0]))
-    for blk, lo, hi in zip(X.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True):
-        a, z = np.searchsorted(pick, [lo * b, hi * b])
-        if z > a:
-            task = delayed(_beam_pair_block, pure=True)(blk, key, beam, int(lo), pick[a:z] - lo * b)
-            parts.append(da.from_delayed(task, shape=(int(z - a), d), dtype=np.float32))
-    return da.concatenate(parts)
-
-
-def _mse(R: da.Array) -> float:
-    import dask.array as da
-
-    sq = da.map_blocks(_sum_squares, R, dtype=np.float64, chunks=((1,) * R.numblocks[0], (1,)))
-    return float(compute([sq.sum()])[0]) / int(R.shape[0])
-
-
 def fit(
     X: da.Array,
     config: RvqConfig | None = None,
@@ -297,7 +284,7 @@ def fit(
     num_stages: int | None = None,
     codebook_size: int | None = None,
     beam_size: int = 1,
-    iterations: int = 25,
+    iterations: int = ITERATIONS,
     refine: int = 0,
     max_samples: int | None = None,
     seed: int = 0,
@@ -318,7 +305,7 @@ def fit(
     beam_size : int
         B > 1 trains every stage on the residuals of the B-beam encoding.
     iterations : int
-        Maximum k-means iterations per stage (stops at < 1e-4 relative gain).
+        Most Lloyd iterations per dimension step of a stage's k-means, as in memory.
     refine : int
         Must be 0: joint least-squares refinement is only in :func:`viva_glyph.fit`.
     max_samples : int, optional
@@ -369,31 +356,17 @@ def fit(
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         bar = tqdm(total=cfg.num_stages, desc="viva_glyph.dask.fit", unit="stage")
-    books: list[Codebook] = []
-    errors: list[float] = []
-    n_iters: list[int] = []
     try:
-        for stage in range(cfg.num_stages + 1):
-            R = _residuals(x, books, beam)  # persisted (when kept) once rotated
-            if stage:
-                errors.append(_mse(R))
-                _log.info("stage %d/%d: %d k-means iterations, training MSE %.6g",
-                          stage, cfg.num_stages, n_iters[-1], errors[-1])  # fmt: skip
-                if bar is not None:
-                    bar.update(1)
-            if stage == cfg.num_stages:
-                break
-            if all_beams:  # as in memory: a capped sample of every beam's residual
-                R = _beam_residuals(x, books, beam, k, rng)
-            cent, n_iter = _progressive_kmeans(R, k, iters, rng, keep)
-            books.append(Codebook(cent, dtype=np.float32))
-            n_iters.append(n_iter)
-            del R
+        data = _DaskTraining(x, k, beam, all_beams, keep)
+        data.checked()
+        books, errors, n_iters = run_stages(
+            data, cfg.num_stages, k, beam, all_beams, iters, rng, bar
+        )
     finally:
         if bar is not None:
             bar.close()
     summary = TrainingSummary(
-        stage_errors=tuple(errors),
+        stage_mse=tuple(errors),
         iterations=tuple(n_iters),
         seconds=time.perf_counter() - t0,
         params=params,

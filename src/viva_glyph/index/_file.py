@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._kernels import code_dtype
+from viva_glyph._version import __version__
 from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
 from viva_glyph.encoder import RvqEncoder
@@ -93,7 +94,7 @@ def save(index: RvqIndex, path: PathLike) -> None:
         "beam_size": str(index.beam_size),
         "nlist": str(index.nlist or 0),
         "count": str(len(index)),
-        "library_version": _library_version(),
+        "library_version": __version__,
     }
     header: dict[str, Any] = {"__metadata__": meta}
     at = 0
@@ -114,16 +115,6 @@ def save(index: RvqIndex, path: PathLike) -> None:
             for a in range(0, max(arr.shape[0], 1), _WRITE_ROWS):
                 fh.write(np.ascontiguousarray(arr[a : a + _WRITE_ROWS]).tobytes())
         fh.flush()
-
-
-def _library_version() -> str:
-    """The installed distribution's version (the package root is not imported from here)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("viva-glyph")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _fail(path: PathLike, why: str) -> IndexFormatError:

@@ -52,7 +52,7 @@ def save(ids: SemanticIds, path: PathLike) -> None:
     """Write ``ids`` (codebooks, settings, trie) to ``path`` atomically."""
     from safetensors.numpy import save as st_save
 
-    from viva_glyph import __version__
+    from viva_glyph._version import __version__
 
     tensors = {
         f"level_{i}": np.ascontiguousarray(b.vectors, dtype=np.float32)

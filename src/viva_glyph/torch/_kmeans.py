@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from viva_glyph.kmeans import progressive_kmeans
+from viva_glyph._rows import ArrayRows
+from viva_glyph.kmeans import leaf_rows, progressive_kmeans
 from viva_glyph.torch import _distributed as ddp
 from viva_glyph.torch._ops import augmented_tables, nearest, with_ones
 
@@ -89,7 +90,7 @@ def _kmeans(rows: Tensor, k: int, iterations: int, rng: np.random.Generator) -> 
     x = rows.detach().cpu().numpy().astype(np.float32, copy=True)
     if x.shape[0] < k:  # fewer rows than codes (the caller warned): repeat them
         x = x[np.arange(k) % x.shape[0]]
-    centroids, _ = progressive_kmeans(x, k, iterations, rng)
+    centroids, _ = progressive_kmeans(ArrayRows.of(x, leaf_rows(k, x.shape[1])), k, iterations, rng)
     return torch.from_numpy(centroids.astype(np.float32)).to(rows.device)
 
 

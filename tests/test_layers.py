@@ -1,0 +1,170 @@
+"""The one-way layer stack (issue 10): no module imports from a layer above it.
+
+Every module under ``src/viva_glyph`` is parsed with ``ast``; every import in it
+counts, wherever it stands (module level, inside a function, under
+``TYPE_CHECKING``, relative, or a literal ``importlib.import_module("...")``).
+A module may import from its own layer and the layers below.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "viva_glyph"
+
+#: Layer of each top-level module or subpackage of viva_glyph (README, "Architecture").
+LAYERS: dict[str, int] = {
+    # L0 base
+    "_validate": 0, "_kernels": 0, "_numba": 0, "_threads": 0, "_files": 0, "_modelfile": 0,
+    "_rows": 0, "_tables": 0, "_writers": 0, "_version": 0, "config": 0, "glyph": 0,
+    "summary": 0,
+    # L1
+    "codebook": 1,
+    # L2 engine and k-means
+    "beam": 2, "stages": 2, "kmeans": 2,
+    # L3
+    "encoder": 3,
+    # L4 training
+    "training": 4, "_stagewise": 4, "refine": 4,
+    # L5 files, data, metrics
+    "io": 5, "data": 5, "metrics": 5,
+    # L6 applications and integrations
+    "demo": 6, "cli": 6, "_cli_index": 6, "index": 6, "_cli_ids": 6, "semantic": 6,
+    "dask": 6, "torch": 6,
+    # top: the spec facade and the package root; nothing inside imports them
+    "rvq": 7, "__init__": 7, "__main__": 7,
+}  # fmt: skip
+TOP = 7
+
+
+def _module_name(path: Path) -> tuple[str, bool]:
+    """Dotted name of a source file below SRC's parent, and whether it is a package."""
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), True
+    return ".".join(parts), False
+
+
+def _unit(dotted: str) -> str:
+    """The entry of :data:`LAYERS` a dotted viva_glyph module name belongs to."""
+    parts = dotted.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``viva_glyph.x...`` names a submodule (else an attribute of its parent)."""
+    path = SRC.joinpath(*dotted.split(".")[1:])
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, dotted name) of every viva_glyph module or attribute ``source`` imports."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node)
+            for a in node.names:  # "from pkg import name": name may be a submodule
+                sub = f"{base}.{a.name}"
+                out.append((node.lineno, sub if _is_module(sub) else base))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            out.append((node.lineno, node.args[0].value))
+    return [(line, name) for line, name in out if name.split(".")[0] == "viva_glyph"]
+
+
+def violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Imports of ``module`` (dotted) from a layer above its own, as messages."""
+    own = _unit(module)
+    if own not in LAYERS:
+        return [f"{module}: not in the layer table of tests/test_layers.py: give it a layer"]
+    found: list[str] = []
+    for line, name in dict.fromkeys(imports_of(source, module, is_package)):
+        unit = _unit(name)
+        if unit == own:
+            continue
+        if unit not in LAYERS:
+            found.append(f"{module}:{line} imports {name}, which has no layer")
+        elif LAYERS[unit] > LAYERS[own] or LAYERS[unit] == TOP:
+            found.append(
+                f"{module}:{line} (L{LAYERS[own]}) imports {name} (L{LAYERS[unit]}, above it)"
+                if LAYERS[unit] < TOP
+                else f"{module}:{line} imports {name}: nothing inside the package imports "
+                "rvq or the package root"
+            )
+    return found
+
+
+def test_no_module_imports_from_a_higher_layer() -> None:
+    found = []
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) > 20
+    for path in files:
+        module, is_package = _module_name(path)
+        if module in ("viva_glyph", "viva_glyph.__main__"):
+            continue  # the root and the entry point may import anything
+        found += violations(path.read_text(encoding="utf-8"), module, is_package)
+    assert not found, "imports against the layer stack:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        ("viva_glyph.kmeans", "from viva_glyph.training import fit", "kmeans:1 (L2) imports"),
+        ("viva_glyph.kmeans", "def f():\n    import viva_glyph.io\n", "kmeans:2 (L2) imports"),
+        (
+            "viva_glyph.encoder",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from viva_glyph.training import TrainingSummary\n",
+            "encoder:3 (L3) imports viva_glyph.training",
+        ),
+        ("viva_glyph.beam", "from viva_glyph.rvq import RvqEncoder", "rvq or the package root"),
+        ("viva_glyph.training", "from viva_glyph import fit", "rvq or the package root"),
+        ("viva_glyph.codebook", "from . import kmeans", "codebook:1 (L1) imports"),
+        ("viva_glyph.dask._fit", "from ..rvq import RvqEncoder", "rvq or the package root"),
+        (
+            "viva_glyph.glyph",
+            "import importlib\nimportlib.import_module('viva_glyph.dask')",
+            "glyph:2 (L0) imports viva_glyph.dask",
+        ),
+        ("viva_glyph.data", "import viva_glyph.wizard", "has no layer"),
+        ("viva_glyph.wizard", "import numpy", "not in the layer table"),
+    ],
+)
+def test_checker_finds_every_kind_of_import(module: str, source: str, expected: str) -> None:
+    found = violations(source, module)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_checker_allows_same_and_lower_layers() -> None:
+    ok = (
+        "from viva_glyph import _numba, glyph\nimport numpy\n"
+        "from viva_glyph.codebook import Codebook\nfrom viva_glyph.kmeans import lloyd\n"
+        "def f():\n    from viva_glyph.beam import beam_search\n"
+    )
+    assert violations(ok, "viva_glyph.kmeans") == []
+    assert (
+        violations("from ._compute import compute\nfrom ..io import load", "viva_glyph.dask._fit")
+        == []
+    )
+    assert violations("from . import _ops", "viva_glyph.torch", is_package=True) == []
