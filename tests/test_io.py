@@ -518,7 +518,7 @@ def nested(depth: int) -> object:
 
 def training_file(tmp_path: Path, params: object, **meta: str) -> Path:
     header = valid_header()
-    summary = {"stage_errors": [1.0, 0.5, 0.25], "iterations": [3, 3, 3], "seconds": 0.1}
+    summary = {"stage_mse": [1.0, 0.5, 0.25], "iterations": [3, 3, 3], "seconds": 0.1}
     header["__metadata__"]["training"] = json.dumps({**summary, "params": {"p": params}})
     header["__metadata__"].update(meta)
     path = tmp_path / "m.safetensors"
@@ -554,7 +554,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
     enc = vg.RvqEncoder(small().codebooks, training=deep)
     with pytest.raises(ValueError, match="nests"):
         enc.save(tmp_path / "m.safetensors")
-    big = TrainingSummary((1.0,), (1,), 0.1, refine_errors=(0.123456789,) * 100_000)
+    big = TrainingSummary((1.0,), (1,), 0.1, refine_mse=(0.123456789,) * 100_000)
     enc = vg.RvqEncoder(small().codebooks, training=big)
     with pytest.raises(ValueError, match="header"):
         enc.save(tmp_path / "m.safetensors")
@@ -675,3 +675,15 @@ def test_rejecting_a_300_mb_file_keeps_rss_flat(tmp_path: Path) -> None:
         )
         rss[name] = int(res.stdout.split()[-1]) * 1024
     assert rss["large"] - rss["small"] < 8 << 20, rss
+
+
+def test_codebook_value_that_would_overflow_distances_is_a_format_error(tmp_path: Path) -> None:
+    """A finite 3e38 in a file is refused at load as a model-file error naming the stage."""
+    books = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    books[1, 2, 0] = 3e38
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(raw_file(valid_header(), books.tobytes()))
+    with pytest.raises(ModelFormatError, match=r"stage 1: .*code 2 has norm 3e\+38"):
+        vg.load(path)
+    res = run_cli("info", str(path))
+    assert res.returncode == 2 and "stage 1" in res.stderr

@@ -180,6 +180,7 @@ def test_balanced_assignment_bound_and_cost_vs_exact(seed, balance):
 
 def test_balanced_fit_and_unique_bound_every_level():
     x = clustered(4000, seed=6, centers=5)
+    x[:1000] = x[0]  # 1,000 copies of one item: unconstrained, they share one code at every level
     ids = semantic.fit(x, levels=2, codebook_size=16, balance=0.25, suffix_size=4000)
     cap_train = capacity(ids.training["samples"], 16, 0.25)
     assert max(ids.training["largest_cluster"]) <= cap_train

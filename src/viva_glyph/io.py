@@ -34,7 +34,7 @@ from viva_glyph._modelfile import (
     json_depth,
     save,
 )
-from viva_glyph.codebook import Codebook
+from viva_glyph.codebook import codebooks_of_stages
 from viva_glyph.config import RvqConfig
 from viva_glyph.encoder import RvqEncoder
 
@@ -307,7 +307,10 @@ def load(path: PathLike) -> RvqEncoder:
     """
     stack, config, meta = read_model(path)
     training = _training(meta, path)
-    books = [Codebook(book, dtype=stack.dtype) for book in stack]
+    try:
+        books = codebooks_of_stages(stack, dtype=stack.dtype)
+    except ValueError as exc:  # e.g. values whose squared distances would overflow
+        raise _fail(path, str(exc)) from None
     return RvqEncoder(books, config, training=training)
 
 
