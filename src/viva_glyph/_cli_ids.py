@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from viva_glyph._cli_args import command_group, non_negative_number, positive
+
 __all__ = ["register"]
 
 DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
@@ -35,58 +37,35 @@ def _sizes(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     """Add the ``ids`` command (with ``fit``, ``assign``, ``eval``) to ``subparsers``."""
-    ids = subparsers.add_parser(
+    group = command_group(
+        subparsers,
         "ids",
-        help="semantic IDs: unique, prefix-meaningful token IDs for items",
+        "semantic IDs: unique, prefix-meaningful token IDs for items",
         description="Semantic IDs: unique, prefix-meaningful token IDs for items.",
+        examples=EXAMPLES,
+        quiet_help="no notes",
     )
-    sub = ids.add_subparsers(dest="ids_command", metavar="ACTION", required=True)
 
     def add(name: str, help: str) -> Any:
-        p = sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("-q", "--quiet", action="store_true", help="no notes")
+        p = group(name, help)
         p.add_argument("--key", help="array name in a .npz, column in a .parquet")
         return p
 
     p = add("fit", "fit a semantic-ID model and write it (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    p.add_argument("--levels", type=_positive, default=3, help="levels L (3)")
+    p.add_argument("--levels", type=positive, default=3, help="levels L (3)")
     p.add_argument(
         "--codebook-size", type=_sizes, default=256, help="K, or one per level: 16,256,256 (256)"
     )
     p.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="l2 or cosine (l2)")
-    p.add_argument("--balance", type=_fraction, help="cluster bound (1 + B) N / K per level")
-    p.add_argument("--beam", type=_positive, default=1, help="beam width (1)")
-    p.add_argument("--suffix-size", type=_positive, help="suffix range (the last K)")
+    p.add_argument(
+        "--balance", type=non_negative_number, help="cluster bound (1 + B) N / K per level"
+    )
+    p.add_argument("--beam", type=positive, default=1, help="beam width (1)")
+    p.add_argument("--suffix-size", type=positive, help="suffix range (the last K)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.set_defaults(func=cmd_fit)
 
@@ -104,7 +83,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", help="semantic-ID model (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
-    p.add_argument("--sample", type=_positive, default=2000, help="items for 10-NN (2000)")
+    p.add_argument("--sample", type=positive, default=2000, help="items for 10-NN (2000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot")
     p.set_defaults(func=cmd_eval)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph._cli_args import command_group, positive
+
 __all__ = ["register"]
 
 EXAMPLES = {
@@ -26,16 +28,6 @@ EXAMPLES = {
     "info": "example:\n  viva-glyph index info vectors.vgindex",
 }
 DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
@@ -208,22 +200,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``index build|search|info`` to the sub-parsers of the ``viva-glyph`` parser."""
-    top = subparsers.add_parser(
+    group = command_group(
+        subparsers,
         "index",
-        help="build and search an index of RVQ codes",
-        description="build and search an index of RVQ codes (see 'viva-glyph index CMD --help')",
+        "build and search an index of RVQ codes",
+        description="build and search an index of RVQ codes (see 'viva-glyph index ACTION --help')",
+        examples=EXAMPLES,
+        quiet_help="no progress bar or notes",
     )
-    sub = top.add_subparsers(dest="index_command", metavar="CMD", required=True)
 
     def add(name: str, help: str) -> Any:
-        p = sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+        p = group(name, help)
         p.set_defaults(func=globals()[f"cmd_{name}"])
         return p
 
@@ -238,19 +225,19 @@ def register(subparsers: Any) -> None:
         default="float",
         help="(float)",
     )
-    p.add_argument("--nlist", type=_positive, help="IVF lists (default: flat index)")
-    p.add_argument("--beam", type=_positive, default=1, help="beam width to encode (1)")
+    p.add_argument("--nlist", type=positive, help="IVF lists (default: flat index)")
+    p.add_argument("--beam", type=positive, default=1, help="beam width to encode (1)")
     p.add_argument("--key", help="array name in a .npz, column in a .parquet")
 
     p = add("search", "find the k nearest stored vectors of each query")
     p.add_argument("index", help="index file (.vgindex)")
     p.add_argument("queries", help=DATA_HELP)
-    p.add_argument("-k", type=_positive, default=10, help="neighbours per query (10)")
+    p.add_argument("-k", type=positive, default=10, help="neighbours per query (10)")
     p.add_argument("-o", "--output", required=True, help="results: .parquet or .npz")
-    p.add_argument("--nprobe", type=_positive, default=1, help="IVF lists probed (1)")
-    p.add_argument("--rerank", type=_positive, metavar="R", help="re-score the best R exactly")
+    p.add_argument("--nprobe", type=positive, default=1, help="IVF lists probed (1)")
+    p.add_argument("--rerank", type=positive, metavar="R", help="re-score the best R exactly")
     p.add_argument("--vectors", help="original vectors (row = id) for --rerank")
-    p.add_argument("--batch", type=_positive, default=1000, help="queries per batch (1000)")
+    p.add_argument("--batch", type=positive, default=1000, help="queries per batch (1000)")
     p.add_argument("--key", help="array name in a .npz, column in a .parquet")
 
     p = add("info", "show what an index file holds")

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph._cli_args import non_negative, positive, seconds
 from viva_glyph._files import Terminated, check_output, removing_temps_on_signals
 from viva_glyph._validate import check_codes, require_finite
 from viva_glyph._version import __version__
@@ -306,37 +307,13 @@ EXAMPLES = {
 }
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``viva-glyph`` (one sub-parser per command)."""
     common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     blocks = _Parser(add_help=False)
     blocks.add_argument(
-        "--block-rows", type=_positive, default=1 << 16, help="rows read per block (65536)"
+        "--block-rows", type=positive, default=1 << 16, help="rows read per block (65536)"
     )
     blocks.add_argument("--key", help="array in a .npz or .zarr group, column in .parquet data")
     header = blocks.add_mutually_exclusive_group()
@@ -356,11 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = cluster.add_mutually_exclusive_group()
     group.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask scheduler")
     group.add_argument(
-        "--local-cluster", type=_positive, metavar="N", help="run on N local dask workers"
+        "--local-cluster", type=positive, metavar="N", help="run on N local dask workers"
     )
     cluster.add_argument(
         "--connect-timeout",
-        type=_seconds,
+        type=seconds,
         metavar="SECONDS",
         help="seconds the scheduler has to answer (dask's distributed.comm.timeouts.connect, 30)",
     )
@@ -388,13 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fit", "train an encoder on vectors and write a model file", [blocks, cluster])
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    p.add_argument("--stages", type=_positive, default=4, help="number of stages M (4)")
-    p.add_argument("--codebook-size", type=_positive, default=256, help="codes per stage K (256)")
-    p.add_argument("--beam", type=_positive, default=1, help="beam width used in training (1)")
-    p.add_argument("--iterations", type=_positive, default=25, help="k-means iterations (25)")
-    p.add_argument("--refine", type=_non_negative, default=0, help="refinement passes (0)")
-    p.add_argument("--sample", type=_positive, metavar="N", help="train on N sampled vectors")
-    p.add_argument("--seed", type=_non_negative, default=0, help="random seed (0)")
+    p.add_argument("--stages", type=positive, default=4, help="number of stages M (4)")
+    p.add_argument("--codebook-size", type=positive, default=256, help="codes per stage K (256)")
+    p.add_argument("--beam", type=positive, default=1, help="beam width used in training (1)")
+    p.add_argument("--iterations", type=positive, default=25, help="k-means iterations (25)")
+    p.add_argument("--refine", type=non_negative, default=0, help="refinement passes (0)")
+    p.add_argument("--sample", type=positive, metavar="N", help="train on N sampled vectors")
+    p.add_argument("--seed", type=non_negative, default=0, help="random seed (0)")
 
     p = add("encode", "encode vectors to codes (.npy, .parquet or .zarr)", [blocks, cluster])
     p.add_argument("model", help="model file (.safetensors)")
@@ -405,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="codes to write: .npy, .parquet or .zarr (with a cluster: .npy or .zarr)",
     )
-    p.add_argument("--stages", type=_positive, metavar="m", help="encode the first m stages")
-    p.add_argument("--beam", type=_positive, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--stages", type=positive, metavar="m", help="encode the first m stages")
+    p.add_argument("--beam", type=positive, default=1, help="beam width (1 = greedy)")
 
     p = add("decode", "decode codes back to vectors (.npy or .zarr)", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
@@ -416,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", "rate-distortion and code usage of a model on vectors", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--beam", type=_positive, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--beam", type=positive, default=1, help="beam width (1 = greedy)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--plot", metavar="FILE.png", help="write the curve and histograms")
 
