@@ -168,3 +168,21 @@ def test_checker_allows_same_and_lower_layers() -> None:
         == []
     )
     assert violations("from . import _ops", "viva_glyph.torch", is_package=True) == []
+
+
+def test_readme_architecture_table_matches_the_layer_table() -> None:
+    """The README's layer table names every module of :data:`LAYERS` at its layer."""
+    import re
+
+    readme = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    shown: dict[str, int] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not re.match(r"^(\d+|top)\b", cells[0]):
+            continue
+        layer = TOP if cells[0].startswith("top") else int(cells[0].split()[0])
+        for name in re.findall(r"`([\w.]+)`", cells[1]):
+            shown[name] = layer
+    expected = {k: v for k, v in LAYERS.items() if k != "__main__"}
+    assert shown == expected
