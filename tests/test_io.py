@@ -675,3 +675,11 @@ def test_rejecting_a_300_mb_file_keeps_rss_flat(tmp_path: Path) -> None:
         )
         rss[name] = int(res.stdout.split()[-1]) * 1024
     assert rss["large"] - rss["small"] < 8 << 20, rss
+
+
+def test_codebooks_too_large_to_search_are_a_format_error(tmp_path: Path) -> None:
+    """A finite but huge value (a flipped exponent bit) is a format error, not a bare one."""
+    values = np.zeros(60, np.float32)
+    values[17] = 1e30
+    with pytest.raises(ModelFormatError, match=r"is not a valid viva-glyph model file: .*norm"):
+        load_bytes(tmp_path, raw_file(valid_header(), values.tobytes()))

@@ -283,7 +283,7 @@ class SafetensorsFile:
     def read(self, tensor: Tensor) -> NDArray[Any]:
         """Read ``tensor`` into one new array (native byte order)."""
         out = np.empty(tensor.shape, dtype=tensor.dtype)
-        view = out.data.cast("B")
+        view = out.reshape(-1).view(np.uint8).data  # bytes, also for an empty tensor
         self._fh.seek(tensor.start)
         done = 0
         while done < len(view):

@@ -146,7 +146,10 @@ def load(path: PathLike) -> RvqEncoder:
     """
     stack, config, meta = read_model(path)
     training = _training(meta, path)
-    books = [Codebook(book, dtype=stack.dtype) for book in stack]
+    try:
+        books = [Codebook(book, dtype=stack.dtype) for book in stack]
+    except ValueError as exc:  # finite values too large to search with
+        raise _fail(path, str(exc)) from None
     return RvqEncoder(books, config, training=training)
 
 

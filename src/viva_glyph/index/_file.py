@@ -184,7 +184,10 @@ def load(path: PathLike) -> RvqIndex:
     stack = small["codebooks"]
     if not np.isfinite(stack).all():
         raise _fail(path, "codebooks hold NaN or inf")
-    encoder = RvqEncoder([Codebook(b, dtype=stack.dtype) for b in stack])
+    try:
+        encoder = RvqEncoder([Codebook(b, dtype=stack.dtype) for b in stack])
+    except ValueError as exc:  # finite values too large to search with
+        raise _fail(path, str(exc)) from None
     nlist = meta["nlist"] or None
     index = RvqIndex(
         encoder, metric=meta["metric"], norm=meta["norm"], beam_size=meta["beam"], nlist=nlist
