@@ -518,7 +518,7 @@ def nested(depth: int) -> object:
 
 def training_file(tmp_path: Path, params: object, **meta: str) -> Path:
     header = valid_header()
-    summary = {"stage_errors": [1.0, 0.5, 0.25], "iterations": [3, 3, 3], "seconds": 0.1}
+    summary = {"stage_mse": [1.0, 0.5, 0.25], "iterations": [3, 3, 3], "seconds": 0.1}
     header["__metadata__"]["training"] = json.dumps({**summary, "params": {"p": params}})
     header["__metadata__"].update(meta)
     path = tmp_path / "m.safetensors"
@@ -554,7 +554,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
     enc = vg.RvqEncoder(small().codebooks, training=deep)
     with pytest.raises(ValueError, match="nests"):
         enc.save(tmp_path / "m.safetensors")
-    big = TrainingSummary((1.0,), (1,), 0.1, refine_errors=(0.123456789,) * 100_000)
+    big = TrainingSummary((1.0,), (1,), 0.1, refine_mse=(0.123456789,) * 100_000)
     enc = vg.RvqEncoder(small().codebooks, training=big)
     with pytest.raises(ValueError, match="header"):
         enc.save(tmp_path / "m.safetensors")
