@@ -5,25 +5,25 @@ Layout: tensors ``level_0`` .. ``level_{L-1}`` (K_l, D) F32, optionally
 :class:`~viva_glyph.semantic.PrefixTrie`); string metadata ``format``
 (``"viva-glyph-semantic-ids"``), ``format_version`` (``"1"``),
 ``library_version`` and ``semantic`` (JSON: levels, codebook_sizes, dimension,
-metric, balance, beam_size, suffix_size, training). The header is checked
-(length, JSON, tensor names, dtypes, shapes against the metadata, offsets
-against the file size) before any tensor is read, so a malformed file raises
+metric, balance, beam_size, suffix_size, training). :func:`load` reads it
+with :mod:`viva_glyph._safetensors`: anything but a regular file is refused
+without blocking, and the header (length, JSON, tensor names, dtypes, shapes
+against the metadata, offsets against the file size) is checked before any
+tensor is read, so a malformed file raises
 :class:`viva_glyph.io.ModelFormatError` without a large allocation.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
-import struct
 from typing import Any
 
 import numpy as np
 
+from viva_glyph._safetensors import Expect, FileKind, open_file
 from viva_glyph.codebook import Codebook
-from viva_glyph.io import MAX_HEADER_BYTES, ModelFormatError, atomic_output
+from viva_glyph.io import ModelFormatError, atomic_output
 from viva_glyph.semantic._model import METRICS, SemanticIds, check_balance
 from viva_glyph.semantic._tokens import PrefixTrie
 
@@ -31,7 +31,6 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
 
 FORMAT_NAME = "viva-glyph-semantic-ids"
 FORMAT_VERSION = "1"
-_DTYPES = {"F32": (np.dtype(np.float32), 4), "I64": (np.dtype(np.int64), 8)}
 PathLike = str | os.PathLike[str]
 
 
@@ -75,30 +74,11 @@ def save(ids: SemanticIds, path: PathLike) -> None:
         fh.write(payload)
 
 
-def _fail(path: PathLike, why: str) -> ModelFormatError:
-    return ModelFormatError(f"{os.fspath(path)} is not a valid viva-glyph semantic-ID file: {why}")
+_KIND = FileKind(FORMAT_NAME, FORMAT_VERSION, "semantic-ID file", ModelFormatError)
 
 
-def _header(data: bytes, path: PathLike) -> tuple[dict[str, Any], dict[str, str], int]:
-    if len(data) < 8:
-        raise _fail(path, f"file is {len(data)} bytes, too short for a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n < 2 or n > MAX_HEADER_BYTES or 8 + n > len(data):
-        raise _fail(path, f"header length {n} is outside the file or [2, {MAX_HEADER_BYTES}]")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _fail(path, "header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _fail(path, "metadata missing or not a map of strings")
-    if meta.get("format") != FORMAT_NAME:
-        raise _fail(path, f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise _fail(path, f"format version {meta.get('format_version')!r} is not supported")
-    return header, meta, 8 + n
+def _fail(path: PathLike, why: str) -> ValueError:
+    return _KIND.fail(path, why)
 
 
 def _int(value: object, name: str, path: PathLike) -> int:
@@ -133,42 +113,14 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
     return cfg
 
 
-def _check_tensors(header: dict[str, Any], cfg: dict[str, Any], size: int, path: PathLike) -> None:
-    expect: dict[str, tuple[str, list[int] | None]] = {
-        f"level_{i}": ("F32", [k, cfg["dimension"]]) for i, k in enumerate(cfg["codebook_sizes"])
+def _expected(names: frozenset[str], cfg: dict[str, Any]) -> dict[str, Expect]:
+    """The tensors the settings call for: ``level_i`` (K_i, D) F32, optional 1-D I64 trie."""
+    expect: dict[str, Expect] = {
+        f"level_{i}": ({"F32"}, (k, cfg["dimension"])) for i, k in enumerate(cfg["codebook_sizes"])
     }
-    names = set(header)
     if "trie_keys" in names:
-        expect["trie_keys"] = ("I64", None)
-    if names != set(expect):
-        raise _fail(path, f"tensors {sorted(names)[:6]} are not {sorted(expect)[:6]}")
-    spans = []
-    for name, (dtype, shape) in expect.items():
-        entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != dtype:
-            raise _fail(path, f"tensor {name} is not {dtype}")
-        got = entry.get("shape")
-        if not isinstance(got, list) or not all(isinstance(v, int) and v >= 0 for v in got):
-            raise _fail(path, f"tensor {name} has no valid shape")
-        if shape is not None and got != shape:
-            raise _fail(path, f"tensor {name} has shape {got}, expected {shape}")
-        if shape is None and len(got) != 1:
-            raise _fail(path, f"tensor {name} must be 1-D, got shape {got}")
-        offsets = entry.get("data_offsets")
-        nbytes = math.prod(got) * _DTYPES[dtype][1]
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(v, int) for v in offsets)
-            or offsets[1] - offsets[0] != nbytes
-            or offsets[0] < 0
-            or offsets[1] > size
-        ):
-            raise _fail(path, f"tensor {name} has data offsets {offsets!r} outside the data")
-        spans.append(tuple(offsets))
-    spans.sort()
-    if any(a[1] > b[0] for a, b in itertools.pairwise(spans)):
-        raise _fail(path, "tensor data overlap")
+        expect["trie_keys"] = ({"I64"}, 1)
+    return expect
 
 
 def load(path: PathLike) -> SemanticIds:
@@ -181,19 +133,9 @@ def load(path: PathLike) -> SemanticIds:
     OSError
         When the file cannot be read.
     """
-    if os.stat(path).st_size > (1 << 40):
-        raise _fail(path, "file is too large")
-    with open(path, "rb") as fh:
-        data = fh.read()
-    header, meta, start = _header(data, path)
-    cfg = _settings(meta, path)
-    _check_tensors(header, cfg, len(data) - start, path)
-    from safetensors.numpy import load as st_load
-
-    try:
-        tensors = st_load(data)
-    except Exception as exc:
-        raise _fail(path, f"safetensors could not read it ({exc})") from None
+    with open_file(path, _KIND) as fh:
+        cfg = _settings(fh.metadata, path)
+        tensors = {name: fh.read(t) for name, t in fh.tensors(_expected(fh.names, cfg)).items()}
     try:
         books = [Codebook(tensors[f"level_{i}"], dtype=np.float32) for i in range(cfg["levels"])]
         ids = SemanticIds(
