@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,27 @@ def brute_force_encode(books: np.ndarray, x: np.ndarray) -> tuple[list[int], np.
     return indices, np.array(stage_dists)
 
 
+def assert_stagewise_nearest(books: np.ndarray, x: np.ndarray, codes: np.ndarray) -> None:
+    """Every stage's choice is a float64 nearest code within relative 1e-5, and where
+    the nearest is 1e-5 clear of the runner-up it is exactly that code; exact float64
+    ties go to the lowest index (brute force over all codes, elementwise arithmetic)."""
+    books64 = books.astype(np.float64)
+    residual = x.astype(np.float64).copy()
+    rows = np.arange(len(x))
+    for stage in range(codes.shape[1]):
+        dists = ((residual[:, None, :] - books64[stage][None]) ** 2).sum(axis=2)
+        best = dists.min(axis=1)
+        chosen = dists[rows, codes[:, stage]]
+        assert np.all(chosen <= best * (1 + 1e-5) + 1e-300), stage
+        srt = np.sort(dists, axis=1)
+        clear = srt[:, 1] > srt[:, 0] * (1 + 1e-5) if dists.shape[1] > 1 else best >= 0
+        np.testing.assert_array_equal(codes[clear, stage], dists.argmin(axis=1)[clear])
+        exact_tie = chosen == best
+        lowest = (dists == best[:, None]).argmax(axis=1)
+        np.testing.assert_array_equal(codes[exact_tie, stage], lowest[exact_tie])
+        residual -= books64[stage][codes[:, stage]]
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread is fastest and immune to busy cores."""
@@ -40,3 +62,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def torch_mixture(n: int, d: int, seed: int, centers: int = 24) -> Any:
+    """Structured torch data: a Gaussian mixture with well separated centers, (n, d) float32."""
+    import torch
+
+    g = torch.Generator().manual_seed(99)
+    mu = torch.randn(centers, d, generator=g) * 3.0
+    s = torch.Generator().manual_seed(seed)
+    return mu[torch.randint(centers, (n,), generator=s)] + 0.3 * torch.randn(n, d, generator=s)

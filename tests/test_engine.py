@@ -11,34 +11,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import brute_force_encode
+from conftest import assert_stagewise_nearest, brute_force_encode
 
 import viva_glyph as vg
 from viva_glyph import beam
 from viva_glyph.beam import beam_start, beam_step
 
 Maker = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
-
-
-def _stagewise_reference(books: np.ndarray, x: np.ndarray, codes: np.ndarray) -> None:
-    """Every stage's choice is a float64 nearest code within relative 1e-5, and where
-    the nearest is 1e-5 clear of the runner-up it is exactly that code; exact float64
-    ties go to the lowest index (brute force over all codes, elementwise arithmetic)."""
-    books64 = books.astype(np.float64)
-    residual = x.astype(np.float64).copy()
-    rows = np.arange(len(x))
-    for stage in range(codes.shape[1]):
-        dists = ((residual[:, None, :] - books64[stage][None]) ** 2).sum(axis=2)
-        best = dists.min(axis=1)
-        chosen = dists[rows, codes[:, stage]]
-        assert np.all(chosen <= best * (1 + 1e-5) + 1e-300), stage
-        srt = np.sort(dists, axis=1)
-        clear = srt[:, 1] > srt[:, 0] * (1 + 1e-5) if dists.shape[1] > 1 else best >= 0
-        np.testing.assert_array_equal(codes[clear, stage], dists.argmin(axis=1)[clear])
-        exact_tie = chosen == best
-        lowest = (dists == best[:, None]).argmax(axis=1)
-        np.testing.assert_array_equal(codes[exact_tie, stage], lowest[exact_tie])
-        residual -= books64[stage][codes[:, stage]]
 
 
 def _trained_like_books(x: np.ndarray, m: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,7 +130,7 @@ def test_greedy_is_the_beam_engine_at_one_and_exact(name: str) -> None:
     x, books = DATA[name](np.random.default_rng(len(name)))
     enc = vg.from_codebooks(books)
     greedy = enc.encode(x)
-    _stagewise_reference(books, x, greedy)
+    assert_stagewise_nearest(books, x, greedy)
     for backend in ("numpy", "numba"):
         if backend == "numba":
             pytest.importorskip("numba")
@@ -192,7 +171,7 @@ def test_codebook_values_that_overflow_float32_distances_are_refused() -> None:
     enc = vg.from_codebooks(ok)
     x = np.random.default_rng(1).standard_normal((500, 6)).astype(np.float32)
     x[:5] = 1e18
-    _stagewise_reference(ok, x, enc.encode(x))
+    assert_stagewise_nearest(ok, x, enc.encode(x))
 
 
 def test_inputs_beyond_the_float32_bound_are_refused() -> None:

@@ -6,24 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_stagewise_nearest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import viva_glyph as vg
 from viva_glyph import RvqConfig
-
-
-def _stagewise_check(books: np.ndarray, x: np.ndarray, codes: np.ndarray, rel: float) -> None:
-    """Every stage's choice is a true float64 minimum (within ``rel``), ties to lowest index."""
-    books64 = books.astype(np.float64)
-    residual = x.astype(np.float64).copy()
-    rows = np.arange(len(x))
-    for stage in range(codes.shape[1]):
-        dists = ((residual[:, None, :] - books64[stage][None]) ** 2).sum(axis=2)
-        best = dists.min(axis=1)
-        chosen = dists[rows, codes[:, stage]]
-        assert np.all(chosen <= best * (1 + rel) + 1e-30), stage
-        residual -= books64[stage][codes[:, stage]]
 
 
 @given(
@@ -42,7 +30,7 @@ def test_every_stage_picks_the_true_minimum(
     x = rng.standard_normal((300, dim)).astype(dtype)
     enc = vg.from_codebooks(books)
     codes = enc.encode(x)
-    _stagewise_check(books, x, codes, rel=1e-5)
+    assert_stagewise_nearest(books, x, codes)
 
 
 def test_ties_go_to_the_lowest_index() -> None:

@@ -9,18 +9,15 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from conftest import torch_mixture  # noqa: E402
+
 import viva_glyph  # noqa: E402
 from viva_glyph.torch import ResidualVQ, RvqOutput  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def mixture(n: int, d: int, seed: int, centers: int = 24) -> torch.Tensor:
-    """Structured data: a Gaussian mixture with well separated centers."""
-    g = torch.Generator().manual_seed(99)
-    mu = torch.randn(centers, d, generator=g) * 3.0
-    s = torch.Generator().manual_seed(seed)
-    return mu[torch.randint(centers, (n,), generator=s)] + 0.3 * torch.randn(n, d, generator=s)
+mixture = torch_mixture
 
 
 def ready(vq: ResidualVQ, books: np.ndarray, counts: np.ndarray | None = None) -> ResidualVQ:

@@ -15,6 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import torch_mixture  # noqa: E402
+
 from viva_glyph import kmeans  # noqa: E402
 from viva_glyph._rows import ArrayRows  # noqa: E402
 from viva_glyph.torch import ResidualVQ  # noqa: E402
@@ -23,10 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mixture(n: int, d: int, seed: int, centers: int = 64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(7)
-    mu = torch.randn(centers, d, generator=g) * 2.0
-    s = torch.Generator().manual_seed(seed)
-    return mu[torch.randint(centers, (n,), generator=s)] + 0.5 * torch.randn(n, d, generator=s)
+    return torch_mixture(n, d, seed, centers)
 
 
 def test_default_init_rows_is_a_multiple_of_k() -> None:
