@@ -193,3 +193,31 @@ def test_dask_npy_write_leaves_no_temp(setup: dict[str, Any], how: str) -> None:
         assert temps(d) == []
         np.testing.assert_array_equal(np.load(d / "c.npy"), setup["enc"].encode(setup["x"]))
     assert (d / "c.npy").exists() == (how == "kill")
+
+
+@pytest.mark.parametrize("library", ["wraps", "swallows"])
+def test_signal_inside_library_code_still_terminates(
+    setup: dict[str, Any], monkeypatch: Any, capsys: Any, library: str
+) -> None:
+    """A signal's exception can surface inside library code that turns it into another
+    exception (numba's lazy type set-up raised RuntimeError from it: 'unexpected error',
+    exit 1) or swallows it; the run still ends as terminated, with no output and no temp."""
+    d = setup["dir"]
+    real = vg.RvqEncoder.encode
+
+    def encode(self: Any, *a: Any, **k: Any) -> Any:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this frame
+            time.sleep(1)
+        except BaseException as exc:
+            if library == "wraps":
+                raise RuntimeError("Error calling __set_name__") from exc
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(vg.RvqEncoder, "encode", encode)
+    argv = ["encode", setup["m"], str(d / "x.npy"), "-o", str(d / "c.npy"), "-q"]
+    assert cli.main(argv) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines() == ["viva-glyph: terminated by SIGTERM"]
+    assert temps(d) == [] and not (d / "c.npy").exists()
+    monkeypatch.setattr(vg.RvqEncoder, "encode", real)
+    assert cli.main(argv) == 0  # the next run in this process is not taken for terminated

@@ -47,6 +47,21 @@ _LIVE: set[Path] = set()  # temporaries of this process, removed on SIGTERM / SI
 _LIVE_LOCK = threading.RLock()  # re-entered by a signal handler in the main thread
 
 
+_SIGNALLED: list[int] = []  # the signal that ended this run's work, once one came
+
+
+def terminated_by() -> int | None:
+    """The signal (SIGTERM or SIGHUP) that arrived in the current
+    :func:`removing_temps_on_signals` block, or None.
+
+    The handler's :class:`Terminated` can surface inside library code that
+    wraps it in another exception or swallows it; callers check this instead
+    of trusting the exception type, and :func:`atomic_output` refuses to
+    publish an output once it is set.
+    """
+    return _SIGNALLED[0] if _SIGNALLED else None
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived while :func:`removing_temps_on_signals` was active."""
 
@@ -229,6 +244,7 @@ def atomic_output(path: PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _refuse_if_signalled()
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -255,6 +271,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         fsync_tree(tmp)
+        _refuse_if_signalled()
         if target.is_dir() and not target.is_symlink():
             trash = _temp_name(target, ".old")
             os.replace(target, trash)
@@ -282,8 +299,16 @@ def _remove_live() -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if not _SIGNALLED:
+        _SIGNALLED.append(signum)
     _remove_live()
     raise Terminated(signum)
+
+
+def _refuse_if_signalled() -> None:
+    signum = terminated_by()
+    if signum is not None:
+        raise Terminated(signum)
 
 
 @contextlib.contextmanager
@@ -295,6 +320,7 @@ def removing_temps_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _SIGNALLED.clear()
     names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
     saved: list[tuple[int, Any]] = []
     for name in names:

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._cli_args import non_negative, positive, seconds
-from viva_glyph._files import Terminated, check_output, removing_temps_on_signals
+from viva_glyph._files import Terminated, check_output, removing_temps_on_signals, terminated_by
 from viva_glyph._validate import check_codes, require_finite
 from viva_glyph._version import __version__
 from viva_glyph.encoder import RvqEncoder
@@ -439,16 +439,36 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``viva-glyph`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except BaseException as exc:  # usage errors, --help, --version
+        return _failed(exc)
+    try:
+        with removing_temps_on_signals():
+            code = int(args.func(args))
+            _raise_if_signalled()
+            return code
+    except BaseException as exc:
+        signum = terminated_by()  # whatever exception the signal surfaced as, or none
+        if signum is None:
+            return _failed(exc)
+        with contextlib.suppress(OSError):  # temporaries are already removed
+            print(f"{PROG}: {Terminated(signum)}", file=sys.stderr)
+        return 128 + signum
+
+
+def _raise_if_signalled() -> None:
+    signum = terminated_by()
+    if signum is not None:
+        raise Terminated(signum)
+
+
+def _failed(exc: BaseException) -> int:
+    """Exit code and one line for ``exc`` raised by a command (no signal came)."""
     from viva_glyph.io import ModelFormatError
 
     try:
-        args = build_parser().parse_args(argv)
-        with removing_temps_on_signals():
-            return int(args.func(args))
-    except Terminated as exc:  # SIGTERM / SIGHUP: temporaries are already removed
-        with contextlib.suppress(OSError):
-            print(f"{PROG}: {exc}", file=sys.stderr)
-        return 128 + exc.signum
+        raise exc
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
