@@ -166,3 +166,34 @@ def test_suffix_range_exceeded_stores_nothing(tmp_path):
             store.assign(ids, np.repeat(x[:1], 3, axis=0), [f"b{i}" for i in range(3)])
         assert len(store) == 6
         store.check()
+
+
+def test_a_store_busy_while_opening_is_waited_for(tmp_path, monkeypatch):
+    """Another process switching the file to WAL or creating the schema makes SQLite say
+    'database is locked' at once (its busy handler is not always called there): opening
+    waits and retries within ``timeout`` instead of calling the file 'not an ID store'."""
+    from viva_glyph.semantic import _store
+
+    real_connect = sqlite3.connect
+    busy = {"left": 3}
+
+    class Flaky:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode") and busy["left"] > 0:
+                busy["left"] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    monkeypatch.setattr(_store.sqlite3, "connect", lambda *a, **k: Flaky(real_connect(*a, **k)))
+    with semantic.IdStore(tmp_path / "s.db", timeout=30) as store:
+        assert len(store) == 0
+    assert busy["left"] == 0
+    busy["left"] = 10**9  # locked for good: a clear error once the timeout has passed
+    with pytest.raises(ValueError, match=r"locked by another process .*0\.5 s"):
+        semantic.IdStore(tmp_path / "s.db", timeout=0.5)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +78,11 @@ def _digits(glyphs: NDArray[np.int64], sizes: tuple[int, ...]) -> NDArray[np.int
     return out
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class IdStore:
     """Persistent, process-safe unique semantic IDs on SQLite.
 
@@ -96,14 +102,31 @@ class IdStore:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         self.path = os.fspath(path)
         self._con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        try:
-            self._open()
-        except sqlite3.DatabaseError as exc:
-            self._con.close()
-            raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
-        except ValueError:
-            self._con.close()
-            raise
+        deadline, pause = time.monotonic() + timeout, 0.01
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.OperationalError as exc:
+                # Switching to WAL or creating the schema while another process does the
+                # same can say "locked" at once, without SQLite's busy handler: retry.
+                if _busy(exc) and time.monotonic() < deadline:
+                    time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                    pause = min(pause * 2, 0.5)
+                    continue
+                self._con.close()
+                if _busy(exc):
+                    raise ValueError(
+                        f"{self.path} is locked by another process (waited {timeout:g} s; "
+                        "raise IdStore's timeout)"
+                    ) from None
+                raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
+            except sqlite3.DatabaseError as exc:
+                self._con.close()
+                raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
+            except ValueError:
+                self._con.close()
+                raise
 
     def _open(self) -> None:
         con = self._con
