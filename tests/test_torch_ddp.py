@@ -98,6 +98,10 @@ def _worker(rank: int, world: int, port: int, folder: str, mode: str) -> None:
         np.array([*reduces, eval_calls, calls["broadcast"]]),
         allow_pickle=False,
     )
+    # Both ranks reach teardown before either closes its gloo pairs: a rank that closed
+    # first could abort the other's gloo threads ("terminate called without an active
+    # exception", SIGABRT), seen once in CI.
+    dist.barrier()
     dist.destroy_process_group()
 
 
