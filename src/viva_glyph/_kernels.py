@@ -128,6 +128,15 @@ def norm_limit(dtype: Any) -> float:
     return float(np.sqrt(np.finfo(np.dtype(dtype)).max)) / 4.0
 
 
+def over_norm_limit(rows64: NDArray[np.float64], dtype: Any) -> tuple[int, float, float] | None:
+    """The first row of ``rows64`` (N, D) whose norm exceeds :func:`norm_limit` of
+    ``dtype`` (NaN counts), as ``(row, norm, limit)``, or None."""
+    limit = norm_limit(dtype)
+    norms = np.sqrt(np.einsum("nd,nd->n", rows64, rows64))
+    bad = np.flatnonzero(~(norms <= limit))
+    return (int(bad[0]), float(norms[bad[0]]), limit) if bad.size else None
+
+
 def rounding_factor(dimension: int, dtype: Any) -> float:
     """``gamma = n u / (1 - n u)`` with ``n = D + 5``: the worst-case relative error of
     ``||c||^2 - 2 r.c`` in ``dtype`` (D + 1 products in any order, plus the rounding

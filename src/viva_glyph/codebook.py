@@ -15,7 +15,7 @@ from viva_glyph._kernels import (
     chunk_rows,
     greedy_pick,
     nearest_into,
-    norm_limit,
+    over_norm_limit,
     rounding_factor,
 )
 from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
@@ -65,15 +65,14 @@ class Codebook:
         vectors64 = arr.astype(np.float64)
         vectors64.setflags(write=False)
         self._vectors64: NDArray[np.float64] = vectors64
-        norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
-        limit = norm_limit(arr.dtype)
-        too_big = np.flatnonzero(~(norms <= limit))
-        if too_big.size:
-            j = int(too_big[0])
+        over = over_norm_limit(vectors64, arr.dtype)
+        if over is not None:
+            j, norm, limit = over
             raise ValueError(
-                f"codebook code {j} has norm {norms[j]:.4g}, above the limit {limit:.4g} "
+                f"codebook code {j} has norm {norm:.4g}, above the limit {limit:.4g} "
                 f"(sqrt of the {arr.dtype} maximum / 4) beyond which squared distances overflow"
             )
+        norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
         norms.setflags(write=False)
         self._norms: NDArray[np.float64] = norms
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph._kernels import chunk_rows, code_dtype, norm_limit
+from viva_glyph._kernels import chunk_rows, code_dtype, norm_limit, over_norm_limit
 from viva_glyph._validate import as_matrix, check_codes, positive_int, require_finite
 from viva_glyph.beam import beam_search, check_beam_size
 from viva_glyph.codebook import Codebook
@@ -196,13 +196,11 @@ class RvqEncoder:
         if top * np.sqrt(chunk.shape[1]) <= limit:  # False for NaN
             return
         require_finite(chunk, start)
-        wide = chunk.astype(np.float64)
-        norms = np.sqrt(np.einsum("nd,nd->n", wide, wide))
-        bad = np.flatnonzero(~(norms <= limit))
-        if bad.size:
-            row = int(bad[0])
+        over = over_norm_limit(chunk.astype(np.float64), self.dtype)
+        if over is not None:
+            row, norm, limit = over
             raise ValueError(
-                f"X row {start + row} has norm {norms[row]:.4g}, above the limit {limit:.4g} "
+                f"X row {start + row} has norm {norm:.4g}, above the limit {limit:.4g} "
                 f"of a {self.dtype} model (sqrt of the {self.dtype} maximum / 4) beyond "
                 "which squared distances overflow"
             )
