@@ -99,7 +99,20 @@ def _float64_model(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return x, _trained_like_books(x, 3, 32, rng).astype(np.float64)
 
 
+def _cancelling_stages(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    # stage 2 adds a huge vector B (||B|| ~ 3e5) that stage 3 takes away again, then
+    # small codes follow: a float32 running residual drifts by ~0.05 while the late
+    # residuals and codes are ~1, so the engine must bound that drift
+    b = rng.standard_normal(8) * 1e5
+    books = rng.standard_normal((8, 32, 8))
+    books[1] -= b
+    books[2] += b
+    x = rng.standard_normal((3000, 8)) * 3.0
+    return x.astype(np.float32), books.astype(np.float32)
+
+
 DATA: dict[str, Maker] = {
+    "cancelling_stages": _cancelling_stages,
     "gauss": _gauss,
     "offset": _offset,
     "offset_random_books": _offset_random_books,

@@ -10,11 +10,15 @@ first of equal values, so ties go to the lowest index.
 In float32 that expansion can misorder codes whose distances differ by less
 than its rounding error, which matters when the residual is small next to the
 code norms.
-:func:`greedy_pick` is the decision of one greedy stage (the beam engine at
-B = 1): the float32 argmin is kept where a rigorous bound on the GEMM's
-rounding (valid for any summation order, so for any BLAS kernel) shows no
-other code can be as near, and re-decided in float64 otherwise. Its numba
-twin is :func:`viva_glyph._numba.greedy_pick_kernel`.
+:func:`greedy_pick` decides one stage exactly for rows given in float64: the
+float32 argmin is kept where a rigorous bound on the GEMM's rounding (valid for
+any summation order, so for any BLAS kernel) shows no other code can be as
+near, and re-decided in float64 otherwise. The engine's greedy step (the beam
+engine at B = 1) keeps its residual in the compute dtype instead and widens the
+bound by how far that residual may have drifted from the exact one
+(:func:`running_candidates`, :func:`running_update`, numba twin
+:func:`viva_glyph._numba.greedy_running_kernel`); the rows left in doubt are
+decided in float64 (:func:`float64_choice`) on the exact residual.
 
 :func:`numba_kernels` hands out the optional numba kernels (:mod:`viva_glyph._numba`).
 """
@@ -33,11 +37,15 @@ __all__ = [
     "augmented_table",
     "chunk_rows",
     "code_dtype",
+    "float64_choice",
+    "float64_tie_slack",
     "greedy_pick",
     "nearest_into",
     "norm_limit",
     "numba_kernels",
     "rounding_factor",
+    "running_candidates",
+    "running_update",
 ]
 
 #: Working-set size a chunk of distance computations aims for (fits in L2/L3).
@@ -146,6 +154,13 @@ def rounding_factor(dimension: int, dtype: Any) -> float:
     return nu / (1.0 - nu)
 
 
+def float64_tie_slack(dimension: int) -> float:
+    """Relative gap below which two float64 squared distances ``sum (r - c)^2`` of
+    ``dimension`` terms may round to the same value or swap: 3 (D + 3) u, u = 2^-53
+    (every summand is positive, so each sum is within (D + 2) u of its true value)."""
+    return 3.0 * (dimension + 3) * float(np.finfo(np.float64).eps) / 2
+
+
 def greedy_pick(
     scores: NDArray[np.floating[Any]],
     exact: NDArray[np.float64],
@@ -159,11 +174,15 @@ def greedy_pick(
     """One greedy stage's choices and the residuals they leave (numpy path).
 
     Each ``scores[i, j]`` lies within ``e_j = gamma ||c_j|| (||c_j|| + 2 ||r_i||)`` of
-    the exact ``||c_j||^2 - 2 r_i.c_j``. A code truly as near as the float argmin q
-    has ``||c_j|| <= ||r|| + sqrt(d_q)`` (triangle inequality), hence
-    ``scores[i, j] <= thr = scores[i, q] + e_q + e(||r|| + sqrt(d_q))``. Rows where q
-    is the only code under ``thr`` keep q (it is the exact nearest); in the others
-    every code under ``thr`` is compared in float64, ties to the lowest index.
+    the exact ``||c_j||^2 - 2 r_i.c_j``, so a code can be truly as near as the float
+    argmin q only if ``scores[i, j] - e_j <= scores[i, q] + e_q`` (each code's own
+    bound, from its own norm). Rows where q is the only such code keep q (it is the
+    exact nearest); in the others every such code is compared in float64, ties to
+    the lowest index. The bounds are computed in float64 (their own rounding is
+    covered by the spare unit in ``gamma``). Codes whose float64 distance could tie
+    with q's (true distances within :func:`float64_tie_slack` of each other, which
+    only matters for residuals some 1e9 times longer than the codes) are compared
+    too, so ties go to the lowest index as a float64 brute force finds them.
 
     Parameters
     ----------
@@ -190,25 +209,101 @@ def greedy_pick(
     """
     n = scores.shape[0]
     q: NDArray[np.intp] = scores.argmin(axis=1)
-    best = scores[np.arange(n), q].astype(np.float64)
     r_norm = np.sqrt(norm2)
-    c_norm = norms[q]
-    chosen = gamma * c_norm * (c_norm + 2.0 * r_norm)
-    c_bound = r_norm + np.sqrt(np.maximum(best + norm2 + chosen, 0.0))
-    thr = best + chosen + gamma * c_bound * (c_bound + 2.0 * r_norm)
-    if scores.dtype != np.float64:  # the smallest value of the scores' dtype >= thr
-        low = thr.astype(scores.dtype)
-        thr = np.where(low < thr, np.nextafter(low, np.inf), low)
-    near = scores <= thr[:, None]
+    slack_a, slack_b = gamma * norms * norms, 2.0 * gamma * norms  # e_j = a_j + ||r|| b_j
+    upper = scores[np.arange(n), q].astype(np.float64) + slack_a[q] + r_norm * slack_b[q]
+    upper += float64_tie_slack(exact.shape[1]) * np.maximum(upper + norm2, 0.0)
+    lower = scores.astype(np.float64)
+    lower -= slack_a
+    lower -= r_norm[:, None] * slack_b
+    near = lower <= upper[:, None]
     rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
     if rows.size:
-        pair_row, pair_code = np.nonzero(near[rows])
-        diff = exact[rows[pair_row]] - vectors[pair_code]
-        dist = np.einsum("pd,pd->p", diff, diff)
-        order = np.lexsort((pair_code, dist, pair_row))
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = pair_row[order][1:] != pair_row[order][:-1]
-        q[rows[pair_row[order][first]]] = pair_code[order][first]
+        q[rows] = float64_choice(near[rows], exact[rows], vectors)
     np.subtract(exact, vectors[q], out=out_exact)
     np.einsum("nd,nd->n", out_exact, out_exact, out=out_norm2)
     return q
+
+
+def running_candidates(
+    scores: NDArray[np.floating[Any]],
+    norm2: NDArray[np.float64],
+    drift: NDArray[np.float64],
+    norms: NDArray[np.float64],
+    gamma: float,
+    dimension: int,
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """The float argmin of each row and the codes that may be as near, for a
+    residual kept in the compute dtype (the greedy engine after its first stage).
+
+    The scores come from the rounded running residual r~, within ``drift`` of the
+    exact residual r (``||r~ - r|| <= drift``), so each code's bound is
+    ``e_j = gamma ||c_j|| (||c_j|| + 2 R) + 2 drift ||c_j||`` with
+    ``R = sqrt(norm2) + drift >= ||r~||, ||r||`` (see :func:`greedy_pick`), plus the
+    float64 tie slack. A row whose argmin is its only candidate has it as exact
+    nearest code. The numba twin computes the same floats in the same order.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (n, K)
+        ``||c||^2 - 2 r~.c`` from the GEMM.
+    norm2 : ndarray, shape (n,), float64
+        ``||r~||^2`` (or ``||r||^2``).
+    drift : ndarray, shape (n,), float64
+    norms : ndarray, shape (K,), float64
+    gamma : float
+        :func:`rounding_factor` of D and the scores' dtype.
+    dimension : int
+
+    Returns
+    -------
+    q : ndarray, shape (n,), intp
+    near : ndarray, shape (n, K), bool
+    """
+    n = scores.shape[0]
+    q: NDArray[np.intp] = scores.argmin(axis=1)
+    slack_a, slack_b = gamma * norms * norms, 2.0 * gamma * norms
+    r_bound = np.sqrt(norm2) + drift
+    shift = r_bound + drift / gamma
+    upper = scores[np.arange(n), q].astype(np.float64) + (slack_a[q] + shift * slack_b[q])
+    upper += float64_tie_slack(dimension) * np.maximum(upper + r_bound * r_bound, 0.0)
+    lower = scores.astype(np.float64)
+    lower -= slack_a + shift[:, None] * slack_b
+    near: NDArray[np.bool_] = lower <= upper[:, None]
+    return q, near
+
+
+def float64_choice(
+    near: NDArray[np.bool_], exact: NDArray[np.float64], vectors: NDArray[np.float64]
+) -> NDArray[np.intp]:
+    """Per row, the code among ``near`` (n, K) nearest to ``exact`` (n, D) in float64,
+    ties to the lowest index (``vectors`` (K, D) float64)."""
+    pair_row, pair_code = np.nonzero(near)
+    diff = exact[pair_row] - vectors[pair_code]
+    dist = np.einsum("pd,pd->p", diff, diff)
+    order = np.lexsort((pair_code, dist, pair_row))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = pair_row[order][1:] != pair_row[order][:-1]
+    out: NDArray[np.intp] = np.empty(near.shape[0], dtype=np.intp)
+    out[pair_row[order][first]] = pair_code[order][first]
+    return out
+
+
+def running_update(
+    rows: NDArray[Any],
+    q: NDArray[np.intp],
+    vectors: NDArray[Any],
+    norm2: NDArray[np.float64],
+    drift: NDArray[np.float64],
+    grow: float,
+    vec_err: NDArray[np.float64],
+) -> None:
+    """Subtract the chosen codes from the running residual rows (n, D) in their own
+    dtype, in place; ``norm2`` receives the new ``||r~||^2`` and ``drift`` grows by
+    ``vec_err[q]`` (how far the stored code may be from the exact one) plus
+    ``grow ||r~||`` (the subtraction's rounding, ``grow`` = unit roundoff with a
+    margin)."""
+    drift += vec_err[q]
+    rows -= vectors[q]
+    np.einsum("nd,nd->n", rows, rows, out=norm2, dtype=np.float64, casting="unsafe")
+    drift += grow * np.sqrt(norm2)

@@ -6,11 +6,11 @@ with identical results:
 
 - :func:`lut_step_kernel`, one table-driven beam-search stage, replaces
   :func:`viva_glyph.beam.lut_step`'s numpy path;
-- :func:`greedy_pick_kernel`, one greedy stage's decision and residual update,
-  replaces :func:`viva_glyph._kernels.greedy_pick` (same bound, same float64
-  re-decision; its float64 sums run in row order, numpy's einsum in its own, so
-  the two can part only where two codes' float64 distances agree to the last
-  bits);
+- :func:`greedy_running_kernel`, one greedy stage's decision and residual update,
+  replaces :func:`viva_glyph._kernels.running_candidates` and
+  :func:`viva_glyph._kernels.running_update` (the same bounds in the same float
+  order, so the same rows are left to the float64 decision; the residual norm is
+  summed in its own order, which moves only the bounds, never a decision);
 - :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
   the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
   of each cluster in row order, so the sums are bit-identical).
@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["accumulate_sums", "greedy_pick_kernel", "lut_step_kernel"]
+__all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -125,10 +125,26 @@ def _sum_squares(v):  # type: ignore[no-untyped-def]
     return s
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _subtract_row(row, v):  # type: ignore[no-untyped-def]
+    s = 0.0
+    for t in range(v.shape[0]):
+        left = row[t] - v[t]  # one IEEE subtraction in the row's dtype
+        row[t] = left
+        s += np.float64(left) * np.float64(left)
+    return s
+
+
 @numba.njit(cache=True, nogil=True)
-def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, out_rows, codes):  # type: ignore[no-untyped-def]
+def _greedy_running(  # type: ignore[no-untyped-def]
+    scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err, codes, ambiguous
+):
     n, k = scores.shape
-    d = exact.shape[1]
+    d = vectors.shape[1]
+    slack_a = gamma * norms * norms  # a code's bound: slack_a + shift slack_b
+    slack_b = 2.0 * gamma * norms
+    tie64 = 3.0 * (d + 3) * 1.1102230246251565e-16
+    count = 0
     for i in range(n):
         row = scores[i]
         q = 0
@@ -137,52 +153,46 @@ def _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, o
             if row[c] < best:
                 best = row[c]
                 q = c
-        r_norm = np.sqrt(norm2[i])
-        cq = norms[q]
-        chosen = gamma * cq * (cq + 2.0 * r_norm)
-        b64 = np.float64(best)
-        c_bound = r_norm + np.sqrt(max(b64 + norm2[i] + chosen, 0.0))
-        thr = b64 + chosen + gamma * c_bound * (c_bound + 2.0 * r_norm)
+        codes[i] = q
+        r_bound = np.sqrt(norm2[i]) + drift[i]
+        shift = r_bound + drift[i] / gamma
+        upper = np.float64(best) + (slack_a[q] + shift * slack_b[q])
+        upper += tie64 * max(upper + r_bound * r_bound, 0.0)
         near = 0
         for c in range(k):
-            near += np.float64(row[c]) <= thr
-        if near > 1:  # float64 decision among the codes under the bound
-            best_d = np.inf
-            for c in range(k):
-                if np.float64(row[c]) <= thr:
-                    s = 0.0
-                    for t in range(d):
-                        diff = exact[i, t] - vectors[c, t]
-                        s += diff * diff
-                    if s < best_d:
-                        best_d = s
-                        q = c
-        left = out_exact[i]
-        for t in range(d):
-            left[t] = exact[i, t] - vectors[q, t]
-        dest = out_rows[i]
-        for t in range(d):
-            dest[t] = left[t]
-        dest[d] = 1.0
-        out_norm2[i] = _sum_squares(left)
-        codes[i] = q
+            near += np.float64(row[c]) - (slack_a[c] + shift * slack_b[c]) <= upper
+        if near > 1:  # left to the float64 decision of the caller
+            ambiguous[count] = i
+            count += 1
+            continue
+        s = _subtract_row(rows[i], vectors[q])
+        norm2[i] = s
+        drift[i] += vec_err[q] + grow * np.sqrt(s)
+    return count
 
 
-def greedy_pick_kernel(
+def greedy_running_kernel(
     scores: NDArray[Any],
-    exact: NDArray[np.float64],
+    rows: NDArray[Any],
     norm2: NDArray[np.float64],
-    vectors: NDArray[np.float64],
+    drift: NDArray[np.float64],
+    vectors: NDArray[Any],
     norms: NDArray[np.float64],
     gamma: float,
-    out_exact: NDArray[np.float64],
-    out_norm2: NDArray[np.float64],
-    out_rows: NDArray[Any],
-) -> NDArray[np.intp]:
-    """:func:`viva_glyph._kernels.greedy_pick`, fused with writing the next GEMM's rows.
+    grow: float,
+    vec_err: NDArray[np.float64],
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """:func:`viva_glyph._kernels.running_candidates` and, where the float argmin is
+    proven nearest, :func:`viva_glyph._kernels.running_update`, fused per row.
 
-    ``out_rows`` (n, D + 1), the scores' dtype, receives ``r - c_q`` beside a column of ones.
+    Returns the codes (provisional in ambiguous rows) and the ambiguous rows, whose
+    ``rows``, ``norm2`` and ``drift`` are left untouched for the caller's float64
+    decision.
     """
-    codes = np.empty(scores.shape[0], dtype=np.intp)
-    _greedy(scores, exact, norm2, vectors, norms, gamma, out_exact, out_norm2, out_rows, codes)
-    return codes
+    n = scores.shape[0]
+    codes = np.empty(n, dtype=np.intp)
+    ambiguous = np.empty(n, dtype=np.intp)
+    count = _greedy_running(
+        scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err, codes, ambiguous
+    )
+    return codes, ambiguous[:count]

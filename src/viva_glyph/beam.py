@@ -28,6 +28,7 @@ from viva_glyph.stages import (
     beam_start,
     beam_step,
     cross_tables,
+    exact_sq_errors,
     lut_step,
     numba_kernel,
     top_b,
@@ -127,8 +128,8 @@ def use_lut(config: RvqConfig, beam_size: int, itemsize: int = 4) -> bool:
     """Whether the table path is taken: the cost model's choice (:func:`path_costs`).
 
     B = 1 always takes the residual path: its GEMMs are the table path's (the
-    same M K (D + 1) products), it carries the exact float64 residual the greedy
-    decision needs, and its residual update (O(D) per stage) measured cheaper
+    same M K (D + 1) products), it carries the running residual the greedy
+    decision's bounds need, and its residual update (O(D) per stage) measured cheaper
     than the table path's additions (O(K m)) at every width measured (D <= 768).
     B > 1 takes the tables when :func:`path_costs` says they are cheaper and
     they fit in :data:`LUT_BYTES`.
@@ -254,8 +255,7 @@ def beam_search(
                 state = beam_step(state, book, beam_size, work, backend=backend)
         codes[start : start + per] = state.best_codes
         if sq_errors is not None:
-            assert state.norm2 is not None, "squared errors come with B = 1 only"
-            sq_errors[start : start + per] = state.norm2
+            sq_errors[start : start + per] = exact_sq_errors(state)
 
     parallel_map(search, range(0, n, per), threads)
     return codes

@@ -151,24 +151,28 @@ class Codebook:
         return self._table
 
     @property
-    def centered(self) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64]]:
-        """The codebook shifted to its mean: ``(mu, table, norms)``.
+    def centered(
+        self,
+    ) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64], NDArray[Any]]:
+        """The codebook shifted to its mean: ``(mu, table, norms, vectors)``.
 
-        ``mu`` (D,) float64 is the mean entry; ``table`` (D + 1, K) is
-        :attr:`table` of the entries ``c - mu`` (rounded once to this dtype) and
-        ``norms`` (K,) float64 their norms. Distances from ``x - mu`` to ``c - mu``
-        are those from x to c, without the float cancellation a large common
-        offset of data and codes causes.
+        ``mu`` (D,) float64 is the mean entry; ``vectors`` (K, D) are the entries
+        ``c - mu`` rounded once to this dtype, ``table`` (D + 1, K) is their
+        :attr:`table` (last row from the exact shifted entries) and ``norms`` (K,)
+        float64 the norms of the exact shifted entries. Distances from ``x - mu``
+        to ``c - mu`` are those from x to c, without the float cancellation a
+        large common offset of data and codes causes.
         """
         if self._centered is None:
             mu = self._vectors64.mean(axis=0)
             shifted = self._vectors64 - mu
-            table = augmented_table(shifted.astype(self.dtype))
+            vectors = shifted.astype(self.dtype)
+            table = augmented_table(vectors)
             table[-1] = np.einsum("kd,kd->k", shifted, shifted)
             norms = np.sqrt(np.einsum("kd,kd->k", shifted, shifted))
-            for arr in (mu, table, norms):
+            for arr in (mu, table, norms, vectors):
                 arr.setflags(write=False)
-            self._centered = (mu, table, norms)
+            self._centered = (mu, table, norms, vectors)
         return self._centered
 
     def __len__(self) -> int:
@@ -269,7 +273,7 @@ class Codebook:
         x = as_matrix(vectors, self.dimension, "vectors")
         n, d = x.shape
         rows = chunk_rows(self.size, d, self.dtype.itemsize)
-        mu, table, norms = self.centered  # offset-free scores, as the encoder's first stage
+        mu, table, norms, _ = self.centered  # offset-free scores, as the encoder's first stage
         gamma = rounding_factor(d, self.dtype)
         indices = np.empty(n, dtype=np.intp)
         dists = np.empty(n, dtype=np.float64)

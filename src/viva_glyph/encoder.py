@@ -176,7 +176,7 @@ class RvqEncoder:
         for rows in self._row_chunks(n, ENGINE_CHUNKS):
             chunk = x[rows]
             self._check_rows(chunk, rows.start)
-            if beam == 1:  # greedy: the engine at B = 1 (float64 residuals and errors)
+            if beam == 1:  # greedy: the engine at B = 1 (exact decisions, float64 errors)
                 out = None if errs is None else errs[rows]
                 codes[rows] = beam_search(self, chunk, m, 1, sq_errors=out)
                 if out is not None:

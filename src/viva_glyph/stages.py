@@ -8,10 +8,12 @@ candidates. With B >= K^(M-1) it is exhaustive.
 
 This is the one encoding engine: the greedy encoder of
 :class:`~viva_glyph.encoder.RvqEncoder` and training both run :func:`beam_step`
-at B = 1, whose stage decision (:func:`~viva_glyph._kernels.greedy_pick`) is the
-exact float64 nearest code (ties to the lowest index) wherever a rigorous bound
-on the float32 GEMM's rounding leaves any doubt. So greedy codes and the B = 1
-engine's are the same computation, not two that agree.
+at B = 1, whose stage decision is the exact float64 nearest code (ties to the
+lowest index): the float32 argmin stands where a rigorous bound on the GEMM's
+rounding and on the running residual's drift proves it
+(:func:`~viva_glyph._kernels.running_candidates`), and the rows left in doubt
+are decided in float64. So greedy codes and the B = 1 engine's are the same
+computation, not two that agree.
 
 A candidate's score is ``||r_b - c||^2 = ||r_b||^2 + (||c||^2 - 2 r_b.c)``; the
 bracket comes for all (row, beam, code) triples from one GEMM per stage with the
@@ -30,7 +32,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import greedy_pick, numba_kernels, rounding_factor
+from viva_glyph._kernels import (
+    float64_choice,
+    numba_kernels,
+    rounding_factor,
+    running_candidates,
+    running_update,
+)
 from viva_glyph.codebook import Codebook
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "beam_start",
     "beam_step",
     "cross_tables",
+    "exact_sq_errors",
     "lut_step",
     "numba_kernel",
     "top_b",
@@ -57,21 +66,25 @@ class BeamState:
         ``||residual||^2`` of each beam, compute dtype; beams sorted ascending.
     codes : ndarray, shape (n, b, m), intp
         Codes of each beam for the m stages done.
-    exact : ndarray, shape (n, D), float64, or None
-        Greedy states (b = 1, after a B = 1 step) only: the exact residual.
     norm2 : ndarray, shape (n,), float64, or None
-        ``||exact||^2`` beside it.
+        Greedy states (b = 1, after a B = 1 step) only: ``||r~||^2`` of the
+        running residual r~ (the rows of ``residual``, in the compute dtype).
+    drift : ndarray, shape (n,), float64, or None
+        Beside it: a bound on ``||r~ - r||``, r the exact residual.
     source : ndarray, shape (n, D), or None
         The rows as given to :func:`beam_start` (any real dtype), from which the
-        first B = 1 step takes the exact residual.
+        first B = 1 step and the float64 decisions take the exact residual.
+    books : tuple of Codebook
+        Greedy states only: the codebooks of the stages done.
     """
 
     residual: NDArray[Any] | None
     dist: NDArray[Any]
     codes: NDArray[np.intp]
-    exact: NDArray[np.float64] | None = None
     norm2: NDArray[np.float64] | None = None
+    drift: NDArray[np.float64] | None = None
     source: NDArray[Any] | None = None
+    books: tuple[Codebook, ...] = ()
 
     @property
     def best_codes(self) -> NDArray[np.intp]:
@@ -164,8 +177,8 @@ def beam_step(
     """Extend every beam by every code of ``book`` and keep the ``beam`` best.
 
     At B = 1 (one beam in, one out) this is the greedy stage: each row takes its
-    exact nearest code (:func:`~viva_glyph._kernels.greedy_pick`) and the state
-    carries the float64 residual; the encoder's greedy path is this very step.
+    exact nearest code and the state carries the running residual with a bound
+    on its drift; the encoder's greedy path is this very step.
     A B = 1 step updates the residual buffers of a state made by an earlier B = 1
     step in place: pass the returned state on and do not reuse the input one.
 
@@ -216,45 +229,88 @@ def beam_step(
 def _greedy_step(
     state: BeamState, book: Codebook, work: NDArray[Any] | None, backend: str
 ) -> BeamState:
-    """The B = 1 step: GEMM, exact choice, float64 residual, the next GEMM's rows.
+    """The B = 1 step: GEMM, exact choice, the running residual as next GEMM's rows.
 
     The first step scores ``x - mu`` against the codebook shifted to its mean
     (:attr:`~viva_glyph.codebook.Codebook.centered`), so a large common offset of
-    data and codes costs no float32 accuracy; later residuals are centred already.
+    data and codes costs no float32 accuracy. Every step keeps the residual in
+    the compute dtype (the next GEMM's rows, updated in place) with a bound on its
+    drift from the exact one (:func:`~viva_glyph._kernels.running_candidates`);
+    the few rows where the bounds leave a doubt are decided in float64 on the
+    exact residual, rebuilt from the source rows and the codes. Keeping float64
+    residuals instead doubled the memory traffic of a step (bench_engine.py).
     """
     assert state.residual is not None
     n, _, d1 = state.residual.shape
     dtype = state.residual.dtype
-    exact, norm2 = state.exact, state.norm2
-    if exact is None or norm2 is None:  # first greedy step: the rows as given
-        src = state.source if state.source is not None else state.residual[:, 0, :-1]
-        exact = np.array(src, dtype=np.float64)  # a copy: updated in place below
-        mu, table, norms = book.centered
-        rows = np.ones((n, d1), dtype=dtype)
-        np.subtract(exact, mu, out=rows[:, :-1], casting="same_kind")
-        shifted = exact - mu
-        bound2 = np.einsum("nd,nd->n", shifted, shifted)
-    else:
-        rows, table, norms, bound2 = state.residual.reshape(n, d1), book.table, book.norms, norm2
+    kernels = numba_kernels(backend)
+    gamma = rounding_factor(d1 - 1, dtype)
+    grow = float(np.finfo(dtype).eps) / 2 * (1 + 1e-6)  # unit roundoff, with a margin
     if work is None or work.size < n * book.size:
         work = np.empty(n * book.size, dtype=dtype)
     scores = work[: n * book.size].reshape(n, book.size)
-    np.matmul(rows, table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
-    # the residual, its norm and the next GEMM's rows are updated in place
-    out_norm2 = np.empty(n, dtype=np.float64)
-    gamma = rounding_factor(d1 - 1, dtype)
-    kernels = numba_kernels(backend)
-    args = (scores, exact, bound2, book.vectors64, norms, gamma, exact, out_norm2)
-    if kernels is not None:
-        q = kernels.greedy_pick_kernel(*args, rows)
+    source = state.source if state.source is not None else state.residual[:, 0, :-1]
+    if not state.books:  # first step: x - mu against the codes - mu, both rounded once
+        mu, table, norms, vectors = book.centered
+        rows = np.ones((n, d1), dtype=dtype)
+        np.subtract(source, mu, out=rows[:, :-1], casting="same_kind")
+        norm2 = np.einsum("nd,nd->n", rows[:, :-1], rows[:, :-1], dtype=np.float64)
+        drift = grow * np.sqrt(norm2)
+        vec_err = grow * norms  # the rounding of the shifted codes
     else:
-        q = greedy_pick(*args)
-        rows[:, :-1] = exact
-    residual = rows.reshape(n, 1, d1)
-    out_exact = exact
+        rows, norm2, drift = state.residual.reshape(n, d1), state.norm2, state.drift
+        assert norm2 is not None and drift is not None
+        table, norms, vectors = book.table, book.norms, book.vectors
+        vec_err = np.zeros(book.size)  # the codes themselves: no rounding
+    np.matmul(rows, table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
+    if kernels is not None:  # rows proven unambiguous are updated already
+        q, doubt = kernels.greedy_running_kernel(
+            scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err
+        )
+        if doubt.size:
+            near = running_candidates(
+                scores[doubt], norm2[doubt], drift[doubt], norms, gamma, d1 - 1
+            )[1]
+            q[doubt] = _float64_decision(state, source, doubt, near, book)
+            sub, n2, dr = rows[doubt, :-1], norm2[doubt], drift[doubt]
+            running_update(sub, q[doubt], vectors, n2, dr, grow, vec_err)
+            rows[doubt, :-1], norm2[doubt], drift[doubt] = sub, n2, dr
+    else:
+        q, near = running_candidates(scores, norm2, drift, norms, gamma, d1 - 1)
+        doubt = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+        if doubt.size:
+            q[doubt] = _float64_decision(state, source, doubt, near[doubt], book)
+        running_update(rows[:, :-1], q, vectors, norm2, drift, grow, vec_err)
     codes = np.concatenate([state.codes, q[:, None, None]], axis=2)
-    dist = out_norm2.astype(dtype)[:, None]
-    return BeamState(residual, dist, codes, exact=out_exact, norm2=out_norm2)
+    dist = norm2.astype(dtype)[:, None]
+    return BeamState(
+        rows.reshape(n, 1, d1), dist, codes, norm2, drift, source, (*state.books, book)
+    )
+
+
+def _float64_decision(
+    state: BeamState,
+    source: NDArray[Any],
+    doubt: NDArray[np.intp],
+    near: NDArray[np.bool_],
+    book: Codebook,
+) -> NDArray[np.intp]:
+    """The float64 nearest code among ``near`` for rows ``doubt`` of a greedy state,
+    from their exact residual (source rows minus the codes chosen so far)."""
+    exact = np.array(source[doubt], dtype=np.float64)
+    for j, done in enumerate(state.books):
+        exact -= done.vectors64[state.codes[doubt, 0, j]]
+    return float64_choice(near, exact, book.vectors64)
+
+
+def exact_sq_errors(state: BeamState) -> NDArray[np.float64]:
+    """``||x - decode(codes)||^2`` of a greedy state's rows, shape (n,), float64."""
+    assert state.source is not None
+    diff = np.array(state.source, dtype=np.float64)
+    for j, done in enumerate(state.books):
+        diff -= done.vectors64[state.codes[:, 0, j]]
+    out: NDArray[np.float64] = np.einsum("nd,nd->n", diff, diff)
+    return out
 
 
 def cross_tables(previous: Sequence[Codebook], book: Codebook) -> NDArray[Any]:
