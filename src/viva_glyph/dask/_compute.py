@@ -190,7 +190,7 @@ def _handshake(address: str, timeout: float) -> None:
     thread = threading.Thread(target=run, name="viva-glyph-handshake", daemon=True)
     thread.start()
     thread.join(timeout + 5.0)
-    failure = outcome[0] if outcome else asyncio.TimeoutError()
+    failure = outcome[0] if outcome else TimeoutError()
     if failure is None:
         return
     if isinstance(failure, asyncio.TimeoutError):

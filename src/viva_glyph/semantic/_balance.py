@@ -89,7 +89,7 @@ def balanced_assign(
     rows = np.arange(n)
     labels = cidx[:, 0].copy()
     if np.bincount(labels, minlength=k).max() <= cap:
-        return labels  # type: ignore[no-any-return]
+        return labels
     prices = np.zeros(k, dtype=np.float64)
     scale = float(np.median(dist[:, -1] - dist[:, 0])) if t > 1 else 1.0
     eps = 1e-9 * max(scale, 1e-30)
