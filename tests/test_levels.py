@@ -4,7 +4,11 @@ greedy and beam encoding, decoding, glyph ids, fit. References are float64 brute
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import struct
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +18,10 @@ from hypothesis import strategies as st
 
 import viva_glyph as vg
 from viva_glyph import glyph
+from viva_glyph import io as vio
 from viva_glyph.beam import beam_search, check_beam_size, use_lut
 from viva_glyph.config import RvqConfig
+from viva_glyph.io import ModelFormatError
 
 
 def mixed_encoder(sizes: list[int], d: int, seed: int, dtype: type = np.float32) -> vg.RvqEncoder:
@@ -257,3 +263,93 @@ def test_fit_rejects_bad_sizes(kwargs: dict, match: str) -> None:
     x = np.random.default_rng(0).standard_normal((500, 3))
     with pytest.raises(ValueError, match=match):
         vg.fit(x, **kwargs)
+
+
+# -- model files --------------------------------------------------------------------------
+def sized_file(
+    sizes: list[int],
+    shape: list[int],
+    *,
+    k: int | None = None,
+    m: int | None = None,
+    d: int = 3,
+    data: bytes | None = None,
+) -> bytes:
+    """A model file whose config lists ``sizes`` and whose tensor has ``shape``."""
+    nbytes = math.prod(shape) * 4
+    config = {"num_stages": len(sizes) if m is None else m, "dimension": d,
+              "codebook_size": max(sizes) if k is None else k, "codebook_sizes": sizes}  # fmt: skip
+    header = {
+        "__metadata__": {
+            "format": "viva-glyph-rvq", "format_version": "1", "config": json.dumps(config),
+            "dtype": "float32", "library_version": "0.1.0",
+        },
+        "codebooks": {"dtype": "F32", "shape": shape, "data_offsets": [0, nbytes]},
+    }  # fmt: skip
+    text = json.dumps(header).encode()
+    body = bytes(nbytes) if data is None else data
+    return struct.pack("<Q", len(text)) + text + body
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_model_file_round_trip_with_mixed_sizes(tmp_path: Path, dtype: type) -> None:
+    x = np.random.default_rng(0).standard_normal((600, 3))
+    enc = vg.fit(x, codebook_size=[4, 32, 8], seed=2)
+    if dtype == np.float64:
+        enc = vg.from_codebooks([vg.Codebook(cb.vectors, dtype=np.float64) for cb in enc.codebooks])
+    path = tmp_path / "m.safetensors"
+    enc.save(path)
+    back = vg.load(path)
+    assert back == enc and back.config.stage_sizes == (4, 32, 8) and back.dtype == dtype
+    np.testing.assert_array_equal(back.encode(x), enc.encode(x))
+    if dtype == np.float32:
+        assert back.training == enc.training
+    # a plain safetensors file: one (K_1 + ... + K_M, D) tensor, the sizes in the config
+    from safetensors.numpy import load_file
+
+    raw = load_file(str(path))["codebooks"]
+    np.testing.assert_array_equal(raw, np.concatenate([cb.vectors for cb in enc.codebooks]))
+    assert json.loads(vio.read_metadata(path)["config"])["codebook_sizes"] == [4, 32, 8]
+
+
+def test_equal_sizes_write_the_old_layout(tmp_path: Path) -> None:
+    enc = vg.from_codebooks(np.random.default_rng(0).standard_normal((3, 5, 4)))
+    path = tmp_path / "u.safetensors"
+    enc.save(path)
+    config = json.loads(vio.read_metadata(path)["config"])
+    assert config == {"num_stages": 3, "dimension": 4, "codebook_size": 5}
+    assert vg.load(path) == enc
+    # a file that lists equal sizes (not what save writes) reads as the plain model
+    stack = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    path.write_bytes(sized_file([3, 3], [6, 3], data=stack.tobytes()))
+    back = vg.load(path)
+    assert back.config == RvqConfig(2, 3, 3)
+    np.testing.assert_array_equal(back.codebook_array.reshape(6, 3), stack)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (sized_file([4, 9], [12, 3]), r"shape \[12, 3\], expected \[13, 3\]"),
+        (sized_file([4, 9], [2, 9, 3]), r"expected \[13, 3\]"),
+        (sized_file([4, 9], [13, 3], m=3), "not a valid RVQ config"),
+        (sized_file([4, 9], [13, 3], k=4), "not a valid RVQ config"),
+        (sized_file([4, 0], [4, 3]), "not a valid RVQ config"),
+        (sized_file([4, True], [5, 3]), "not a valid RVQ config"),  # type: ignore[list-item]
+        (sized_file(["4", 9], [13, 3], k=9), "not a valid RVQ config"),  # type: ignore[list-item]
+        (sized_file([4, 1 << 40], [4 + (1 << 40), 3], data=bytes(156)), "run past the 156 bytes"),
+        (sized_file([4, 9], [13, 3], data=bytes(10)), "truncated"),
+    ],
+    ids=["rows", "3-d", "stages", "largest", "zero", "bool", "string", "huge", "short"],
+)
+def test_hostile_sized_model_files(tmp_path: Path, data: bytes, match: str) -> None:
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFormatError, match=match):
+            vg.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
