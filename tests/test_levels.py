@@ -353,3 +353,26 @@ def test_hostile_sized_model_files(tmp_path: Path, data: bytes, match: str) -> N
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+# -- evaluation -----------------------------------------------------------------------------
+def test_evaluate_reports_each_stage_against_its_own_size() -> None:
+    from viva_glyph.metrics import evaluate
+
+    x = np.random.default_rng(0).standard_normal((1200, 4)).astype(np.float32)
+    enc = vg.fit(x, codebook_size=[4, 64, 8], seed=0)
+    report = evaluate(enc, x, block_rows=500)
+    codes = enc.encode(x)
+    assert report.codebook_sizes == (4, 64, 8) and report.code_counts.shape == (3, 64)
+    for s, k in enumerate((4, 64, 8)):
+        used = len(np.unique(codes[:, s]))
+        assert report.utilization[s] == pytest.approx(used / k)
+        np.testing.assert_array_equal(
+            report.code_counts[s, :k], np.bincount(codes[:, s], minlength=k)
+        )
+    assert [r.bits for r in report.rows] == pytest.approx([2, 8, 11])
+    for m, row in enumerate(report.rows, start=1):
+        assert row.mse == pytest.approx(((x - recon64(enc, codes[:, :m])) ** 2).mean(), rel=1e-5)
+    assert report.distinct_glyphs == len(np.unique(codes, axis=0))
+    assert report.to_dict()["codebook_size"] == [4, 64, 8]
+    assert "/4 " in report.table() and "/8 " in report.table()
