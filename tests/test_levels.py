@@ -121,6 +121,16 @@ def test_mixed_sizes_take_the_residual_path() -> None:
     np.testing.assert_array_equal(forced, beam_search(enc, x, 3, 8, lut=False))
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_numpy_and_numba_backends_agree_with_mixed_sizes(beam: int) -> None:
+    enc = mixed_encoder([16, 256, 8], 5, seed=6)
+    x = np.random.default_rng(8).standard_normal((900, 5)).astype(np.float32)
+    ref = beam_search(enc, x, 3, beam, backend="numpy")
+    np.testing.assert_array_equal(beam_search(enc, x, 3, beam, backend="auto"), ref)
+    if beam == 1:
+        np.testing.assert_array_equal(enc.encode(x), ref)
+
+
 def test_decode_round_trip_and_code_ranges() -> None:
     enc = mixed_encoder([4, 32, 8], 5, seed=4)
     x = np.random.default_rng(5).standard_normal((100, 5)).astype(np.float32)
