@@ -137,3 +137,22 @@ def test_from_encoder_state_dict_and_io(tmp_path: object) -> None:
     other.load_state_dict(vq.state_dict())
     assert "code_valid" not in vq.state_dict()
     np.testing.assert_array_equal(other.eval().encode(torch.from_numpy(x)).numpy(), codes)
+
+
+def test_export_and_compile_with_mixed_sizes() -> None:
+    g = torch.Generator().manual_seed(0)
+    vq = ResidualVQ(6, 3, SIZES, seed=0, dead_after=2)
+    for _ in range(3):
+        vq(torch.randn(256, 6, generator=g) * 2.0)
+    vq.eval()
+    x = torch.randn(40, 6, generator=g) * 2.0
+    want = vq(x)
+    n = torch.export.Dim("n")
+    ep = torch.export.export(vq, (x,), dynamic_shapes={"x": {0: n}})
+    got = ep.module()(x)
+    assert torch.equal(got.codes, want.codes)
+    torch.testing.assert_close(got.quantized, want.quantized)
+    compiled = torch.compile(vq, fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x).codes, want.codes)
+    assert (want.codes < torch.tensor(SIZES)).all()
