@@ -15,28 +15,30 @@ settings.register_profile(
 settings.load_profile("ci")
 
 
-def brute_force_encode(books: np.ndarray, x: np.ndarray) -> tuple[list[int], np.ndarray]:
+def brute_force_encode(books: Any, x: np.ndarray) -> tuple[list[int], Any]:
     """Greedy RVQ by explicit float64 distances to every code; ties to the lowest index.
 
     Independent of the library's GEMM kernel: it only uses elementwise arithmetic.
-    Returns the indices and, per stage, the (K,) squared distances of that stage.
+    Returns the indices and, per stage, the (K,) squared distances of that stage
+    (an (M, K) array, or a list of (K_m,) arrays when the stage sizes differ).
     """
     residual = np.asarray(x, dtype=np.float64).copy()
     indices, stage_dists = [], []
-    for book in np.asarray(books, dtype=np.float64):
+    for book in (np.asarray(b, dtype=np.float64) for b in books):  # sizes may differ
         dists = ((residual[None, :] - book) ** 2).sum(axis=1)
         q = int(np.flatnonzero(dists == dists.min())[0])
         indices.append(q)
         stage_dists.append(dists)
         residual = residual - book[q]
-    return indices, np.array(stage_dists)
+    ragged = len({len(dists) for dists in stage_dists}) > 1
+    return indices, stage_dists if ragged else np.array(stage_dists)
 
 
 def assert_stagewise_nearest(books: np.ndarray, x: np.ndarray, codes: np.ndarray) -> None:
     """Every stage's choice is a float64 nearest code within relative 1e-5, and where
     the nearest is 1e-5 clear of the runner-up it is exactly that code; exact float64
     ties go to the lowest index (brute force over all codes, elementwise arithmetic)."""
-    books64 = books.astype(np.float64)
+    books64 = [np.asarray(b, dtype=np.float64) for b in books]  # (K_m, D) each: sizes may differ
     residual = x.astype(np.float64).copy()
     rows = np.arange(len(x))
     for stage in range(codes.shape[1]):

@@ -10,7 +10,14 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["command_group", "non_negative", "non_negative_number", "positive", "seconds"]
+__all__ = [
+    "codebook_sizes",
+    "command_group",
+    "non_negative",
+    "non_negative_number",
+    "positive",
+    "seconds",
+]
 
 
 def positive(text: str) -> int:
@@ -22,6 +29,18 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def codebook_sizes(text: str) -> int | list[int]:
+    """One codebook size K, or one per stage separated by commas (``16,256,256``)."""
+    parts = text.split(",")
+    try:
+        sizes = [positive(part.strip()) for part in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or a comma-separated list of them, got {text!r}"
+        ) from None
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def non_negative(text: str) -> int:

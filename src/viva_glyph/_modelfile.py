@@ -3,9 +3,13 @@
 A model file is a safetensors file (readable by ``safetensors.numpy`` and
 ``safetensors.torch``):
 
-- one tensor ``codebooks`` of shape (M, K, D), dtype F32 or F64;
+- one tensor ``codebooks`` of shape (M, K, D), dtype F32 or F64; when the
+  stages have different sizes K_1, ..., K_M, of shape (K_1 + ... + K_M, D)
+  instead, stage 1's rows first;
 - string metadata: ``format`` (``"viva-glyph-rvq"``), ``format_version``
-  (``"1"``), ``config`` (JSON ``{"num_stages", "dimension", "codebook_size"}``),
+  (``"1"``), ``config`` (JSON ``{"num_stages", "dimension", "codebook_size"}``,
+  plus ``"codebook_sizes": [K_1, ..., K_M]`` when the sizes differ, and then
+  ``codebook_size`` is the largest; files of equal sizes are written as before),
   ``dtype`` (``"float32"``/``"float64"``), ``library_version`` and, when the
   model was fitted, ``training`` (JSON of ``TrainingSummary.to_dict()``).
 
@@ -64,6 +68,13 @@ class _Config(Protocol):
     def dimension(self) -> int: ...
     @property
     def codebook_size(self) -> int: ...
+    @property
+    def codebook_sizes(self) -> tuple[int, ...] | None: ...
+
+
+class _Book(Protocol):
+    @property
+    def vectors(self) -> NDArray[np.floating[Any]]: ...
 
 
 class _Summary(Protocol):
@@ -77,6 +88,8 @@ class SavableModel(Protocol):
     def config(self) -> _Config: ...
     @property
     def codebook_array(self) -> NDArray[np.floating[Any]]: ...
+    @property
+    def codebooks(self) -> tuple[_Book, ...]: ...
     @property
     def training(self) -> _Summary | None: ...
 
@@ -109,12 +122,15 @@ def header_problem(header: bytes) -> str | None:
 
 def _metadata(model: SavableModel, stack: NDArray[np.floating[Any]]) -> dict[str, str]:
     c = model.config
+    config: dict[str, Any] = {
+        "num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size
+    }  # fmt: skip
+    if c.codebook_sizes is not None:
+        config["codebook_sizes"] = list(c.codebook_sizes)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "config": json.dumps(
-            {"num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size}
-        ),
+        "config": json.dumps(config),
         "dtype": str(stack.dtype),
         "library_version": __version__,
     }
@@ -135,17 +151,26 @@ def _metadata(model: SavableModel, stack: NDArray[np.floating[Any]]) -> dict[str
 
 
 def _codebooks(model: object) -> NDArray[np.floating[Any]]:
-    if not all(hasattr(model, a) for a in ("config", "codebook_array", "training")):
+    c = getattr(model, "config", None)
+    sizes = getattr(c, "codebook_sizes", None)
+    books = "codebook_array" if sizes is None else "codebooks"  # per-stage sizes: one per stage
+    if c is None or not all(hasattr(model, a) for a in (books, "training")):
         raise TypeError(
-            "model must have .config, .codebook_array and .training (an RvqEncoder), "
+            f"model must have .config, .{books} and .training (an RvqEncoder), "
             f"got {type(model).__name__}"
         )
-    stack = np.ascontiguousarray(model.codebook_array)  # type: ignore[attr-defined]
-    c = model.config  # type: ignore[attr-defined]
-    expected = (c.num_stages, c.codebook_size, c.dimension)
+    if sizes is None:
+        stack = np.ascontiguousarray(model.codebook_array)  # type: ignore[attr-defined]
+        expected: tuple[int, ...] = (c.num_stages, c.codebook_size, c.dimension)
+        layout = "(M, K, D)"
+    else:  # stages of different sizes: their rows one after the other
+        stages = model.codebooks  # type: ignore[attr-defined]
+        stack = np.ascontiguousarray(np.concatenate([b.vectors for b in stages]))
+        expected = (sum(sizes), c.dimension)
+        layout = "(K_1 + ... + K_M, D)"
     if stack.shape != expected or stack.dtype not in (np.float32, np.float64):
         raise ValueError(
-            f"codebook_array must be float32 or float64 of shape {expected} (M, K, D), "
+            f"codebooks must be float32 or float64 of shape {expected} {layout}, "
             f"got {stack.dtype} {stack.shape}"
         )
     if not np.isfinite(stack).all():

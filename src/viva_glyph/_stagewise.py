@@ -202,14 +202,15 @@ class LocalRows:
 def run_stages(
     data: TrainingRows,
     num_stages: int,
-    k: int,
+    k: int | Sequence[int],
     beam: int,
     lut: bool,
     iterations: int,
     rng: np.random.Generator,
     bar: Any = None,
 ) -> tuple[list[Codebook], list[float], list[int]]:
-    """Train ``num_stages`` codebooks of ``k`` codes, one after the other.
+    """Train ``num_stages`` codebooks of ``k`` codes (or ``k[m]`` for stage m),
+    one after the other.
 
     Returns
     -------
@@ -224,7 +225,8 @@ def run_stages(
     errors: list[float] = []
     iters: list[int] = []
     b = 1  # beams per row after the stages so far
-    for stage in range(num_stages):
+    sizes = [k] * num_stages if isinstance(k, int) else list(k)
+    for stage, k in enumerate(sizes):
         if lut:  # a capped uniform sample of every beam's residual
             cap = BEAM_SAMPLES_PER_CODE * k
             pick = (

@@ -149,7 +149,7 @@ def check_code_shape(
 def check_codes(
     codes: Any,
     num_stages: int | None,
-    codebook_size: int,
+    codebook_size: int | Sequence[int],
     name: str = "codes",
     *,
     vector: bool = False,
@@ -162,8 +162,9 @@ def check_codes(
     codes : array_like of int, shape (N, m) (or (m,) when ``vector``: one row)
     num_stages : int or None
         Largest m allowed, or None for any m >= 1.
-    codebook_size : int
-        Codes must lie in ``[0, codebook_size)``.
+    codebook_size : int or sequence of int
+        Codes must lie in ``[0, codebook_size)``; with one size per stage
+        ``(K_1, ..., K_M)``, column j in ``[0, K_j)`` (and m <= M).
     name : str
         What messages call the input.
     start_row : int
@@ -183,11 +184,22 @@ def check_codes(
     arr = np.asarray(codes)
     check_code_shape(arr, num_stages, name, vector=vector)
     arr = arr.reshape(1, -1) if arr.ndim == 1 else arr
-    if arr.size and (arr.min() < 0 or arr.max() >= codebook_size):
-        bad = int(np.flatnonzero(((arr < 0) | (arr >= codebook_size)).any(axis=1))[0])
-        value = next(int(v) for v in arr[bad] if not 0 <= v < codebook_size)
+    if not isinstance(codebook_size, Sequence):
+        sizes = [int(codebook_size)] * arr.shape[1]
+    elif arr.shape[1] > len(codebook_size):
         raise ValueError(
-            f"token index out of range: expected [0, {codebook_size}), "
+            f"{name} must have at most {len(codebook_size)} columns (one per stage), "
+            f"got {arr.shape}"
+        )
+    else:
+        sizes = [int(k) for k in codebook_size[: arr.shape[1]]]
+    top = np.asarray(sizes, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or (arr.max(axis=0) >= top).any()):
+        bad = int(np.flatnonzero(((arr < 0) | (arr >= top)).any(axis=1))[0])
+        stage, value = next((j, int(v)) for j, v in enumerate(arr[bad]) if not 0 <= v < sizes[j])
+        where = "" if len(set(sizes)) == 1 else f" at stage {stage}"
+        raise ValueError(
+            f"token index out of range: expected [0, {sizes[stage]}){where}, "
             f"{name} row {start_row + bad} holds {value}"
         )
     return arr

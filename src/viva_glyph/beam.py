@@ -14,6 +14,7 @@ Memory is bounded: a beam whose search of one row would take more than
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -132,10 +133,11 @@ def use_lut(config: RvqConfig, beam_size: int, itemsize: int = 4) -> bool:
     decision's bounds need, and its residual update (O(D) per stage) measured cheaper
     than the table path's additions (O(K m)) at every width measured (D <= 768).
     B > 1 takes the tables when :func:`path_costs` says they are cheaper and
-    they fit in :data:`LUT_BYTES`.
+    they fit in :data:`LUT_BYTES`. Stages of different sizes always take the
+    residual path (the cross tables and their kernels are square, K x K).
     """
     m, k = config.num_stages, config.codebook_size
-    if beam_size <= 1 or m * (m - 1) // 2 * k * k * itemsize > LUT_BYTES:
+    if beam_size <= 1 or not config.uniform or m * (m - 1) // 2 * k * k * itemsize > LUT_BYTES:
         return False
     residual, table = path_costs(config, beam_size)
     return table < residual
@@ -153,8 +155,8 @@ def max_beam_size(config: RvqConfig, dtype: Any = np.float32) -> int:
 
 
 def check_beam_size(config: RvqConfig, beam_size: int, num_stages: int, dtype: Any) -> int:
-    """The beam to search with: ``beam_size`` capped at ``K^(m-1)`` (exhaustive
-    already), after checking that it fits in memory.
+    """The beam to search with: ``beam_size`` capped at ``K_1 ... K_(m-1)``
+    (exhaustive already), after checking that it fits in memory.
 
     Raises
     ------
@@ -162,7 +164,7 @@ def check_beam_size(config: RvqConfig, beam_size: int, num_stages: int, dtype: A
         If the beam needs more than :data:`BEAM_SCRATCH_BYTES` per row; the
         message gives the largest that fits.
     """
-    beam = min(int(beam_size), int(config.codebook_size ** (num_stages - 1)))
+    beam = min(int(beam_size), math.prod(config.stage_sizes[: num_stages - 1]))
     largest = max_beam_size(config, dtype)
     if beam > largest:
         need = beam * _beam_bytes(config, np.dtype(dtype).itemsize)
@@ -209,7 +211,8 @@ def beam_search(
         B >= 1, at most :func:`max_beam_size` (the caller checks).
     lut : bool, optional
         Force the table path (True) or the residual path (False) for B > 1;
-        default :func:`use_lut`. B = 1 always runs :func:`beam_step`.
+        default :func:`use_lut`. B = 1, and stages of different sizes, always
+        run :func:`beam_step`.
     backend : {"auto", "numpy", "numba"}
         numba kernels or their numpy twins.
     sq_errors : ndarray, shape (n,), float64, optional
@@ -223,7 +226,7 @@ def beam_search(
     n, d = x_chunk.shape
     k = cfg.codebook_size
     tables = lut if lut is not None else use_lut(cfg, beam_size, encoder.dtype.itemsize)
-    tables = tables and beam_size > 1
+    tables = tables and beam_size > 1 and cfg.uniform
     fast = numba_kernels(backend) is not None
     threads = default_threads() if fast and (tables or beam_size == 1) else 1
     item = encoder.dtype.itemsize

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._cli_args import non_negative, positive, seconds
+from viva_glyph._cli_args import codebook_sizes, non_negative, positive, seconds
 from viva_glyph._files import Terminated, check_output, removing_temps_on_signals, terminated_by
 from viva_glyph._validate import check_codes, require_finite
 from viva_glyph._version import __version__
@@ -134,10 +134,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from viva_glyph.training import fit
 
         source = _open_data(args, args.data, None)
-        if source.shape[0] < args.codebook_size:
+        largest = max(args.codebook_size) if isinstance(args.codebook_size, list) else None
+        if source.shape[0] < (largest or args.codebook_size):
             raise UsageError(
                 f"{args.data} holds {source.shape[0]} vectors; fitting needs at least "
-                f"--codebook-size ({args.codebook_size})"
+                f"--codebook-size ({largest or args.codebook_size}"
+                f"{', the largest size' if largest else ''})"
             )
         try:
             encoder = fit(source.array(), **kwargs)
@@ -149,9 +151,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     encoder.save(args.output)
     if not args.quiet:
         c = encoder.config
+        sizes = c.codebook_size if c.uniform else ",".join(map(str, c.stage_sizes))
         print(
-            f"wrote {args.output}: {c.num_stages} stages x {c.codebook_size} codes, "
-            f"dimension {c.dimension}"
+            f"wrote {args.output}: {c.num_stages} stages x {sizes} codes, dimension {c.dimension}"
         )
         if encoder.training is not None and encoder.training.stage_mse:
             errors = ", ".join(f"{e:.4g}" for e in encoder.training.stage_mse)
@@ -215,7 +217,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                     f"{block[row][~whole[row]][0]}"
                 )
             block = block.astype(np.int64)
-        codes = check_codes(block, c.num_stages, c.codebook_size, args.codes, start_row=start)
+        codes = check_codes(block, c.num_stages, c.stage_sizes, args.codes, start_row=start)
         return encoder.decode(codes)
 
     _stream(args, source, (encoder.config.dimension, encoder.dtype), step)
@@ -259,12 +261,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         "format": f"{meta['format']} v{meta['format_version']}",
         "library_version": meta["library_version"],
         "num_stages": c.num_stages,
-        "codebook_size": c.codebook_size,
+        "codebook_size": c.codebook_size if c.uniform else list(c.stage_sizes),
         "dimension": c.dimension,
         "dtype": str(encoder.dtype),
         "code_dtype": str(encoder.code_dtype),
-        "bits_per_vector": c.num_stages * float(np.log2(c.codebook_size)),
-        "vocabulary": c.codebook_size**c.num_stages,
+        "bits_per_vector": c.num_stages * float(np.log2(c.codebook_size))
+        if c.uniform
+        else float(sum(np.log2(k) for k in c.stage_sizes)),
+        "vocabulary": c.vocabulary,
         "training": None if encoder.training is None else encoder.training.to_dict(),
     }
     if args.json:
@@ -365,8 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fit", "train an encoder on vectors and write a model file", [blocks, cluster])
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    p.add_argument("--stages", type=positive, default=4, help="number of stages M (4)")
-    p.add_argument("--codebook-size", type=positive, default=256, help="codes per stage K (256)")
+    p.add_argument(
+        "--stages", type=positive, help="number of stages M (4, or the number of sizes given)"
+    )
+    p.add_argument(
+        "--codebook-size",
+        type=codebook_sizes,
+        default=256,
+        help="codes per stage K, or one size per stage: 16,256,256 (256)",
+    )
     p.add_argument("--beam", type=positive, default=1, help="beam width used in training (1)")
     p.add_argument("--iterations", type=positive, default=25, help="k-means iterations (25)")
     p.add_argument("--refine", type=non_negative, default=0, help="refinement passes (0)")

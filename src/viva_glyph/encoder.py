@@ -35,7 +35,9 @@ class RvqEncoder:
     Parameters
     ----------
     codebooks : sequence of Codebook
-        One per stage, all of the same size K, dimension D and dtype.
+        One per stage, all of the same dimension D and dtype. Their sizes may
+        differ (e.g. 16, 256, 256 for semantic IDs): the config then carries
+        them as ``codebook_sizes`` and codes take the dtype of the largest.
     config : RvqConfig, optional
         Must agree with the codebooks; derived from them when omitted.
     training : TrainingSummary, optional
@@ -48,7 +50,7 @@ class RvqEncoder:
     training : TrainingSummary or None
     """
 
-    __slots__ = ("_stack", "_stack64", "codebooks", "config", "training")
+    __slots__ = ("_stack", "codebooks", "config", "training")
 
     def __init__(
         self,
@@ -65,43 +67,59 @@ class RvqEncoder:
                 raise TypeError(f"codebooks[{i}] must be a Codebook, got {type(cb).__name__}")
         first = books[0]
         for i, cb in enumerate(books[1:], start=1):
-            if (cb.size, cb.dimension, cb.dtype) != (first.size, first.dimension, first.dtype):
+            if (cb.dimension, cb.dtype) != (first.dimension, first.dtype):
                 raise ValueError(
                     f"codebooks[{i}] is {cb.size} x {cb.dimension} {cb.dtype}, but codebooks[0] "
-                    f"is {first.size} x {first.dimension} {first.dtype}: all must match"
+                    f"is {first.size} x {first.dimension} {first.dtype}: all must match in "
+                    "dimension and dtype"
                 )
-        derived = RvqConfig(len(books), first.dimension, first.size)
+        sizes = tuple(cb.size for cb in books)
+        derived = RvqConfig(len(books), first.dimension, max(sizes), codebook_sizes=sizes)
         if config is not None and config != derived:
             raise ValueError(f"config {config} does not match the codebooks ({derived})")
         self.codebooks = books
         self.config = derived
         self.training = training
-        stack = np.stack([cb.vectors for cb in books])
-        stack.setflags(write=False)
-        self._stack: NDArray[np.floating[Any]] = stack
-        self._stack64: NDArray[np.float64] | None = None
+        stack: NDArray[np.floating[Any]] | None = None
+        if derived.uniform:
+            stack = np.stack([cb.vectors for cb in books])
+            stack.setflags(write=False)
+        self._stack = stack
 
     # -- properties ---------------------------------------------------------------
     @property
     def dtype(self) -> np.dtype[Any]:
         """Compute dtype of the codebooks (float32 or float64)."""
-        return self._stack.dtype
+        return self.codebooks[0].dtype
 
     @property
     def code_dtype(self) -> np.dtype[Any]:
-        """dtype of codes: uint8 for K <= 256, uint16 for K <= 65536, else int32."""
+        """dtype of codes: uint8 for K <= 256, uint16 for K <= 65536, else int32
+        (K the largest codebook size)."""
         return code_dtype(self.config.codebook_size)
 
     @property
     def codebook_array(self) -> NDArray[np.floating[Any]]:
-        """All codebooks as one read-only array, shape (M, K, D)."""
+        """All codebooks as one read-only array, shape (M, K, D).
+
+        Raises
+        ------
+        ValueError
+            When the stages have different sizes (use :attr:`codebooks`).
+        """
+        if self._stack is None:
+            raise ValueError(
+                f"codebooks of sizes {self.config.codebook_sizes} do not stack into one "
+                "(M, K, D) array: use .codebooks (one (K_m, D) codebook per stage)"
+            )
         return self._stack
 
     def __repr__(self) -> str:
         c = self.config
+        sizes = "" if c.uniform else f", codebook_sizes={c.codebook_sizes}"
         return (
             f"RvqEncoder(num_stages={c.num_stages}, dimension={c.dimension}, "
-            f"codebook_size={c.codebook_size}, dtype={self.dtype})"
+            f"codebook_size={c.codebook_size}{sizes}, dtype={self.dtype})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -234,15 +252,13 @@ class RvqEncoder:
 
     def _check_codes(self, codes: ArrayLike) -> NDArray[Any]:
         c = self.config
-        return check_codes(codes, c.num_stages, c.codebook_size, vector=True)
+        sizes = c.codebook_size if c.uniform else c.stage_sizes
+        return check_codes(codes, c.num_stages, sizes, vector=True)
 
     def _decode_rows(self, codes: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
         """Sum of the chosen entries, accumulated in ``dtype``, shape (n, D)."""
-        stack = self._stack
-        if np.dtype(dtype) != stack.dtype:
-            if self._stack64 is None:
-                self._stack64 = stack.astype(np.float64)
-            stack = self._stack64
+        wide = np.dtype(dtype) != self.dtype  # float64 sums of a float32 model
+        stack = [cb.vectors64 if wide else cb.vectors for cb in self.codebooks]
         out: NDArray[Any] = stack[0][codes[:, 0]]
         for stage in range(1, codes.shape[1]):
             out += stack[stage][codes[:, stage]]

@@ -1,7 +1,8 @@
 """Model files: the reader, :func:`load` (the writer lives in :mod:`viva_glyph._modelfile`).
 
 The layout is described in :mod:`viva_glyph._modelfile`: one safetensors file
-with a tensor ``codebooks`` (M, K, D) and string metadata. :func:`load` reads
+with a tensor ``codebooks`` (M, K, D), or (K_1 + ... + K_M, D) for stages of
+different sizes (listed in the config), and string metadata. :func:`load` reads
 and checks the header before any more of the file (header length capped at
 :data:`MAX_HEADER_BYTES`, JSON parsed, format, config, dtype, shape, offsets
 against the file size, nesting depth), refuses folders, pipes and devices
@@ -45,9 +46,12 @@ __all__ = [
     "read_metadata",
     "read_model",
     "save",
+    "stage_codebooks",
 ]
 
 _CONFIG_KEYS = {"num_stages", "dimension", "codebook_size"}
+#: A model with stages of different sizes also lists them.
+_SIZED_KEYS = _CONFIG_KEYS | {"codebook_sizes"}
 
 PathLike = str | os.PathLike[str]
 
@@ -74,11 +78,14 @@ def _json(text: str, what: str, path: PathLike) -> Any:
     return value
 
 
-def _check_meta(meta: dict[str, str], path: PathLike) -> tuple[RvqConfig, np.dtype[Any]]:
+def _check_meta(meta: dict[str, str], path: PathLike) -> tuple[RvqConfig, np.dtype[Any], bool]:
     cfg = _json(meta.get("config", ""), "config", path)
     try:
-        if not isinstance(cfg, dict) or set(cfg) != _CONFIG_KEYS:
+        if not isinstance(cfg, dict) or set(cfg) not in (_CONFIG_KEYS, _SIZED_KEYS):
             raise ValueError("config keys")
+        sizes = cfg.get("codebook_sizes")
+        if sizes is not None and not isinstance(sizes, list):
+            raise ValueError("codebook_sizes")
         config = RvqConfig(**cfg)
     except (ValueError, TypeError):
         raise _fail(
@@ -89,16 +96,18 @@ def _check_meta(meta: dict[str, str], path: PathLike) -> tuple[RvqConfig, np.dty
         raise _fail(path, f"dtype {dtype_name!r} is not float32 or float64")
     if "training" in meta:
         _json(meta["training"], "training summary", path)
-    return config, np.dtype(dtype_name)
+    return config, np.dtype(dtype_name), "codebook_sizes" in cfg
 
 
 def _checked(fh: SafetensorsFile) -> tuple[Tensor, RvqConfig, dict[str, str]]:
     """The codebooks tensor entry, config and metadata, once all agree."""
-    config, dtype = _check_meta(fh.metadata, fh.path)
+    config, dtype, sized = _check_meta(fh.metadata, fh.path)
     if fh.names != {TENSOR}:
         names = [name[:20] for name in sorted(fh.names)[:5]]
         raise _fail(fh.path, f"expected exactly one tensor {TENSOR!r}, got {names}")
-    shape = (config.num_stages, config.codebook_size, config.dimension)
+    shape: tuple[int, ...] = (config.num_stages, config.codebook_size, config.dimension)
+    if sized:  # stages of different sizes: (K_1 + ... + K_M, D)
+        shape = (sum(config.stage_sizes), config.dimension)
     code = "F32" if dtype == np.float32 else "F64"
     return fh.tensors({TENSOR: ({code}, shape)})[TENSOR], config, fh.metadata
 
@@ -110,10 +119,12 @@ def read_metadata(path: PathLike) -> dict[str, str]:
 
 
 def read_model(path: PathLike) -> tuple[NDArray[np.floating[Any]], RvqConfig, dict[str, str]]:
-    """Codebooks (M, K, D), config and metadata of a model file, every part checked.
+    """Codebooks as stored, config and metadata of a model file, every part checked.
 
-    The header is read and checked first; the tensor is then read into one
-    array of the size the header declares (which equals the rest of the file).
+    The codebooks are (M, K, D), or (K_1 + ... + K_M, D) when the config lists
+    per-stage sizes (:func:`stage_codebooks` splits either into stages). The
+    header is read and checked first; the tensor is then read into one array
+    of the size the header declares (which equals the rest of the file).
     """
     with open_file(path, _KIND) as fh:
         tensor, config, meta = _checked(fh)
@@ -121,6 +132,15 @@ def read_model(path: PathLike) -> tuple[NDArray[np.floating[Any]], RvqConfig, di
     if not np.isfinite(stack).all():
         raise _fail(path, "codebooks hold NaN or inf")
     return stack, config, meta
+
+
+def stage_codebooks(
+    stack: NDArray[np.floating[Any]], config: RvqConfig
+) -> list[NDArray[np.floating[Any]]]:
+    """The (K_m, D) codebook of every stage of a stack :func:`read_model` returned."""
+    if stack.ndim == 3:
+        return list(stack)
+    return np.split(stack, np.cumsum(config.stage_sizes)[:-1])
 
 
 def load(path: PathLike) -> RvqEncoder:
@@ -147,7 +167,7 @@ def load(path: PathLike) -> RvqEncoder:
     stack, config, meta = read_model(path)
     training = _training(meta, path)
     try:
-        books = codebooks_of_stages(stack, dtype=stack.dtype)
+        books = codebooks_of_stages(stage_codebooks(stack, config), dtype=stack.dtype)
     except ValueError as exc:  # e.g. values whose squared distances would overflow
         raise _fail(path, str(exc)) from None
     return RvqEncoder(books, config, training=training)

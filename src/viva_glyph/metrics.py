@@ -64,7 +64,7 @@ class EvalReport:
     rows : tuple of StageRow
         One per m = 1..M.
     code_counts : ndarray, shape (M, K), int64
-        How often each code of each stage was chosen.
+        How often each code of each stage was chosen (K the largest size).
     distinct_glyphs : int
         Number of different full token sequences among the inputs.
     shared_vectors : int
@@ -79,11 +79,23 @@ class EvalReport:
     code_counts: NDArray[np.int64]
     distinct_glyphs: int
     shared_vectors: int
+    #: Per-stage codebook sizes when they differ (the encoder's ``config.codebook_sizes``).
+    codebook_sizes: tuple[int, ...] | None = None
+
+    @property
+    def stage_sizes(self) -> tuple[int, ...]:
+        """The codebook size of every stage."""
+        if self.codebook_sizes is None:
+            return (self.codebook_size,) * len(self.code_counts)
+        return self.codebook_sizes
 
     @property
     def utilization(self) -> tuple[float, ...]:
-        """Per stage, share of the K codes used at least once."""
-        return tuple(float((c > 0).mean()) for c in self.code_counts)
+        """Per stage, share of its K_s codes used at least once."""
+        sizes = self.stage_sizes
+        return tuple(
+            float((c[:k] > 0).mean()) for c, k in zip(self.code_counts, sizes, strict=True)
+        )
 
     @property
     def perplexity(self) -> tuple[float, ...]:
@@ -108,7 +120,9 @@ class EvalReport:
         return {
             "num_vectors": self.num_vectors,
             "dimension": self.dimension,
-            "codebook_size": self.codebook_size,
+            "codebook_size": self.codebook_size
+            if self.codebook_sizes is None
+            else list(self.codebook_sizes),
             "beam_size": self.beam_size,
             "stages": [
                 {
@@ -144,7 +158,8 @@ class EvalReport:
         """Plain-text tables for a terminal."""
         lines = [
             f"{self.num_vectors} vectors of dimension {self.dimension}, "
-            f"K = {self.codebook_size}, beam {self.beam_size}",
+            f"K = {self.codebook_size if self.codebook_sizes is None else self.codebook_sizes}, "
+            f"beam {self.beam_size}",
             "",
             f"{'stages':>6} {'bits':>7} {'MSE':>12} {'rel. error':>11} {'SNR dB':>8}",
         ]
@@ -157,7 +172,7 @@ class EvalReport:
         used = (self.code_counts > 0).sum(axis=1)
         for i, (u, p) in enumerate(zip(self.utilization, self.perplexity, strict=True)):
             lines.append(
-                f"{i + 1:>6} {int(used[i]):>5}/{self.codebook_size:<5} {u:>12.1%} {p:>11.1f}"
+                f"{i + 1:>6} {int(used[i]):>5}/{self.stage_sizes[i]:<5} {u:>12.1%} {p:>11.1f}"
             )
         lines += [
             "",
@@ -181,9 +196,9 @@ class _GlyphCounter:
     code bytes of each row.
     """
 
-    def __init__(self, codebook_size: int, num_stages: int) -> None:
-        self.k = codebook_size
-        self.as_ids = codebook_size**num_stages <= 1 << 64
+    def __init__(self, sizes: tuple[int, ...]) -> None:
+        self.k = sizes
+        self.as_ids = math.prod(sizes) <= 1 << 64
         self.keys: NDArray[Any] | None = None
         self.counts = np.zeros(0, dtype=np.int64)
         self._pending: list[NDArray[Any]] = []
@@ -192,7 +207,7 @@ class _GlyphCounter:
     def add(self, codes: NDArray[Any]) -> None:
         keys: NDArray[Any]
         if self.as_ids:
-            keys = codes_to_glyph_ids(codes, self.k)
+            keys = codes_to_glyph_ids(codes, list(self.k))
         else:
             rows = np.ascontiguousarray(codes)
             keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
@@ -275,7 +290,7 @@ def evaluate(
     energy = 0.0
     n = 0
     counts = np.zeros((c.num_stages, c.codebook_size), dtype=np.int64)
-    glyphs = _GlyphCounter(c.codebook_size, c.num_stages)
+    glyphs = _GlyphCounter(c.stage_sizes)
     bar = progress_bar(total, progress, "evaluate")
     try:
         for start, block in _blocks(vectors, block_rows):
@@ -303,12 +318,13 @@ def evaluate(
         codebook_size=c.codebook_size,
         beam_size=beam_size,
         rows=tuple(
-            _row(m, c.codebook_size, err[m - 1], energy, n * c.dimension)
+            _row(m, c.stage_sizes, err[m - 1], energy, n * c.dimension)
             for m in range(1, c.num_stages + 1)
         ),
         code_counts=counts,
         distinct_glyphs=distinct,
         shared_vectors=shared,
+        codebook_sizes=c.codebook_sizes,
     )
 
 
@@ -323,7 +339,7 @@ def _accumulate_errors(
     return float(np.einsum("nd,nd->", x64, x64))
 
 
-def _row(m: int, k: int, err: float, energy: float, components: int) -> StageRow:
+def _row(m: int, sizes: tuple[int, ...], err: float, energy: float, components: int) -> StageRow:
     rel = err / energy if energy > 0 else (0.0 if err == 0 else math.inf)
     if err == 0:
         snr = math.inf
@@ -331,7 +347,9 @@ def _row(m: int, k: int, err: float, energy: float, components: int) -> StageRow
         snr = -math.inf
     else:
         snr = 10 * math.log10(energy / err)
-    return StageRow(m, m * math.log2(k), err / components, rel, snr)
+    k = sizes[0]
+    bits = m * math.log2(k) if len(set(sizes)) == 1 else sum(math.log2(s) for s in sizes[:m])
+    return StageRow(m, bits, err / components, rel, snr)
 
 
 def progress_bar(total: int | None, show: bool, desc: str) -> Any:
@@ -374,8 +392,9 @@ def _plot(report: EvalReport, path: str | os.PathLike[str]) -> None:
         f"K = {report.codebook_size}"
     )
     ax.grid(True, which="both", alpha=0.3)
-    k = report.codebook_size
     for s, counts in enumerate(report.code_counts):
+        k = report.stage_sizes[s]
+        counts = counts[:k]
         hax = fig.add_subplot(grid[1 + s // cols, s % cols])
         if k > 512:  # group codes into 512 bins so the bars stay visible
             edges = np.linspace(0, k, 513).astype(np.int64)

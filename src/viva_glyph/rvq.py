@@ -71,21 +71,25 @@ class RvqTokens:
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
         object.__setattr__(self, "total_error", float(self.total_error))
 
-    def to_glyph_id(self, codebook_size: int) -> int:
+    def to_glyph_id(self, codebook_size: int | Sequence[int]) -> int:
         """Mixed-radix glyph id, stage 1 most significant (see :mod:`viva_glyph.glyph`)."""
         return glyph.glyph_id(self.indices, codebook_size)
 
     @classmethod
-    def from_glyph_id(cls, glyph_id: int, codebook_size: int, num_stages: int) -> RvqTokens:
+    def from_glyph_id(
+        cls, glyph_id: int, codebook_size: int | Sequence[int], num_stages: int | None = None
+    ) -> RvqTokens:
         """Tokens of a glyph id; ``total_error`` is NaN (unknown)."""
         return cls(glyph.indices_from_glyph_id(glyph_id, codebook_size, num_stages), math.nan)
 
-    def to_bytes(self, codebook_size: int) -> bytes:
-        """Compact bytes, ``ceil(log2 K)`` bits per stage."""
+    def to_bytes(self, codebook_size: int | Sequence[int]) -> bytes:
+        """Compact bytes, ``ceil(log2 K_m)`` bits for stage m."""
         return glyph.to_bytes(self.indices, codebook_size)
 
     @classmethod
-    def from_bytes(cls, data: bytes, codebook_size: int, num_stages: int) -> RvqTokens:
+    def from_bytes(
+        cls, data: bytes, codebook_size: int | Sequence[int], num_stages: int | None = None
+    ) -> RvqTokens:
         """Tokens from :meth:`to_bytes` output; ``total_error`` is NaN (unknown)."""
         return cls(glyph.from_bytes(data, codebook_size, num_stages), math.nan)
 
@@ -102,7 +106,9 @@ def new(config: RvqConfig, seed: int = 0, *, dtype: DTypeLike = np.float32) -> R
 
     Stage ``s`` (0-based) holds the origin as entry 0 and K - 1 points uniform in
     ``[-h_s, h_s]^D`` with ``h_s = K**(-s / D)``, the side of the cell one of K
-    codes covers in a unit cube. The origin makes every stage's greedy choice at
+    codes covers in a unit cube (with per-stage sizes K_m,
+    ``h_s = (K_1 ... K_s)**(-1 / D)``, the cell the earlier stages leave).
+    The origin makes every stage's greedy choice at
     least as good as skipping it, so decoding more stages never raises any
     vector's error. Same config and seed give bit-identical codebooks on every
     platform (numpy PCG64 and IEEE arithmetic only).
@@ -117,12 +123,15 @@ def new(config: RvqConfig, seed: int = 0, *, dtype: DTypeLike = np.float32) -> R
     """
     if not isinstance(config, RvqConfig):
         raise TypeError(f"config must be an RvqConfig, got {type(config).__name__}")
-    k, d = config.codebook_size, config.dimension
+    d, sizes = config.dimension, config.stage_sizes
     books = []
-    for stage in range(config.num_stages):
+    for stage, k in enumerate(sizes):
         cb = Codebook.random(k, d, seed=seed, scale=1.0, dtype=np.float64).vectors.copy()
         cb[0] = 0.0
-        books.append(cb * _grid_scale(float(k) ** (-stage / d)))
+        cells = float(k) ** (-stage / d)  # per-stage sizes: the cells of the stages before
+        if not config.uniform:
+            cells = float(math.prod(sizes[:stage])) ** (-1.0 / d)
+        books.append(cb * _grid_scale(cells))
         seed = (seed * 6364136223846793005 + 1442695040888963407) % (1 << 63)
     return RvqEncoder([Codebook(v, dtype=dtype) for v in books], config)
 
@@ -191,7 +200,6 @@ def reconstruction_error(encoder: RvqEncoder, input: Sequence[float] | ArrayLike
 
 
 def total_vocabulary(encoder: RvqEncoder) -> int:
-    """Total vocabulary ``codebook_size ** num_stages``: how many glyphs are possible."""
-    c = _check_encoder(encoder).config
-    vocabulary: int = c.codebook_size**c.num_stages
-    return vocabulary
+    """Total vocabulary ``codebook_size ** num_stages`` (the product of the
+    stage sizes when they differ): how many glyphs are possible."""
+    return _check_encoder(encoder).config.vocabulary

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 from viva_glyph._stagewise import LocalRows, run_stages
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.beam import use_lut
-from viva_glyph.config import RvqConfig, default_config
+from viva_glyph.config import RvqConfig, default_config, stage_sizes
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.refine import MAX_REFINE_UNKNOWNS, refine_codebooks
 from viva_glyph.summary import TrainingSummary
@@ -52,21 +53,43 @@ def _nonneg_int(value: object, name: str) -> int:
 
 
 def _resolve_config(
-    config: RvqConfig | None, num_stages: int | None, codebook_size: int | None, dim: int
+    config: RvqConfig | None,
+    num_stages: int | None,
+    codebook_size: int | Sequence[int] | None,
+    dim: int,
 ) -> RvqConfig:
+    sizes = None
+    if isinstance(codebook_size, Sequence):  # one size per stage
+        sizes = stage_sizes(codebook_size)
+        if num_stages is not None and num_stages != len(sizes):
+            raise ValueError(
+                f"num_stages={num_stages} contradicts the {len(sizes)} sizes of "
+                f"codebook_size={list(sizes)}"
+            )
     if config is None:
+        if isinstance(codebook_size, Sequence):
+            return RvqConfig.of_sizes(dim, codebook_size)
         base = default_config()
         m = base.num_stages if num_stages is None else num_stages
         k = base.codebook_size if codebook_size is None else codebook_size
         return RvqConfig(m, dim, k)
     if not isinstance(config, RvqConfig):
         raise TypeError(f"config must be an RvqConfig or None, got {type(config).__name__}")
+    if sizes is not None and sizes != config.stage_sizes:
+        raise ValueError(
+            f"codebook_size={list(sizes)} contradicts config.stage_sizes={config.stage_sizes}"
+        )
     for name, val in (("num_stages", num_stages), ("codebook_size", codebook_size)):
-        if val is not None and val != getattr(config, name):
+        if sizes is None and val is not None and val != getattr(config, name):
             raise ValueError(f"{name}={val} contradicts config.{name}={getattr(config, name)}")
     if config.dimension != dim:
         raise ValueError(f"X has dimension {dim}, but config.dimension is {config.dimension}")
     return config
+
+
+def size_param(config: RvqConfig) -> int | list[int]:
+    """``params["codebook_size"]`` of a training summary: K, or the per-stage sizes."""
+    return config.codebook_size if config.uniform else list(config.stage_sizes)
 
 
 class _FitArgs(NamedTuple):
@@ -112,7 +135,7 @@ def _fit_args(
     dim: int,
     config: RvqConfig | None,
     num_stages: int | None,
-    codebook_size: int | None,
+    codebook_size: int | Sequence[int] | None,
     beam_size: object,
     iterations: object,
     seed: object,
@@ -185,7 +208,7 @@ def fit(
     config: RvqConfig | None = None,
     *,
     num_stages: int | None = None,
-    codebook_size: int | None = None,
+    codebook_size: int | Sequence[int] | None = None,
     beam_size: int = 1,
     iterations: int = ITERATIONS,
     refine: int = 0,
@@ -205,7 +228,13 @@ def fit(
     config : RvqConfig, optional
         M, D, K. Without it ``num_stages`` and ``codebook_size`` (default 4 and
         256) and D from X are used; given both, they must agree.
-    num_stages, codebook_size : int, optional
+    num_stages : int, optional
+    codebook_size : int or sequence of int, optional
+        K for every stage, or one size per stage (``[16, 256, 256]``: a coarse
+        first level, as semantic IDs use); ``num_stages`` then defaults to its
+        length. N and ``max_samples`` (default ``256 * max K``) must be at least
+        the largest size. Per-stage sizes train with the same stage-wise
+        k-means, each stage with its own K; ``refine`` needs equal sizes.
     beam_size : int
         1: greedy residual k-means. B > 1: stage m is trained on the residuals
         of the B-beam encoding of stages 1..m-1; encode with the same
@@ -254,6 +283,10 @@ def fit(
     )
     rounds = _nonneg_int(refine, "refine")
     k = cfg.codebook_size
+    if rounds and not cfg.uniform:
+        raise ValueError(
+            f"refine needs equal codebook sizes, got {list(cfg.stage_sizes)}: fit with refine=0"
+        )
     if rounds and cfg.num_stages * k > MAX_REFINE_UNKNOWNS:
         raise ValueError(
             f"refine needs num_stages * codebook_size <= {MAX_REFINE_UNKNOWNS}, "
@@ -266,7 +299,7 @@ def fit(
     params = {
         "num_stages": cfg.num_stages,
         "dimension": dim,
-        "codebook_size": k,
+        "codebook_size": size_param(cfg),
         "beam_size": beam,
         "iterations": iters,
         "refine": rounds,
@@ -293,7 +326,7 @@ def fit(
         train = sample if hold is None else sample[~hold]
         data = LocalRows(train, k, beam, use_lut(cfg, beam))
         books, stage_mse, n_iters = run_stages(
-            data, cfg.num_stages, k, beam, data.lut, iters, rng, bar
+            data, cfg.num_stages, cfg.stage_sizes, beam, data.lut, iters, rng, bar
         )
         refine_mse: list[float] = []
         selected = 0

@@ -55,6 +55,7 @@ from viva_glyph.training import (
     _nonneg_int,
     check_magnitude,
     check_scale,
+    size_param,
 )
 
 if TYPE_CHECKING:
@@ -248,8 +249,8 @@ class _DaskTraining:
         from dask.delayed import delayed
 
         b = 1  # beams per row after the stages so far
-        for _ in self.books:
-            b = min(self.spec[1], b * self.books[0].size)
+        for book in self.books:
+            b = min(self.spec[1], b * book.size)
         d = self.shape[1]
         key = self._books()
         bounds = np.cumsum((0, *self.x.chunks[0]))
@@ -282,7 +283,7 @@ def fit(
     config: RvqConfig | None = None,
     *,
     num_stages: int | None = None,
-    codebook_size: int | None = None,
+    codebook_size: int | Sequence[int] | None = None,
     beam_size: int = 1,
     iterations: int = ITERATIONS,
     refine: int = 0,
@@ -301,7 +302,9 @@ def fit(
     X : dask.array.Array, shape (N, D), real dtype
         Training vectors, e.g. from :func:`viva_glyph.dask.from_npy`.
     config : RvqConfig, optional
-    num_stages, codebook_size : int, optional
+    num_stages : int, optional
+    codebook_size : int or sequence of int, optional
+        One size for every stage, or one per stage (e.g. ``[16, 256, 256]``).
     beam_size : int
         B > 1 trains every stage on the residuals of the B-beam encoding.
     iterations : int
@@ -348,6 +351,7 @@ def fit(
         "iterations": iters, "refine": 0, "max_samples": max_samples, "seed": seed,
         "samples_used": rows, "distributed": True, "persisted": bool(keep),
     }  # fmt: skip
+    params["codebook_size"] = size_param(cfg)  # K, or the per-stage sizes
     _log.info("fitting %s on %d of %d rows (%d blocks, persist=%s)", cfg, rows, n,
               x.numblocks[0], keep)  # fmt: skip
     all_beams = use_lut(cfg, beam)
@@ -360,7 +364,7 @@ def fit(
         data = _DaskTraining(x, k, beam, all_beams, keep)
         data.checked()
         books, errors, n_iters = run_stages(
-            data, cfg.num_stages, k, beam, all_beams, iters, rng, bar
+            data, cfg.num_stages, cfg.stage_sizes, beam, all_beams, iters, rng, bar
         )
     finally:
         if bar is not None:

@@ -10,11 +10,15 @@ are left out of the graph (they branch on data), as with ``check_finite=False``.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from viva_glyph._validate import positive_int
+from viva_glyph.config import stage_sizes
 
 __all__ = [
     "MAX_ABS",
@@ -23,6 +27,7 @@ __all__ = [
     "check_codes",
     "check_options",
     "check_rows",
+    "check_sizes",
     "check_state",
     "flatten",
     "tracing",
@@ -103,8 +108,21 @@ def check_rows(x: Tensor, x2: Tensor) -> None:
         raise bad_row_error(x, x2, row)
 
 
-def check_codes(codes: object, num_stages: int, codebook_size: int) -> Tensor:
-    """Codes for ``decode``: integers of shape (..., m), values in ``[0, K)`` or ``-1``.
+def check_sizes(codebook_size: object, num_stages: int) -> tuple[int, ...]:
+    """The M codebook sizes of ``codebook_size``: one int for every stage, or one per stage."""
+    if isinstance(codebook_size, Sequence) and not isinstance(codebook_size, str):
+        sizes = stage_sizes(codebook_size, "codebook_size")
+        if len(sizes) != num_stages:
+            raise ValueError(
+                f"codebook_size lists {len(sizes)} sizes, but num_stages is {num_stages}"
+            )
+        return sizes
+    return (positive_int(codebook_size, "codebook_size"),) * num_stages
+
+
+def check_codes(codes: object, num_stages: int, codebook_size: int | Sequence[int]) -> Tensor:
+    """Codes for ``decode``: integers of shape (..., m), values in ``[0, K)`` or ``-1``
+    (``[0, K_s)`` at stage s with one size per stage).
 
     ``-1`` marks a stage skipped by quantizer dropout (as in ``RvqOutput.codes``).
     Raises TypeError / ValueError naming the expected range and the first bad row.
@@ -120,14 +138,18 @@ def check_codes(codes: object, num_stages: int, codebook_size: int) -> Tensor:
     idx = codes.long()
     if idx.numel() == 0 or tracing():
         return idx
-    k = codebook_size
+    m = idx.shape[-1]
+    sizes = [codebook_size] * m if isinstance(codebook_size, int) else list(codebook_size)[:m]
     lo, hi = torch.aminmax(idx)
-    if bool((lo >= -1) & (hi < k)):
+    if bool((lo >= -1) & (hi < min(sizes))):
         return idx
-    flat = idx.reshape(-1, idx.shape[-1])
-    bad = (flat < -1) | (flat >= k)
+    flat = idx.reshape(-1, m)
+    bad = (flat < -1) | (flat >= torch.tensor(sizes, device=flat.device))
+    if not bool(bad.any()):
+        return idx
     row = int(bad.any(1).nonzero()[0, 0])
     stage = int(bad[row].nonzero()[0, 0])
+    k = sizes[stage]
     raise ValueError(
         f"token index out of range: expected [0, {k}) or -1 (a stage skipped by quantizer "
         f"dropout), got {int(flat[row, stage])} at "

@@ -15,6 +15,7 @@ seeds the numpy generator of a whole initialisation.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -100,6 +101,7 @@ def init_stages(
     iterations: int | None,
     generator: torch.Generator,
     rows: tuple[int, int],
+    sizes: Sequence[int] | None = None,
 ) -> Tensor:
     """Initial state of every stage, fitted in turn to what earlier stages leave of ``x``.
 
@@ -115,6 +117,9 @@ def init_stages(
     rows : (init_rows, max_samples)
         k-means warns (UserWarning, with the figures) below ``init_rows`` rows
         and runs on a random ``max_samples`` of them above.
+    sizes : sequence of int, optional
+        Codes of each stage (per-stage sizes, at most K); default K for every
+        stage. Stage s fills the first ``sizes[s]`` codes; the rest stay zero.
 
     Returns
     -------
@@ -122,7 +127,9 @@ def init_stages(
         Per code: the codebook entry, the EMA sum and the EMA count, consistent
         (sum = entry x count; the count is the rows assigned, at least 1).
     """
-    m, k, d = books.shape
+    m, k_max, d = books.shape
+    ks = [k_max] * m if sizes is None else list(sizes)
+    k = k_max
     n, (init_rows, max_samples) = x.shape[0], rows
     if n > max_samples:
         x = x.index_select(0, random_rows(n, max_samples, generator, x.device))
@@ -134,19 +141,19 @@ def init_stages(
             UserWarning,
             stacklevel=5,
         )
-    state = torch.empty((m, k, 2 * d + 1), device=x.device)
+    state = torch.zeros((m, k_max, 2 * d + 1), device=x.device)
     fit = None  # one draw from the torch generator seeds numpy's generator
     if iterations is not None:
         seed = int(torch.randint(1 << 62, (), generator=generator))
         fit = (iterations, np.random.default_rng(seed))
     residual = x.clone()
-    for s in range(m):
-        book = books[s] if fit is None else _kmeans(residual, k, *fit)
+    for s, k in enumerate(ks):
+        book = books[s, :k] if fit is None else _kmeans(residual, k, *fit)
         codes = nearest(with_ones(residual), augmented_tables(book))
         count = torch.zeros(k, device=x.device).index_add_(
             0, codes, torch.ones_like(codes, dtype=x.dtype)
         )
         residual -= book[codes]
         count = count.clamp_min(1.0)  # keeps sum / count = entry for an empty cell
-        state[s] = torch.cat([book, book * count[:, None], count[:, None]], 1)
+        state[s, :k] = torch.cat([book, book * count[:, None], count[:, None]], 1)
     return state

@@ -9,6 +9,7 @@ pass over the stages, so no autograd graph is built through the stages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +24,7 @@ from viva_glyph.torch._checks import (
     check_codes,
     check_options,
     check_rows,
+    check_sizes,
     check_state,
     flatten,
 )
@@ -50,8 +52,13 @@ class ResidualVQ(nn.Module):
         Dimension D of the vectors (the last axis of the input, channel-last).
     num_stages : int
         Number of stages M (codes per vector).
-    codebook_size : int
-        Codes per stage K.
+    codebook_size : int or sequence of int
+        Codes per stage K, or one size per stage (``[16, 256, 256]``, as
+        semantic IDs use; ``num_stages`` must then equal its length). The
+        state keeps (M, K, D) tensors for the largest K: a smaller stage's
+        extra codes stay zero, are never chosen (their distance is +inf), never
+        counted as dead nor replaced, and its EMA smoothing uses its own K.
+        ``codebook_sizes`` holds the M sizes.
     ema : bool
         True (default): codebooks follow exponential moving averages of the
         vectors assigned to them (sums and Laplace-smoothed counts). False:
@@ -110,6 +117,7 @@ class ResidualVQ(nn.Module):
     """
 
     codebook: Tensor
+    code_valid: Tensor | None
     ema_sum: Tensor
     ema_count: Tensor
     unused_steps: Tensor
@@ -119,7 +127,7 @@ class ResidualVQ(nn.Module):
         self,
         dim: int,
         num_stages: int,
-        codebook_size: int,
+        codebook_size: int | Sequence[int],
         *,
         ema: bool = True,
         decay: float = 0.99,
@@ -140,7 +148,8 @@ class ResidualVQ(nn.Module):
         super().__init__()
         self.dim = positive_int(dim, "dim")
         self.num_stages = positive_int(num_stages, "num_stages")
-        self.codebook_size = positive_int(codebook_size, "codebook_size")
+        self.codebook_sizes = sizes = check_sizes(codebook_size, self.num_stages)
+        self.codebook_size = max(sizes)  # the tensors' K
         opts = check_options(
             decay=decay,
             eps=eps,
@@ -180,10 +189,14 @@ class ResidualVQ(nn.Module):
 
         m, k, d = self.num_stages, self.codebook_size, self.dim
         books = torch.randn((m, k, d), generator=self.generator)
+        valid = torch.arange(k)[None, :] < torch.tensor(sizes)[:, None]  # (M, K)
+        books *= valid[..., None]  # codes beyond a stage's size are zero
+        # per-stage sizes: which codes exist (not saved: it follows from the sizes)
+        self.register_buffer("code_valid", None if min(sizes) == k else valid, persistent=False)
         if self.ema:
             self.register_buffer("codebook", books)
             self.register_buffer("ema_sum", books.clone())
-            self.register_buffer("ema_count", torch.ones(m, k))
+            self.register_buffer("ema_count", valid.float())
         else:
             self.codebook = nn.Parameter(books)
         self.register_buffer("unused_steps", torch.zeros(m, k, dtype=torch.int64))
@@ -195,9 +208,10 @@ class ResidualVQ(nn.Module):
 
     def extra_repr(self) -> str:
         mode = f"decay={self.decay}" if self.ema else "learned"
+        k = self.codebook_size if self.code_valid is None else self.codebook_sizes
         return (
             f"dim={self.dim}, num_stages={self.num_stages}, "
-            f"codebook_size={self.codebook_size}, {mode}, dead_after={self.dead_after}"
+            f"codebook_size={k}, {mode}, dead_after={self.dead_after}"
         )
 
     # -- initialization --------------------------------------------------------------
@@ -230,7 +244,8 @@ class ResidualVQ(nn.Module):
         if ddp.rank() == 0:
             fit = self.kmeans_iters if self._state == _NEEDS_KMEANS else None
             rows = (self.init_rows, self.kmeans_max_samples)
-            state = init_stages(x2, self._books(m), fit, self.generator, rows)
+            sizes = self.codebook_sizes
+            state = init_stages(x2, self._books(m), fit, self.generator, rows, sizes)
         ddp.broadcast_(state)
         self.codebook.data.copy_(state[..., :d])
         if self.ema:
@@ -260,8 +275,10 @@ class ResidualVQ(nn.Module):
             )
         c = encoder.config
         kwargs["kmeans_init"] = False
-        model = cls(c.dimension, c.num_stages, c.codebook_size, **kwargs)
-        books = torch.from_numpy(encoder.codebook_array.astype("float32"))
+        model = cls(c.dimension, c.num_stages, list(c.stage_sizes), **kwargs)
+        books = torch.zeros_like(model.codebook.data)
+        for s, cb in enumerate(encoder.codebooks):
+            books[s, : cb.size] = torch.from_numpy(cb.vectors.astype("float32"))
         model.codebook.data.copy_(books)
         if model.ema:
             model.ema_sum.copy_(books)
@@ -277,7 +294,9 @@ class ResidualVQ(nn.Module):
         from viva_glyph.encoder import RvqEncoder
 
         books = self.codebook.detach().float().cpu().numpy().copy()
-        return RvqEncoder([Codebook(b) for b in books])
+        return RvqEncoder(
+            [Codebook(b[:k]) for b, k in zip(books, self.codebook_sizes, strict=True)]
+        )
 
     # -- the passes ------------------------------------------------------------------
     def _rows(self, x: Tensor) -> Tensor:
@@ -306,6 +325,10 @@ class ResidualVQ(nn.Module):
     def _books(self, m: int) -> Tensor:
         return self.codebook.detach()[:m].float()
 
+    def _invalid(self, m: int) -> Tensor | None:
+        """Codes of the first m stages that do not exist (per-stage sizes), or None."""
+        return None if self.code_valid is None else ~self.code_valid[:m]
+
     def forward(self, x: Tensor, num_stages: int | None = None) -> RvqOutput:
         """Quantize ``x``; in training mode also update the codebooks.
 
@@ -328,7 +351,15 @@ class ResidualVQ(nn.Module):
     def _quantize(self, x: Tensor, x2: Tensor, m: int, grad_books: Tensor | None) -> RvqOutput:
         """The output for the current codebooks, updating nothing."""
         grad = x.requires_grad and torch.is_grad_enabled()
-        p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=grad)
+        p = run_stages(
+            self._books(m),
+            x2,
+            None,
+            self.generator,
+            train=False,
+            grad=grad,
+            invalid=self._invalid(m),
+        )
         return make_output(self, x, p, m, usage_counts(p.codes, self.codebook_size), grad_books)
 
     def _train_step(self, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
@@ -363,7 +394,15 @@ class ResidualVQ(nn.Module):
             x2.device,
         )
         grad = torch.is_grad_enabled() and x.requires_grad
-        p = run_stages(self._books(ran), x2, keep, self.generator, train=True, grad=grad)
+        p = run_stages(
+            self._books(ran),
+            x2,
+            keep,
+            self.generator,
+            train=True,
+            grad=grad,
+            invalid=self._invalid(ran),
+        )
         assert p.sums is not None and p.candidates is not None
         local = usage_counts(p.codes, self.codebook_size)
         grad_books = None
@@ -394,7 +433,15 @@ class ResidualVQ(nn.Module):
         """
         m = self._stages(num_stages)
         x2 = self._rows(x)
-        p = run_stages(self._books(m), x2, None, self.generator, train=False, grad=False)
+        p = run_stages(
+            self._books(m),
+            x2,
+            None,
+            self.generator,
+            train=False,
+            grad=False,
+            invalid=self._invalid(m),
+        )
         return p.codes.view(*x.shape[:-1], m)
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -403,14 +450,14 @@ class ResidualVQ(nn.Module):
         Parameters
         ----------
         codes : Tensor, shape (..., m), integer, 1 <= m <= M
-            Values in ``[0, K)``; ``-1`` (a stage skipped by dropout) adds nothing.
+            Values in ``[0, K_s)`` at stage s; ``-1`` (a stage skipped by dropout) adds nothing.
             Any other value raises ValueError naming the row and the stage.
 
         Returns
         -------
         Tensor, shape (..., D), float32
         """
-        idx = check_codes(codes, self.num_stages, self.codebook_size)
+        idx = check_codes(codes, self.num_stages, self.codebook_sizes)
         out = torch.zeros((*codes.shape[:-1], self.dim), device=self.codebook.device)
         for s in range(codes.shape[-1]):
             c = idx[..., s]

@@ -78,7 +78,11 @@ def make_output(
         quantized = quantized + (x - x.detach())  # straight-through estimator
     stage_losses = p.stage_sq / (p.rows.clamp_min(1.0) * vq.dim)
     codes = p.codes
-    dead = (counts == 0).float().mean(1)
+    if vq.code_valid is None:
+        dead = (counts == 0).float().mean(1)
+    else:  # per-stage sizes: the share of each stage's own codes
+        valid = vq.code_valid[:ran]
+        dead = ((counts == 0) & valid).float().sum(1) / valid.float().sum(1)
     if ran < m:  # stages skipped by batch dropout
         pad = m - ran
         codes = F.pad(codes, (0, pad), value=-1)

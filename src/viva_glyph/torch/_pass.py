@@ -47,6 +47,7 @@ def run_stages(
     *,
     train: bool,
     grad: bool,
+    invalid: Tensor | None = None,
 ) -> Pass:
     """All rows through the stages of ``books``, in float32 even under autocast.
 
@@ -60,11 +61,16 @@ def run_stages(
         Draws the replacement candidates (training only).
     train, grad : bool
         Gather the training statistics / the commitment gradient.
+    invalid : Tensor, shape (m, K), bool, optional
+        Codes that do not exist (stages smaller than K: per-stage sizes); their
+        distance is +inf, so no row picks them.
     """
     with torch.autocast(x2.device.type, enabled=False):
         n, d = x2.shape
         m, k = books.shape[0], books.shape[1]
         tables = augmented_tables(books)  # (m, D + 1, K)
+        if invalid is not None:  # ||c||^2 = inf: a padding code is never the nearest
+            tables[:, d].masked_fill_(invalid, float("inf"))
         r_aug = with_ones(x2)
         r = r_aug[:, :d]
         g = torch.zeros_like(x2) if grad else None

@@ -72,7 +72,8 @@ def ema_update(
         vq.ema_count.copy_(torch.where(a2, new_count, vq.ema_count))
         vq.ema_sum.copy_(torch.where(a2[..., None], new_sum, vq.ema_sum))
         n = vq.ema_count.sum(-1, keepdim=True)
-        smoothed = (vq.ema_count + vq.eps) / (n + k * vq.eps) * n  # Laplace smoothing
+        k_s = k if vq.code_valid is None else vq.code_valid.sum(-1, keepdim=True)  # per stage
+        smoothed = (vq.ema_count + vq.eps) / (n + k_s * vq.eps) * n  # Laplace smoothing
         book = vq.ema_sum / smoothed[..., None]
         vq.codebook.copy_(torch.where(a2[..., None], book, vq.codebook))
     unused = torch.where(batch_counts > 0, 0, vq.unused_steps + 1)
@@ -99,6 +100,8 @@ def replace_dead(vq: ResidualVQ, candidates: Tensor, eligible: Tensor) -> None:
         Stages whose codes may be replaced this step.
     """
     dead = (vq.unused_steps >= vq.dead_after) & eligible[:, None]
+    if vq.code_valid is not None:  # per-stage sizes: the padding codes never come alive
+        dead &= vq.code_valid
     if ddp.is_distributed():
         if not bool(dead.any()):
             return
