@@ -74,3 +74,18 @@ def torch_mixture(n: int, d: int, seed: int, centers: int = 24) -> Any:
     mu = torch.randn(centers, d, generator=g) * 3.0
     s = torch.Generator().manual_seed(seed)
     return mu[torch.randint(centers, (n,), generator=s)] + 0.3 * torch.randn(n, d, generator=s)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A Dask LocalCluster of two single-threaded worker processes, one per test module."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    )
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()

@@ -6,8 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -72,19 +70,6 @@ def test_merge_keeps_shard_order_for_ties_and_puts_empty_last() -> None:
         merge_results([a, c], 1)
     with pytest.raises(ValueError, match="at least one shard"):
         search_shards([], np.zeros((1, 2)), 1)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
-    )
-    c = distributed.Client(cluster)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 def test_killed_worker_is_retried(client, tmp_path) -> None:
