@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     # L0 base
     "_validate": 0, "_kernels": 0, "_numba": 0, "_threads": 0, "_files": 0, "_modelfile": 0,
     "_rows": 0, "_tables": 0, "_writers": 0, "_version": 0, "config": 0, "glyph": 0,
-    "summary": 0, "_safetensors": 0,
+    "summary": 0, "_safetensors": 0, "_binary": 0,
     # L1
     "codebook": 1,
     # L2 engine and k-means
