@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     # L4 training
     "training": 4, "_stagewise": 4, "refine": 4,
     # L5 files, data, metrics
-    "io": 5, "data": 5, "metrics": 5,
+    "io": 5, "data": 5, "metrics": 5, "_report": 5,
     # L6 applications and integrations
     "demo": 6, "cli": 6, "_cli_index": 6, "index": 6, "_cli_ids": 6, "_cli_args": 6, "semantic": 6,
     "dask": 6, "torch": 6,
