@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "io": 5, "data": 5, "metrics": 5, "_report": 5,
     # L6 applications and integrations
     "demo": 6, "cli": 6, "_cli_index": 6, "index": 6, "_cli_ids": 6, "_cli_args": 6, "semantic": 6,
-    "dask": 6, "torch": 6,
+    "dask": 6, "torch": 6, "_cli_commands": 6,
     # top: the spec facade and the package root; nothing inside imports them
     "rvq": 7, "__init__": 7, "__main__": 7,
 }  # fmt: skip
