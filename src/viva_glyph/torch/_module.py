@@ -32,7 +32,7 @@ from viva_glyph.torch._checks import (
 from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer
 from viva_glyph.torch._ops import usage_counts
 from viva_glyph.torch._output import RvqOutput, make_output
-from viva_glyph.torch._pass import run_stages
+from viva_glyph.torch._pass import Pass, run_stages
 from viva_glyph.torch._step import NEEDS_COUNTS, NEEDS_KMEANS, initialize, train_step
 
 if TYPE_CHECKING:
@@ -309,6 +309,11 @@ class ResidualVQ(nn.Module):
         """Codes of the first m stages that do not exist (per-stage sizes), or None."""
         return None if self.code_valid is None else ~self.code_valid[:m]
 
+    def _run(self, x2: Tensor, m: int, keep: Tensor | None, *, train: bool, grad: bool) -> Pass:
+        """The rows ``x2`` through the first m stages (:func:`._pass.run_stages`)."""
+        books, invalid = self._books(m), self._invalid(m)
+        return run_stages(books, x2, keep, self.generator, train=train, grad=grad, invalid=invalid)
+
     def forward(self, x: Tensor, num_stages: int | None = None) -> RvqOutput:
         """Quantize ``x``; in training mode also update the codebooks.
 
@@ -331,15 +336,7 @@ class ResidualVQ(nn.Module):
     def _quantize(self, x: Tensor, x2: Tensor, m: int, grad_books: Tensor | None) -> RvqOutput:
         """The output for the current codebooks, updating nothing."""
         grad = x.requires_grad and torch.is_grad_enabled()
-        p = run_stages(
-            self._books(m),
-            x2,
-            None,
-            self.generator,
-            train=False,
-            grad=grad,
-            invalid=self._invalid(m),
-        )
+        p = self._run(x2, m, None, train=False, grad=grad)
         return make_output(self, x, p, m, usage_counts(p.codes, self.codebook_size), grad_books)
 
     # -- codes -----------------------------------------------------------------------
@@ -359,15 +356,7 @@ class ResidualVQ(nn.Module):
         """
         m = self._stages(num_stages)
         x2 = self._rows(x)
-        p = run_stages(
-            self._books(m),
-            x2,
-            None,
-            self.generator,
-            train=False,
-            grad=False,
-            invalid=self._invalid(m),
-        )
+        p = self._run(x2, m, None, train=False, grad=False)
         return p.codes.view(*x.shape[:-1], m)
 
     def decode(self, codes: Tensor) -> Tensor:

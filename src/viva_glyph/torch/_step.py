@@ -22,7 +22,7 @@ from viva_glyph.torch._checks import bad_row_error
 from viva_glyph.torch._kmeans import init_stages
 from viva_glyph.torch._ops import usage_counts
 from viva_glyph.torch._output import RvqOutput, make_output
-from viva_glyph.torch._pass import draw_dropout, run_stages
+from viva_glyph.torch._pass import draw_dropout
 from viva_glyph.torch._state import ema_update
 
 if TYPE_CHECKING:
@@ -89,15 +89,7 @@ def train_step(vq: ResidualVQ, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
         x2.device,
     )
     grad = torch.is_grad_enabled() and x.requires_grad
-    p = run_stages(
-        vq._books(ran),
-        x2,
-        keep,
-        vq.generator,
-        train=True,
-        grad=grad,
-        invalid=vq._invalid(ran),
-    )
+    p = vq._run(x2, ran, keep, train=True, grad=grad)
     assert p.sums is not None and p.candidates is not None
     local = usage_counts(p.codes, vq.codebook_size)
     grad_books = None
