@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     # L0 base
     "_validate": 0, "_kernels": 0, "_numba": 0, "_threads": 0, "_files": 0, "_modelfile": 0,
     "_rows": 0, "_tables": 0, "_writers": 0, "_version": 0, "config": 0, "glyph": 0,
-    "summary": 0, "_safetensors": 0,
+    "summary": 0, "_safetensors": 0, "_binary": 0,
     # L1
     "codebook": 1,
     # L2 engine and k-means
@@ -30,10 +30,10 @@ LAYERS: dict[str, int] = {
     # L4 training
     "training": 4, "_stagewise": 4, "refine": 4,
     # L5 files, data, metrics
-    "io": 5, "data": 5, "metrics": 5,
+    "io": 5, "data": 5, "metrics": 5, "_report": 5,
     # L6 applications and integrations
     "demo": 6, "cli": 6, "_cli_index": 6, "index": 6, "_cli_ids": 6, "_cli_args": 6, "semantic": 6,
-    "dask": 6, "torch": 6,
+    "dask": 6, "torch": 6, "_cli_commands": 6,
     # top: the spec facade and the package root; nothing inside imports them
     "rvq": 7, "__init__": 7, "__main__": 7,
 }  # fmt: skip

@@ -5,6 +5,7 @@ Algorithm 1), with stop-gradient between stages: every stage's code is chosen
 for, and its loss measured on, a residual that does not carry gradients of the
 earlier codebooks. The losses' gradients are computed in closed form in the same
 pass over the stages, so no autograd graph is built through the stages.
+The training step and the codebook initialisation are in :mod:`._step`.
 """
 
 from __future__ import annotations
@@ -28,19 +29,16 @@ from viva_glyph.torch._checks import (
     check_state,
     flatten,
 )
-from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer, init_stages
+from viva_glyph.torch._kmeans import INIT_ROWS_PER_CODE, Gatherer
 from viva_glyph.torch._ops import usage_counts
 from viva_glyph.torch._output import RvqOutput, make_output
-from viva_glyph.torch._pass import draw_dropout, run_stages
-from viva_glyph.torch._state import ema_update
+from viva_glyph.torch._pass import Pass, run_stages
+from viva_glyph.torch._step import NEEDS_COUNTS, NEEDS_KMEANS, initialize, train_step
 
 if TYPE_CHECKING:
     from viva_glyph.encoder import RvqEncoder
 
 __all__ = ["ResidualVQ", "RvqOutput"]
-
-# Values of the ``init_state`` buffer.
-_NEEDS_KMEANS, _NEEDS_COUNTS, _READY = 0, 1, 2
 
 
 class ResidualVQ(nn.Module):
@@ -200,7 +198,7 @@ class ResidualVQ(nn.Module):
         else:
             self.codebook = nn.Parameter(books)
         self.register_buffer("unused_steps", torch.zeros(m, k, dtype=torch.int64))
-        state = _NEEDS_KMEANS if kmeans_init else _NEEDS_COUNTS
+        state = NEEDS_KMEANS if kmeans_init else NEEDS_COUNTS
         self.register_buffer("init_state", torch.tensor(state, dtype=torch.int64))
         self._state = state
         self._register_load_state_dict_pre_hook(check_state, with_module=True)  # type: ignore[no-untyped-call]
@@ -235,25 +233,7 @@ class ResidualVQ(nn.Module):
         if ddp.any_rank(problem is not None, x2.device):  # all ranks raise together
             raise problem or bad_row_error(x, x2, None)
         self._gathered.clear()
-        self._init(x2)
-
-    @torch.no_grad()
-    def _init(self, x2: Tensor) -> None:
-        m, k, d = self.num_stages, self.codebook_size, self.dim
-        state = torch.zeros((m, k, 2 * d + 1), device=x2.device)
-        if ddp.rank() == 0:
-            fit = self.kmeans_iters if self._state == _NEEDS_KMEANS else None
-            rows = (self.init_rows, self.kmeans_max_samples)
-            sizes = self.codebook_sizes
-            state = init_stages(x2, self._books(m), fit, self.generator, rows, sizes)
-        ddp.broadcast_(state)
-        self.codebook.data.copy_(state[..., :d])
-        if self.ema:
-            self.ema_sum.copy_(state[..., d : 2 * d])
-            self.ema_count.copy_(state[..., 2 * d])
-        self.unused_steps.zero_()
-        self.init_state.fill_(_READY)
-        self._state = _READY
+        initialize(self, x2)
 
     @classmethod
     def from_encoder(cls, encoder: RvqEncoder, **kwargs: Any) -> ResidualVQ:
@@ -329,6 +309,11 @@ class ResidualVQ(nn.Module):
         """Codes of the first m stages that do not exist (per-stage sizes), or None."""
         return None if self.code_valid is None else ~self.code_valid[:m]
 
+    def _run(self, x2: Tensor, m: int, keep: Tensor | None, *, train: bool, grad: bool) -> Pass:
+        """The rows ``x2`` through the first m stages (:func:`._pass.run_stages`)."""
+        books, invalid = self._books(m), self._invalid(m)
+        return run_stages(books, x2, keep, self.generator, train=train, grad=grad, invalid=invalid)
+
     def forward(self, x: Tensor, num_stages: int | None = None) -> RvqOutput:
         """Quantize ``x``; in training mode also update the codebooks.
 
@@ -345,76 +330,14 @@ class ResidualVQ(nn.Module):
         """
         m = self._stages(num_stages)
         if self.training:
-            return self._train_step(x, flatten(x, self.dim), m)
+            return train_step(self, x, flatten(x, self.dim), m)
         return self._quantize(x, self._rows(x), m, None)
 
     def _quantize(self, x: Tensor, x2: Tensor, m: int, grad_books: Tensor | None) -> RvqOutput:
         """The output for the current codebooks, updating nothing."""
         grad = x.requires_grad and torch.is_grad_enabled()
-        p = run_stages(
-            self._books(m),
-            x2,
-            None,
-            self.generator,
-            train=False,
-            grad=grad,
-            invalid=self._invalid(m),
-        )
+        p = self._run(x2, m, None, train=False, grad=grad)
         return make_output(self, x, p, m, usage_counts(p.codes, self.codebook_size), grad_books)
-
-    def _train_step(self, x: Tensor, x2: Tensor, m: int) -> RvqOutput:
-        # A bad batch raises before any state changes. In distributed training the
-        # flag rides in the step's collective (gathering or EMA), so all ranks raise.
-        problem = self._problem(x, x2)
-        if problem is not None and not ddp.is_distributed():
-            raise problem
-        error = problem or bad_row_error(x, x2, None)
-        learned = not self.ema and self.codebook.requires_grad and torch.is_grad_enabled()
-        if self._state != _READY:
-            need = self.init_rows if self._state == _NEEDS_KMEANS else 1
-            rows, bad = self._gathered.add(x2, need, problem is not None)
-            if bad:
-                raise error
-            if rows is None:  # warm-up: a zero codebook gradient keeps optimizers in step
-                return self._quantize(
-                    x, x2, m, torch.zeros_like(self.codebook) if learned else None
-                )
-            self._init(rows)
-        if problem is not None:  # only this rank: join the step's all-reduce, then raise
-            zeros = torch.zeros_like(self._books(self.num_stages))
-            ema_update(self, zeros, zeros[..., 0], zeros, bad=True)
-            raise error
-        ran, keep = draw_dropout(
-            self.generator,
-            x2.shape[0],
-            m,
-            self.dropout,
-            self.dropout_mode,
-            self.dropout_min_stages,
-            x2.device,
-        )
-        grad = torch.is_grad_enabled() and x.requires_grad
-        p = run_stages(
-            self._books(ran),
-            x2,
-            keep,
-            self.generator,
-            train=True,
-            grad=grad,
-            invalid=self._invalid(ran),
-        )
-        assert p.sums is not None and p.candidates is not None
-        local = usage_counts(p.codes, self.codebook_size)
-        grad_books = None
-        if learned:  # d loss / d c_k = -2 w / (D n_s) * sum_{i -> k} (r_i - c_k)
-            books = self.codebook.detach()[:ran]
-            diff = p.sums - local[:, :, None] * books
-            scale = -2.0 * self.codebook_weight / (self.dim * p.rows.clamp_min(1.0))
-            grad_books = F.pad(diff * scale[:, None, None], (0, 0, 0, 0, 0, self.num_stages - ran))
-        counts = ema_update(self, p.sums, local, p.candidates)
-        if counts is None:  # another rank's batch was bad
-            raise error
-        return make_output(self, x, p, m, counts[:ran], grad_books)
 
     # -- codes -----------------------------------------------------------------------
     @torch.no_grad()
@@ -433,15 +356,7 @@ class ResidualVQ(nn.Module):
         """
         m = self._stages(num_stages)
         x2 = self._rows(x)
-        p = run_stages(
-            self._books(m),
-            x2,
-            None,
-            self.generator,
-            train=False,
-            grad=False,
-            invalid=self._invalid(m),
-        )
+        p = self._run(x2, m, None, train=False, grad=False)
         return p.codes.view(*x.shape[:-1], m)
 
     def decode(self, codes: Tensor) -> Tensor:
