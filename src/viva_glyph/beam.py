@@ -177,8 +177,9 @@ def check_beam_size(config: RvqConfig, beam_size: int, num_stages: int, dtype: A
     return beam
 
 
-#: Rows per piece of the fused table path (all its per-piece data stay in L2).
-PIECE_ROWS = 512
+#: Rows per piece of the fused table path (at most; capped by 2 CHUNK_BYTES of scores
+#: per piece). 1024 measured 3-7% faster than 512 and 256 at D = 384 and 768 (B = 5).
+PIECE_ROWS = 1024
 
 
 def beam_search(
