@@ -24,9 +24,16 @@ from viva_glyph.training import fit as rvq_fit
 __all__ = ["fit"]
 
 
-def _sizes(codebook_size: int | Sequence[int], levels: int) -> tuple[int, ...]:
+def _sizes(codebook_size: Any, levels: int) -> tuple[int, ...]:
     if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
         return (positive_int(codebook_size, "codebook_size"),) * levels
+    if isinstance(codebook_size, np.ndarray):
+        if codebook_size.ndim != 1 or codebook_size.dtype.kind not in "iu":
+            raise TypeError(
+                "codebook_size must be an int or one int per level, got an array of shape "
+                f"{codebook_size.shape} and dtype {codebook_size.dtype}"
+            )
+        codebook_size = [int(k) for k in codebook_size]
     if not isinstance(codebook_size, Sequence) or isinstance(codebook_size, str):
         raise TypeError(
             f"codebook_size must be an int or one int per level, got {type(codebook_size).__name__}"

@@ -34,21 +34,37 @@ def check_codes(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
 
 
 def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any] | None:
+    """``None``, or n distinct keys, all str or all int (bool, float, bytes refused)."""
     if keys is None:
         return None
+    if not isinstance(keys, np.ndarray):
+        kinds = {_key_kind(k) for k in keys} if isinstance(keys, Sequence) else {"other"}
+        if not kinds <= {"str"} and not kinds <= {"int"}:
+            got = sorted({type(k).__name__ for k in keys}) if isinstance(keys, Sequence) else []
+            raise TypeError(
+                f"keys must all be str or all be int, got {', '.join(got) or type(keys).__name__}"
+            )
     arr = np.asarray(keys)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
             f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
         )
-    if arr.dtype == object:
-        raise TypeError("keys must all be str or all be int")
+    if arr.dtype.kind not in "iuU":
+        raise TypeError(f"keys must all be str or all be int, got dtype {arr.dtype}")
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.shape[0] != n:
         raise ValueError(
             f"keys must be distinct: {uniq[counts > 1][0]!r} appears {counts.max()} times"
         )
     return arr
+
+
+def _key_kind(key: object) -> str:
+    if isinstance(key, (str, np.str_)):
+        return "str"
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return "int"
+    return "other"
 
 
 def check_normalize(
