@@ -230,3 +230,21 @@ def test_per_level_sizes_as_an_array_and_wrong_lengths():
         semantic.fit(x, levels=3, codebook_size=np.array([8, 4]))
     with pytest.raises(TypeError, match="one int per level"):
         semantic.fit(x, levels=2, codebook_size=np.array([[8, 4]]))
+
+
+def test_normalized_model_streams_memmap_and_dask_to_the_same_ids(tmp_path, monkeypatch):
+    import viva_glyph.semantic._model as m
+
+    da = pytest.importorskip("dask.array")
+    x = blobs(3000, d=8, seed=5)
+    ids = semantic.fit(
+        x, levels=2, codebook_size=16, metric="cosine", normalize_residuals=True, suffix_size=3000
+    )
+    monkeypatch.setattr(m, "BLOCK_ROWS", 700)  # several blocks
+    expect = ids.unique(x, resolve="reassign")
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(ids.unique(mm, resolve="reassign"), expect)
+    lazy = da.from_array(x, chunks=(512, 8))
+    np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
+    np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))
