@@ -1,8 +1,10 @@
 """Semantic IDs: viva-glyph vs semantic-id 0.2.5 RQKMeans vs FAISS RQ + suffix token.
 
 Every method fits 3 levels x 256 codes on the same data, in this process;
-fit times are medians of ``--repeats`` interleaved runs, quality figures come
-from the last run (all seeded) and are computed by one function
+fit times are medians of ``--repeats`` interleaved runs (``semantic-id``, whose
+fit is ~20x slower than the others at 50,000 rows, runs ``--peer-repeats``
+times, in the first rounds; every table says how many runs each median has),
+quality figures come from the last run (all seeded) and are computed by one function
 (:func:`viva_glyph.semantic.evaluate` on each method's own codebooks and codes):
 
 - collision rate ``1 - unique/N`` of the 3 level codes (before any suffix),
@@ -59,6 +61,9 @@ def digits() -> np.ndarray:
     return load_digits().data.astype(np.float32)
 
 
+#: Codes of each method's last run (for the unique timing).
+LAST_CODES: dict[str, np.ndarray] = {}
+
 Fit = Callable[[np.ndarray], tuple[list[np.ndarray], np.ndarray]]
 
 
@@ -112,17 +117,30 @@ def quality(x: np.ndarray, books: list[np.ndarray], codes: np.ndarray) -> dict[s
     }
 
 
-def compare(x: np.ndarray, methods: dict[str, Fit], repeats: int) -> dict[str, dict[str, Any]]:
+def compare(
+    x: np.ndarray, methods: dict[str, Fit], repeats: int, runs: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds: round r runs every method with more than r runs (default repeats)."""
+    count = {m: (runs or {}).get(m, repeats) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     last: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
-    for _ in range(repeats):  # interleaved
+    for r in range(max(count.values())):
         for name, fit in methods.items():
+            if r >= count[name]:
+                continue
             t = time.perf_counter()
             last[name] = fit(x)
             times[name].append(time.perf_counter() - t)
+            print(f"  {name}: run {r + 1} {times[name][-1]:.2f} s", flush=True)
     out = {}
+    LAST_CODES.update({name: codes for name, (_, codes) in last.items()})
     for name in methods:
-        out[name] = {"fit_s": statistics.median(times[name]), **quality(x, *last[name])}
+        out[name] = {
+            "fit_s": statistics.median(times[name]),
+            "runs": len(times[name]),
+            "times": times[name],
+            **quality(x, *last[name]),
+        }
     return out
 
 
@@ -169,15 +187,16 @@ def table(title: str, res: dict[str, dict[str, Any]], base: str, ref: str) -> st
     lines = [
         f"### {title}",
         "",
-        f"| method | fit s | fit / {ref} | collision rate | in shared glyph | largest group | "
+        f"| method | fit s (median) | runs | fit / {ref} | collision rate | in shared glyph | "
+        "largest group | "
         "MSE / "
         + base
         + " | first-token share (10-NN) | common prefix (10-NN) | largest L1 / (N/K) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
         lines.append(
-            f"| {name} | {r['fit_s']:.2f} | {r['fit_s'] / res[ref]['fit_s']:.2f} | "
+            f"| {name} | {r['fit_s']:.2f} | {r['runs']} | {r['fit_s'] / res[ref]['fit_s']:.2f} | "
             f"{r['collision_rate']:.4f} | {r['shared_share']:.4f} | {r['largest_group']} | "
             f"{r['mse'] / res[base]['mse']:.3f} | {r['first_token_share']:.3f} | "
             f"{r['mean_common_prefix']:.3f} | {r['largest_l1_over_n_per_k']:.2f} |"
@@ -193,7 +212,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20_000, help="rows of the clustered set (20000)")
     ap.add_argument("--default-n", type=int, default=2_000, help="rows for n_init=10 (0: skip)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of viva-glyph and FAISS (3)")
+    ap.add_argument(
+        "--peer-repeats",
+        type=int,
+        default=1,
+        help="runs of semantic-id n_init=1 on the clustered set",
+    )
     ap.add_argument("--balance", type=float, default=0.5, help="viva balanced setting (0.5)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -206,18 +231,18 @@ def main() -> None:
     results: dict[str, Any] = {"args": vars(args)}
     sid = "semantic-id n_init=1"
     x = clustered(args.n)
-    res = compare(x, methods, args.repeats)
+    res = compare(x, methods, args.repeats, {sid: args.peer_repeats})
     results["clustered"] = res
     show(table(f"clustered {args.n} x 384", res, sid, sid))
-    codes = viva(None)(x)[1]
+    codes = LAST_CODES["viva-glyph"]
     res = compare(digits(), methods, args.repeats)
     results["digits"] = res
     show(table("load_digits 1797 x 64", res, sid, sid))
     if args.default_n:
         small = {"viva-glyph": viva(None), "semantic-id default n_init=10": semantic_id(10)}
-        res = compare(clustered(args.default_n, seed=1), small, 1)
+        res = compare(clustered(args.default_n, seed=1), small, args.repeats, {list(small)[1]: 1})
         results["default_n_init"] = res
-        title = f"reduced: clustered {args.default_n} x 384, one run"
+        title = f"reduced: clustered {args.default_n} x 384 (semantic-id default: one run)"
         show(table(title, res, "viva-glyph", "viva-glyph"))
     con = {
         "viva-glyph balance=0": viva(0.0),

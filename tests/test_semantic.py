@@ -36,7 +36,7 @@ def assert_unique(u: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def model() -> tuple[semantic.SemanticIds, np.ndarray]:
     x = clustered(3000)
-    return semantic.fit(x, levels=3, codebook_size=16), x
+    return semantic.fit(x, levels=3, codebook_size=16, suffix_size=64), x
 
 
 def test_codes_are_the_core_encoders_codes(model):

@@ -144,3 +144,30 @@ def test_suffix_range_and_nan_errors(files, tmp_path):
     assert r.returncode == 2 and "row 9" in r.stderr
     r = run("fit", str(d / "x.npy"), "-o", str(tmp_path / "m.safetensors"), "--codebook-size", "x")
     assert r.returncode == 2
+
+
+def test_normalize_residuals_and_reassign_candidates_from_the_command_line(files, tmp_path):
+    from viva_glyph import semantic
+
+    d, x = files
+    model = tmp_path / "n.safetensors"
+    args = ["--levels", "2", "--codebook-size", "8", "--suffix-size", "1500"]
+    r = run("fit", str(d / "x.npy"), "-o", str(model), *args, "--normalize-residuals")
+    assert r.returncode == 2 and "needs metric='cosine'" in r.stderr
+    r = run(
+        "fit", str(d / "x.npy"), "-o", str(model), *args, "--metric", "cosine",
+        "--normalize-residuals",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ids = semantic.load(model)
+    assert ids.normalize_residuals and ids.residual_scales is not None
+    out = tmp_path / "o.csv"
+    r = run(
+        "assign", str(model), str(d / "x.npy"), "-o", str(out), "--resolve", "reassign",
+        "--candidates", "3",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
+    got = np.array([list(map(int, row.split())) for row in rows])
+    expect = ids.unique(x.astype(np.float32), resolve="reassign", candidates=3)
+    np.testing.assert_array_equal(got, expect)

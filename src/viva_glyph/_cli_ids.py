@@ -66,6 +66,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--beam", type=positive, default=1, help="beam width (1)")
     p.add_argument("--suffix-size", type=positive, help="suffix range (the last K)")
+    p.add_argument(
+        "--normalize-residuals",
+        action="store_true",
+        help="unit-length residual before every level after the first (--metric cosine)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.set_defaults(func=cmd_fit)
 
@@ -76,6 +81,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keys", help="text file, one key per line (default: row numbers)")
     p.add_argument("--store", help="SQLite ID store: keep stored keys' IDs, add new ones")
     p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
+    )
     p.add_argument("--trie", action="store_true", help="save the IDs' prefix trie in the model")
     p.set_defaults(func=cmd_assign)
 
@@ -83,6 +91,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", help="semantic-ID model (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
+    )
     p.add_argument("--sample", type=positive, default=2000, help="items for 10-NN (2000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot")
@@ -115,6 +126,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         balance=args.balance,
         beam_size=args.beam,
         suffix_size=args.suffix_size,
+        normalize_residuals=args.normalize_residuals,
         seed=args.seed,
     )
     ids.save(args.output)
@@ -149,7 +161,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
         with semantic.IdStore(args.store) as store:
             uids = store.assign(ids, x, keys)
     else:
-        uids = ids.unique(x, keys=keys, resolve=args.resolve)
+        uids = ids.unique(x, keys=keys, resolve=args.resolve, candidates=args.candidates)
     tokens = ids.tokens(uids)
     _write_ids(args.output, keys, uids, tokens)
     if args.trie:
@@ -195,7 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _output(args.plot, (".png",))
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
-    uids = ids.unique(x, resolve=args.resolve)
+    uids = ids.unique(x, resolve=args.resolve, candidates=args.candidates)
     report = semantic.evaluate(x, uids, ids, sample=args.sample)
     print(report.to_json() if args.json else report.table())
     if args.plot is not None:

@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 
 from viva_glyph._validate import as_matrix, positive_int
 from viva_glyph.codebook import Codebook
+from viva_glyph.semantic._checks import check_normalize
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
 from viva_glyph.semantic._model import (
     METRICS,
@@ -23,9 +24,16 @@ from viva_glyph.training import fit as rvq_fit
 __all__ = ["fit"]
 
 
-def _sizes(codebook_size: int | Sequence[int], levels: int) -> tuple[int, ...]:
+def _sizes(codebook_size: Any, levels: int) -> tuple[int, ...]:
     if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
         return (positive_int(codebook_size, "codebook_size"),) * levels
+    if isinstance(codebook_size, np.ndarray):
+        if codebook_size.ndim != 1 or codebook_size.dtype.kind not in "iu":
+            raise TypeError(
+                "codebook_size must be an int or one int per level, got an array of shape "
+                f"{codebook_size.shape} and dtype {codebook_size.dtype}"
+            )
+        codebook_size = [int(k) for k in codebook_size]
     if not isinstance(codebook_size, Sequence) or isinstance(codebook_size, str):
         raise TypeError(
             f"codebook_size must be an int or one int per level, got {type(codebook_size).__name__}"
@@ -58,6 +66,7 @@ def fit(
     balance: float | None = None,
     beam_size: int = 1,
     suffix_size: int | None = None,
+    normalize_residuals: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> SemanticIds:
@@ -81,6 +90,11 @@ def fit(
         Beam width of training and encoding (equal sizes without balance only).
     suffix_size : int, optional
         Range of the disambiguating suffix token; default: the last level's K.
+    normalize_residuals : bool
+        ``metric="cosine"`` only: scale the residual to unit length before
+        every level after the first (GRID's ``normalize_residuals``), so every
+        level clusters directions. The mean residual norm of each level is
+        stored with the model and used by ``decode``.
     seed : int
         Same data, parameters and seed give the same model.
     progress : bool
@@ -100,14 +114,18 @@ def fit(
     beam = positive_int(beam_size, "beam_size")
     if beam > 1 and (bal is not None or len(set(sizes)) > 1):
         raise ValueError("beam_size > 1 needs equal level sizes and balance=None")
+    check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if suffix_size is not None:
+        positive_int(suffix_size, "suffix_size")
     n = x.shape[0]
     if n < max(sizes):
         raise ValueError(f"fit needs at least max(codebook_size) = {max(sizes)} rows, got N = {n}")
     rng = np.random.default_rng(int(seed))
     training: dict[str, Any] = {"seed": int(seed), "rows": n}
-    if bal is None and len(set(sizes)) == 1 and metric == "l2":
+    scales: list[float] | None = None
+    if beam > 1 and metric == "l2":  # beam-aware training of the core fit
         enc = rvq_fit(
             x,
             num_stages=levels,
@@ -118,6 +136,7 @@ def fit(
         )
         books = list(enc.codebooks)
         training["level_mse"] = _level_mse(x, books)
+        training["samples"] = min(n, SAMPLES_PER_CODE * max(sizes))
     else:
         limit = min(n, SAMPLES_PER_CODE * max(sizes))
         idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else slice(None)
@@ -134,7 +153,7 @@ def fit(
 
             bar = tqdm(total=levels, desc="semantic.fit", unit="level")
         try:
-            if bal is None and len(set(sizes)) == 1:
+            if beam > 1:
                 enc = rvq_fit(
                     sample.astype(np.float32),
                     num_stages=levels,
@@ -145,16 +164,21 @@ def fit(
                 books = list(enc.codebooks)
                 training["level_mse"] = _level_mse(sample, books)
             else:
-                books, errors, largest = train_levels(
-                    sample.astype(np.float32), sizes, bal, rng, bar
+                books, errors, largest, level_scales = train_levels(
+                    sample.astype(np.float32),
+                    sizes,
+                    bal,
+                    rng,
+                    bar,
+                    normalize=bool(normalize_residuals),
                 )
                 training["level_mse"] = errors
                 training["largest_cluster"] = largest
+                scales = level_scales if normalize_residuals else None
         finally:
             if bar is not None:
                 bar.close()
         training["samples"] = int(sample.shape[0])
-    training.setdefault("samples", min(n, SAMPLES_PER_CODE * max(sizes)))
     training["seconds"] = time.perf_counter() - t0
     return SemanticIds(
         books,
@@ -162,5 +186,7 @@ def fit(
         balance=bal,
         beam_size=beam,
         suffix_size=suffix_size,
+        normalize_residuals=bool(normalize_residuals),
+        residual_scales=scales,
         training=training,
     )

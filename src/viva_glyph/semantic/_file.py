@@ -5,7 +5,9 @@ Layout: tensors ``level_0`` .. ``level_{L-1}`` (K_l, D) F32, optionally
 :class:`~viva_glyph.semantic.PrefixTrie`); string metadata ``format``
 (``"viva-glyph-semantic-ids"``), ``format_version`` (``"1"``),
 ``library_version`` and ``semantic`` (JSON: levels, codebook_sizes, dimension,
-metric, balance, beam_size, suffix_size, training). :func:`load` reads it
+metric, balance, beam_size, suffix_size, normalize_residuals, residual_scales,
+training; files without the two normalisation keys load as not normalised).
+:func:`load` reads it
 with :mod:`viva_glyph._safetensors`: anything but a regular file is refused
 without blocking, and the header (length, JSON, tensor names, dtypes, shapes
 against the metadata, offsets against the file size) is checked before any
@@ -43,6 +45,8 @@ def _config(ids: SemanticIds) -> dict[str, Any]:
         "balance": ids.balance,
         "beam_size": ids.beam_size,
         "suffix_size": ids.suffix_size,
+        "normalize_residuals": ids.normalize_residuals,
+        "residual_scales": None if ids.residual_scales is None else list(ids.residual_scales),
         "training": ids.training,
     }
 
@@ -108,6 +112,14 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
         check_balance(cfg.get("balance"))
     except (TypeError, ValueError) as exc:
         raise _fail(path, str(exc)) from None
+    if not isinstance(cfg.setdefault("normalize_residuals", False), bool):
+        raise _fail(path, "normalize_residuals is not a JSON bool")
+    scales = cfg.setdefault("residual_scales", None)
+    if scales is not None and (
+        not isinstance(scales, list)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
+    ):
+        raise _fail(path, f"residual_scales {scales!r} is not a list of numbers")
     if not isinstance(cfg.get("training", {}), dict):
         raise _fail(path, "training is not a JSON object")
     return cfg
@@ -144,6 +156,8 @@ def load(path: PathLike) -> SemanticIds:
             balance=cfg["balance"],
             beam_size=cfg["beam_size"],
             suffix_size=cfg["suffix_size"],
+            normalize_residuals=cfg["normalize_residuals"],
+            residual_scales=cfg["residual_scales"],
             training=cfg.get("training", {}),
         )
         if "trie_keys" in tensors:

@@ -1,12 +1,29 @@
 """Training the level codebooks of a semantic-ID model.
 
-Equal codebook sizes without balance use :func:`viva_glyph.fit` (residual
-k-means, beam-aware when ``beam_size > 1``). Per-level sizes or a ``balance``
-bound train level after level here: the k-means of each level's residuals is
-a one-stage :func:`viva_glyph.fit`, then, with ``balance``, a few
-Lloyd rounds whose assignment step is capacity-constrained
-(:func:`viva_glyph.semantic._balance.balanced_assign`), so every level's
-clusters on the training rows hold at most ``capacity(N, K, balance)`` rows.
+Level 0 (the first token: the coarse partition that embedding neighbours
+should share) is a k-means run to convergence in all dimensions: greedy
+k-means++ seeding (:func:`viva_glyph.kmeans.kmeans_plus_plus`, on at most
+``SEED_SAMPLES_PER_CODE * K`` rows, one BLAS thread: its products are small)
+and Lloyd's iterations (:func:`viva_glyph.kmeans.lloyd`) until one lowers the
+inertia by at most :data:`TOL` relative (at most :data:`ITERATIONS`), as
+``semantic-id``'s RQ-KMeans does with scikit-learn. Every later level is the
+core's progressive-dimension k-means (:func:`viva_glyph.kmeans.
+progressive_kmeans`, as :func:`viva_glyph.fit` trains a stage) of what the
+levels before leave over. Why the split (``benchmarks/bench_semantic_ids.py``,
+clustered 20,000 x 384 and load_digits, 3 x 256): the progressive k-means at
+level 0 is seeded in the first two principal axes and stops after 10 Lloyd
+iterations per step, splitting dense topic clusters between codes (first-token
+share of 10-NN 0.146 against 0.176 converged); at later levels, whose
+residuals are Gaussian-like, full-dimension k-means++ seeds on outliers whose
+codes then hold single rows, and the collision rate rose from 0.001 to 0.43.
+``beam_size > 1`` keeps the core fit (beam-aware training).
+
+With ``balance``, a few Lloyd rounds whose assignment step is
+capacity-constrained (:func:`viva_glyph.semantic._balance.balanced_assign`)
+follow each level's k-means, so every level's clusters on the training rows
+hold at most ``capacity(N, K, balance)`` rows. With ``normalize`` (GRID's
+``normalize_residuals``), every level after the first clusters unit-length
+residuals (see :mod:`viva_glyph.semantic._levels`).
 """
 
 from __future__ import annotations
@@ -16,16 +33,47 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph._rows import ArrayRows
+from viva_glyph._threads import single_blas_thread
 from viva_glyph.codebook import Codebook
+from viva_glyph.kmeans import (
+    SEED_SAMPLES_PER_CODE,
+    kmeans_plus_plus,
+    leaf_rows,
+    lloyd,
+    progressive_kmeans,
+)
 from viva_glyph.semantic._balance import balanced_assign, capacity
-from viva_glyph.training import fit as rvq_fit
+from viva_glyph.semantic._levels import unit_rows
+from viva_glyph.training import ITERATIONS as PROGRESSIVE_ITERATIONS
 
-__all__ = ["BALANCED_ROUNDS", "SAMPLES_PER_CODE", "train_levels"]
+__all__ = ["BALANCED_ROUNDS", "ITERATIONS", "SAMPLES_PER_CODE", "TOL", "train_levels"]
 
 #: Lloyd rounds with the capacity-constrained assignment after the k-means of a level.
 BALANCED_ROUNDS = 4
 #: Training rows per code (as :func:`viva_glyph.fit`).
 SAMPLES_PER_CODE = 256
+#: Most Lloyd iterations of level 0's k-means (semantic-id's max_iter).
+ITERATIONS = 100
+#: Relative inertia change that ends a level's k-means.
+TOL = 1e-4
+
+
+def level_kmeans(
+    x: NDArray[np.float32], k: int, rng: np.random.Generator, level: int
+) -> NDArray[np.float64]:
+    """Centroids (k, D) of one level: converged k-means at level 0, else progressive."""
+    if level > 0:
+        rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
+        cent, _ = progressive_kmeans(rows, k, PROGRESSIVE_ITERATIONS, rng)
+        return cent
+    n = x.shape[0]
+    m = min(n, SEED_SAMPLES_PER_CODE * k)
+    pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+    with single_blas_thread():
+        init = kmeans_plus_plus(x[pick], k, rng)
+    cent, _, _ = lloyd(x, k, iterations=ITERATIONS, tol=TOL, rng=rng, init=init)
+    return cent
 
 
 def train_levels(
@@ -34,7 +82,9 @@ def train_levels(
     balance: float | None,
     rng: np.random.Generator,
     bar: Any = None,
-) -> tuple[list[Codebook], list[float], list[int]]:
+    *,
+    normalize: bool = False,
+) -> tuple[list[Codebook], list[float], list[int], list[float]]:
     """Level-by-level residual k-means (balanced when ``balance`` is set).
 
     Parameters
@@ -46,24 +96,34 @@ def train_levels(
     balance : float or None
     rng : numpy Generator
     bar : tqdm bar or None
+    normalize : bool
+        Scale every level's input residuals (after the first level) to unit length.
 
     Returns
     -------
     books : list of Codebook (float32)
     errors : list of float
-        Training MSE per component (mean ``(x - x')**2``) after each level.
+        Training MSE per component after each level (of the level's own
+        residuals: with ``normalize``, relative to the unit-length input).
     largest : list of int
         Largest cluster of each level on the training rows.
+    scales : list of float
+        Mean norm of each level's input residuals before normalising (1.0 for
+        level 0, and for every level without ``normalize``).
     """
     residual = x.astype(np.float64)
     books: list[Codebook] = []
     errors: list[float] = []
     largest: list[int] = []
+    scales: list[float] = []
     n = x.shape[0]
-    for k in sizes:
-        seed = int(rng.integers(1 << 31))
-        first = rvq_fit(residual.astype(np.float32), num_stages=1, codebook_size=k, seed=seed)
-        cent = first.codebooks[0].vectors64
+    for level, k in enumerate(sizes):
+        if normalize and level > 0:
+            residual, norms = unit_rows(residual)
+            scales.append(float(norms.mean()))
+        else:
+            scales.append(1.0)
+        cent = level_kmeans(residual.astype(np.float32), k, rng, level)
         if balance is None:
             book = Codebook(cent, dtype=np.float32)
             labels, _ = book.nearest_batch(residual)
@@ -80,7 +140,7 @@ def train_levels(
         largest.append(int(np.bincount(labels, minlength=k).max()))
         if bar is not None:
             bar.update(1)
-    return books, errors, largest
+    return books, errors, largest, scales
 
 
 def _means(

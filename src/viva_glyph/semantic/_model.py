@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,6 +14,8 @@ from viva_glyph._validate import as_matrix, check_matrix, positive_int, require_
 from viva_glyph.codebook import Codebook
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
+from viva_glyph.semantic._checks import check_balance, check_codes, check_keys, check_normalize
+from viva_glyph.semantic._levels import decode_levels, encode_levels, last_input, unit_rows
 from viva_glyph.semantic._tokens import PrefixTrie, format_tokens, parse_tokens, vocabulary
 from viva_glyph.semantic._unique import (
     ResolveReport,
@@ -27,20 +28,10 @@ __all__ = ["METRICS", "RESOLVE", "SemanticIds", "check_balance", "normalize_rows
 
 METRICS = ("l2", "cosine")
 RESOLVE = ("suffix", "reassign")
+#: Beam candidates per item of ``unique(resolve="reassign")``.
+REASSIGN_CANDIDATES = 32
 #: Rows read per block when streaming a (memory-mapped) input.
 BLOCK_ROWS = 1 << 16
-
-
-def check_balance(balance: object) -> float | None:
-    """``None`` or a finite float >= 0."""
-    if balance is None:
-        return None
-    if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating, np.integer)):
-        raise TypeError(f"balance must be None or a float >= 0, got {type(balance).__name__}")
-    value = float(balance)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"balance must be None or a finite float >= 0, got {balance!r}")
-    return value
 
 
 def rows_source(X: Any, dim: int | None) -> Any:
@@ -84,6 +75,12 @@ class SemanticIds:
         Beam width of encoding (equal level sizes only).
     suffix_size : int, optional
         Range of the suffix token; default: the last level's size.
+    normalize_residuals : bool
+        Scale the residual to unit length before every level after the first
+        (``metric="cosine"`` only; see :mod:`viva_glyph.semantic._levels`).
+    residual_scales : sequence of float, optional
+        With ``normalize_residuals``: the mean norm of each level's input
+        residuals in training (L values, the first 1.0), used by :meth:`decode`.
     training : dict, optional
         What fitting recorded.
     trie : PrefixTrie, optional
@@ -98,6 +95,8 @@ class SemanticIds:
         balance: float | None = None,
         beam_size: int = 1,
         suffix_size: int | None = None,
+        normalize_residuals: bool = False,
+        residual_scales: Sequence[float] | None = None,
         training: dict[str, Any] | None = None,
         trie: PrefixTrie | None = None,
     ) -> None:
@@ -118,9 +117,13 @@ class SemanticIds:
         self.suffix_size = (
             sizes[-1] if suffix_size is None else positive_int(suffix_size, "suffix_size")
         )
+        self.normalize_residuals, self.residual_scales = check_normalize(
+            normalize_residuals, residual_scales, metric, self.beam_size, len(books)
+        )
         self.training = dict(training or {})
         self.trie = trie
-        self._encoder = RvqEncoder(books) if len(set(sizes)) == 1 else None
+        plain = len(set(sizes)) == 1 and not self.normalize_residuals
+        self._encoder = RvqEncoder(books) if plain else None
 
     # -- description --------------------------------------------------------------
     @property
@@ -147,7 +150,7 @@ class SemanticIds:
         return (
             f"SemanticIds(levels={self.levels}, codebook_sizes={self.codebook_sizes}, "
             f"dimension={self.dimension}, metric={self.metric!r}, balance={self.balance}, "
-            f"suffix_size={self.suffix_size})"
+            f"suffix_size={self.suffix_size}, normalize_residuals={self.normalize_residuals})"
         )
 
     def with_suffix_size(self, suffix_size: int) -> SemanticIds:
@@ -158,6 +161,8 @@ class SemanticIds:
             balance=self.balance,
             beam_size=self.beam_size,
             suffix_size=suffix_size,
+            normalize_residuals=self.normalize_residuals,
+            residual_scales=self.residual_scales,
             training=self.training,
         )
 
@@ -209,12 +214,8 @@ class SemanticIds:
                 c, e = self._encoder.encode_with_errors(block, beam_size=self.beam_size)
                 codes[start:stop], err[start:stop] = c, e**2
             else:
-                residual = np.array(block, dtype=np.float64)
-                for level, book in enumerate(self.codebooks):
-                    idx, d = book.nearest_batch(residual)
-                    codes[start:stop, level] = idx
-                    residual -= book.vectors64[idx]
-                err[start:stop] = d
+                c, e = encode_levels(block, self.codebooks, self.residual_scales)
+                codes[start:stop], err[start:stop] = c, e
         return codes, err
 
     def _balanced(self, x: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
@@ -223,9 +224,13 @@ class SemanticIds:
         residual = x.copy()
         codes = np.empty((n, self.levels), dtype=np.intp)
         for level, book in enumerate(self.codebooks):
+            if self.normalize_residuals and level > 0:
+                residual, _ = unit_rows(residual)
             cap = capacity(n, book.size, self.balance)
             codes[:, level] = balanced_assign(residual, book.vectors64, cap)
             residual -= book.vectors64[codes[:, level]]
+        if self.normalize_residuals:
+            residual = x - self.decode(codes)
         return codes, np.einsum("nd,nd->n", residual, residual)
 
     def decode(self, codes: ArrayLike) -> NDArray[np.float64]:
@@ -235,11 +240,8 @@ class SemanticIds:
             raise ValueError(
                 f"codes must have shape (N, m), 1 <= m <= {self.levels}, got {arr.shape}"
             )
-        arr = _check(arr[:, : self.levels], self.codebook_sizes)
-        out = np.zeros((arr.shape[0], self.dimension), dtype=np.float64)
-        for level in range(arr.shape[1]):
-            out += self.codebooks[level].vectors64[arr[:, level]]
-        return out
+        arr = check_codes(arr[:, : self.levels], self.codebook_sizes)
+        return decode_levels(arr, self.codebooks, self.residual_scales)
 
     # -- unique IDs -----------------------------------------------------------------
     def unique(
@@ -248,6 +250,7 @@ class SemanticIds:
         keys: Sequence[Any] | NDArray[Any] | None = None,
         resolve: str = "suffix",
         *,
+        candidates: int = REASSIGN_CANDIDATES,
         balanced: bool | None = None,
         report: bool = False,
     ) -> Any:
@@ -261,9 +264,14 @@ class SemanticIds:
         resolve : {"suffix", "reassign"}
             ``"suffix"``: the items of one glyph are numbered 0, 1, 2, ... by
             their distance to its reconstruction (ties by key). ``"reassign"``:
-            every item past the first of its glyph moves to the nearest
-            last-level code that no item holds under the same prefix (items of
-            a full prefix stay and get a suffix).
+            every item past the first of its glyph (second ones first, then
+            third ones, ...) moves to the nearest last-level code among its
+            beam candidates that no item holds under the same prefix; an item
+            whose candidates are all held keeps its glyph and gets a suffix.
+        candidates : int
+            ``"reassign"``'s beam candidates: the ``candidates`` last-level
+            codes nearest to the item's residual under its own prefix (its own
+            code among them). Default 32.
         balanced : bool, optional
             Use the balanced assignment of :meth:`codes`; default: when the
             model was fitted with ``balance``.
@@ -283,9 +291,10 @@ class SemanticIds:
         """
         if resolve not in RESOLVE:
             raise ValueError(f"resolve must be one of {RESOLVE}, got {resolve!r}")
+        width = positive_int(candidates, "candidates")
         x = rows_source(X, self.dimension)
         n = x.shape[0]
-        key_arr = _check_keys(keys, n)
+        key_arr = check_keys(keys, n)
         use_balance = self.balance is not None if balanced is None else balanced
         codes, err = self.codes_and_errors(x, balanced=use_balance)
         rank, size = suffix_ranks(codes, err, key_arr)
@@ -296,12 +305,18 @@ class SemanticIds:
         cand: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         final = codes.astype(np.int64)
         if resolve == "reassign" and largest > 1:
-            final, moved_rows, extra, cand = reassign(
-                codes, rank, lambda rows: self._last_distances(x, final, rows), self.codebook_sizes
+            final, moved_rows, cand = reassign(
+                codes,
+                rank,
+                lambda rows: self._last_distances(x, final, rows),
+                self.codebook_sizes,
+                width,
             )
-            err = err.copy()
             if moved_rows.size:
-                err[moved_rows] += extra
+                err = err.copy()
+                before = err[moved_rows]
+                err[moved_rows] = self._errors(x, final, moved_rows)
+                extra = err[moved_rows] - before
             rank, size = suffix_ranks(final, err, key_arr)
         check_range(rank, size, self.suffix_size)
         out = np.empty((n, self.levels + 1), dtype=code_dtype(max(self.radices)))
@@ -318,19 +333,27 @@ class SemanticIds:
             suffixed=int((rank > 0).sum()),
         )
 
+    def _rows(self, x: NDArray[Any], rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        """Input rows (in the caller's order) as the model encodes them (float64)."""
+        order = np.argsort(rows, kind="stable")
+        block = np.empty((rows.size, self.dimension), dtype=np.float64)
+        block[order] = np.asarray(x[rows[order]])  # sorted reads: memory maps, Dask
+        return normalize_rows(block, 0) if self.metric == "cosine" else block
+
     def _last_distances(
         self, x: NDArray[Any], codes: NDArray[Any], rows: NDArray[np.intp]
     ) -> NDArray[np.float64]:
-        """Squared distances of rows' residuals before the last level to every last code."""
-        block = np.asarray(x[np.sort(rows)])
-        block = normalize_rows(block, 0) if self.metric == "cosine" else block.astype(np.float64)
-        back = np.argsort(np.argsort(rows))  # rows in the caller's order
-        residual = (
-            block[back] - self.decode(codes[rows, : self.levels - 1])
-            if self.levels > 1
-            else block[back]
-        )
-        return sq_distances(residual, self.codebooks[-1].vectors64)
+        """Squared distances of what the last level encodes for ``rows`` to every last code."""
+        u = last_input(self._rows(x, rows), codes[rows], self.codebooks, self.residual_scales)
+        return sq_distances(u, self.codebooks[-1].vectors64)
+
+    def _errors(
+        self, x: NDArray[Any], codes: NDArray[Any], rows: NDArray[np.intp]
+    ) -> NDArray[np.float64]:
+        """Squared reconstruction errors of ``rows`` under ``codes``."""
+        diff = self._rows(x, rows) - self.decode(codes[rows])
+        out: NDArray[np.float64] = np.einsum("nd,nd->n", diff, diff)
+        return out
 
     # -- tokens -------------------------------------------------------------------
     def tokens(self, ids: ArrayLike) -> list[str]:
@@ -355,30 +378,3 @@ class SemanticIds:
         from viva_glyph.semantic._file import save
 
         save(self, path)
-
-
-def _check(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
-    for j in range(arr.shape[1]):
-        if arr.size and (arr[:, j].min() < 0 or arr[:, j].max() >= sizes[j]):
-            raise ValueError(f"codes column {j} must be in [0, {sizes[j]})")
-    return arr.astype(np.intp)
-
-
-def _check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any] | None:
-    if keys is None:
-        return None
-    arr = np.asarray(keys)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(
-            f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
-        )
-    if arr.dtype == object:
-        raise TypeError("keys must all be str or all be int")
-    uniq, counts = np.unique(arr, return_counts=True)
-    if uniq.shape[0] != n:
-        raise ValueError(
-            f"keys must be distinct: {uniq[counts > 1][0]!r} appears {counts.max()} times"
-        )
-    return arr

@@ -46,13 +46,18 @@ CREATE TABLE IF NOT EXISTS ids (
 
 
 def model_fingerprint(ids: SemanticIds) -> str:
-    """SHA-256 of everything that decides an item's ID: codebooks, metric, sizes."""
+    """SHA-256 of everything that decides an item's ID: codebooks, metric, sizes, normalisation."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [list(ids.codebook_sizes), ids.dimension, ids.metric, ids.beam_size, ids.suffix_size]
-        ).encode()
-    )
+    settings: list[Any] = [
+        list(ids.codebook_sizes),
+        ids.dimension,
+        ids.metric,
+        ids.beam_size,
+        ids.suffix_size,
+    ]
+    if ids.normalize_residuals:  # appended only when set: older stores keep their fingerprint
+        settings += [True, list(ids.residual_scales or ())]
+    h.update(json.dumps(settings).encode())
     for book in ids.codebooks:
         h.update(np.ascontiguousarray(book.vectors, dtype="<f4").tobytes())
     return h.hexdigest()

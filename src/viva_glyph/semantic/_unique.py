@@ -36,7 +36,7 @@ class ResolveReport:
         Mean increase of the squared reconstruction error of the moved items.
     mean_rank : float
         Mean rank of the chosen last-level code among the item's candidates
-        (0 would be its own nearest code, which was taken).
+        (nearest first: 0 would be its own nearest code, which was taken).
     suffixed : int
         Items given a suffix other than 0.
     """
@@ -101,12 +101,16 @@ def reassign(
     rank: NDArray[np.int64],
     last_distances: Callable[[NDArray[np.intp]], NDArray[np.float64]],
     radices: tuple[int, ...],
-) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.float64], NDArray[np.int64]]:
-    """Move items past the first of their glyph to the nearest free last-level code.
+    candidates: int,
+) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.int64]]:
+    """Move items past the first of their glyph to the nearest free code among their candidates.
 
     The prefix (first L-1 codes) is kept. Items are placed in order of rank (the
-    second of each glyph first, then the third, ...); a code is free when no
-    item holds that glyph.
+    second of each glyph first, then the third, ...; ties by row); an item's
+    candidates are the ``candidates`` last-level codes nearest to what the last
+    level encodes for it (the last step of a beam search of that width under
+    its prefix); a code is free when no item holds that glyph. An item whose
+    candidates are all held stays (and gets a suffix).
 
     Parameters
     ----------
@@ -114,29 +118,33 @@ def reassign(
     rank : ndarray, shape (N,)
         Rank inside the glyph (0: keeps the glyph).
     last_distances : callable
-        Rows -> (n, K_L) squared distances of their residual before the last
-        level to every last-level code.
+        Rows -> (n, K_L) squared distances of what the last level encodes
+        for them to every last-level code.
     radices : tuple of int
         Codebook size of each level.
+    candidates : int
+        Beam width: codes considered per item.
 
     Returns
     -------
     codes : ndarray, shape (N, L), int64
         With the moved items' last code changed.
     moved : ndarray of row numbers
-    extra : ndarray, shape (len(moved),)
-        Squared-error increase of each moved item.
     cand_rank : ndarray, shape (len(moved),)
-        Rank of the chosen code in the item's own distance order.
+        Rank of the chosen code in the item's own distance order (1 = the
+        second nearest).
     """
     out = codes.astype(np.int64, copy=True)
     L = out.shape[1]
     over = np.flatnonzero(rank > 0)
     if over.size == 0:
-        return out, over, np.zeros(0), np.zeros(0, dtype=np.int64)
+        return out, over, np.zeros(0, dtype=np.int64)
     over = over[np.argsort(rank[over], kind="stable")]
     dist = last_distances(over)
     k = dist.shape[1]
+    width = min(candidates, k)
+    # each item's candidates, nearest first (ties to the lower code)
+    part = np.argsort(dist, axis=1, kind="stable")[:, :width]
     # occupancy (prefix, last code) of the prefixes that the overflowing items use
     pkey = _prefix_keys(out[:, : L - 1], radices[: L - 1])
     prefixes = np.unique(pkey[over])
@@ -147,26 +155,18 @@ def reassign(
     keep = (rank == 0) & inside
     held[inverse[keep], out[keep, L - 1]] = True
     moved: list[int] = []
-    extra: list[float] = []
     cand: list[int] = []
     for pos, i in enumerate(over):
         p = inverse[i]
-        order = np.argsort(dist[pos], kind="stable")
-        free = order[~held[p, order]]
+        free = np.flatnonzero(~held[p, part[pos]])
         if free.size == 0:
-            continue  # prefix full: keeps its glyph and a suffix
-        c = int(free[0])
-        extra.append(float(dist[pos, c] - dist[pos, out[i, L - 1]]))
-        cand.append(int(np.flatnonzero(order == c)[0]))
+            continue  # every candidate held: keeps its glyph and a suffix
+        c = int(part[pos, free[0]])
+        cand.append(int(free[0]))
         out[i, L - 1] = c
         held[p, c] = True
         moved.append(int(i))
-    return (
-        out,
-        np.array(moved, dtype=np.intp),
-        np.array(extra, dtype=np.float64),
-        np.array(cand, dtype=np.int64),
-    )
+    return out, np.array(moved, dtype=np.intp), np.array(cand, dtype=np.int64)
 
 
 def _prefix_keys(prefix: NDArray[np.int64], radices: tuple[int, ...]) -> NDArray[np.int64]:

@@ -1,0 +1,106 @@
+"""Greedy level-by-level encoding and decoding, with optional residual normalisation.
+
+Plain residual quantization: level l's code is the nearest entry of codebook l
+to what levels 0..l-1 leave over, and the reconstruction is the sum of the
+chosen entries.
+
+With ``normalize`` (GRID's ``normalize_residuals``), the residual is scaled to
+unit length before every level after the first, so every level clusters
+directions: ``r_0 = x``, ``c_l = nearest(C_l, u_l)`` with ``u_0 = r_0`` and
+``u_l = r_l / ||r_l||`` (a zero residual stays zero), ``r_{l+1} = u_l -
+C_l[c_l]``. The codes do not keep the norms, so the reconstruction uses the
+mean norm ``s_l`` of each level's input residuals measured in training:
+``x' = sum_l F_l C_l[c_l]`` with ``F_0 = 1`` and ``F_l = F_{l-1} s_l``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from viva_glyph.codebook import Codebook
+
+__all__ = ["decode_levels", "encode_levels", "last_input", "level_factors", "unit_rows"]
+
+
+def unit_rows(r: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Rows scaled to unit length (zero rows stay zero) and the norms (float64)."""
+    norms = np.sqrt(np.einsum("nd,nd->n", r, r))
+    safe = np.where(norms > 0, norms, 1.0)
+    out: NDArray[np.float64] = r / safe[:, None]
+    return out, norms
+
+
+def level_factors(scales: Sequence[float] | None, levels: int) -> NDArray[np.float64]:
+    """``F_l``: 1 for every level without normalisation, else the running product of scales."""
+    if scales is None:
+        ones: NDArray[np.float64] = np.ones(levels, dtype=np.float64)
+        return ones
+    out: NDArray[np.float64] = np.cumprod(np.asarray(scales, dtype=np.float64), dtype=np.float64)
+    return out
+
+
+def encode_levels(
+    x: NDArray[Any], books: Sequence[Codebook], scales: Sequence[float] | None
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """Greedy codes of rows x.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+    books : sequence of Codebook
+    scales : sequence of float, or None
+        Mean residual norms per level when residuals are normalised, else None.
+
+    Returns
+    -------
+    codes : ndarray, shape (n, L), intp
+    sqerr : ndarray, shape (n,), float64
+        Squared distance of x to :func:`decode_levels` of the codes.
+    """
+    n = x.shape[0]
+    residual = np.array(x, dtype=np.float64)
+    codes = np.empty((n, len(books)), dtype=np.intp)
+    for level, book in enumerate(books):
+        if scales is not None and level > 0:
+            residual, _ = unit_rows(residual)
+        idx, d = book.nearest_batch(residual)
+        codes[:, level] = idx
+        residual -= book.vectors64[idx]
+    if scales is None:
+        sqerr = d
+    else:
+        diff = np.asarray(x, dtype=np.float64) - decode_levels(codes, books, scales)
+        sqerr = np.einsum("nd,nd->n", diff, diff)
+    return codes, sqerr
+
+
+def last_input(
+    x: NDArray[Any], prefix: NDArray[Any], books: Sequence[Codebook], scales: Sequence[float] | None
+) -> NDArray[np.float64]:
+    """What the last level encodes for rows x whose first L-1 codes are ``prefix`` (n, L-1).
+
+    The residual after those codes, scaled to unit length with ``scales``.
+    """
+    residual = np.array(x, dtype=np.float64)
+    for level in range(len(books)):
+        if scales is not None and level > 0:
+            residual, _ = unit_rows(residual)
+        if level == len(books) - 1:
+            break
+        residual -= books[level].vectors64[np.asarray(prefix[:, level], dtype=np.intp)]
+    return residual
+
+
+def decode_levels(
+    codes: NDArray[np.intp], books: Sequence[Codebook], scales: Sequence[float] | None
+) -> NDArray[np.float64]:
+    """Reconstructions (n, D) float64 of codes (n, m), m <= L: the first m levels."""
+    factors = level_factors(scales, len(books))
+    out = np.zeros((codes.shape[0], books[0].dimension), dtype=np.float64)
+    for level in range(codes.shape[1]):
+        out += factors[level] * books[level].vectors64[codes[:, level]]
+    return out
