@@ -86,8 +86,8 @@ def test_per_level_sizes_match_greedy_reference():
     assert semantic.fit(x, levels=2, codebook_size=[4, 8]).suffix_size == 8
     with pytest.raises(ValueError, match="one per level"):
         semantic.fit(x, levels=3, codebook_size=[4, 16])
-    with pytest.raises(ValueError, match="beam_size > 1"):
-        semantic.fit(x, levels=3, codebook_size=[4, 16, 8], beam_size=2)
+    with pytest.raises(ValueError, match="beam_size > 1 needs balance=None"):
+        semantic.fit(x, levels=3, codebook_size=[4, 16, 8], beam_size=2, balance=0.5)
 
 
 def test_cosine_is_scale_invariant_and_rejects_zero_rows():
@@ -279,3 +279,29 @@ def test_balanced_assignment_when_all_candidates_are_full(monkeypatch):
     labels = balanced_assign(x, c, cap)
     assert np.bincount(labels, minlength=64).max() <= cap
     assert any(n == 1 for n in calls)  # the one-row full scan ran
+
+
+def test_levels_of_different_sizes_run_on_the_core_engine_greedy_and_beam() -> None:
+    """Per-level sizes (16, 64, 32) through the core stack: fit, greedy and beam codes."""
+
+    x = clustered(2000, d=8, seed=3)
+    ids = semantic.fit(x, levels=3, codebook_size=[16, 64, 32], suffix_size=64)
+    assert ids.codebook_sizes == (16, 64, 32)
+    books = [b.vectors for b in ids.codebooks]
+    np.testing.assert_array_equal(ids.codes(x), greedy_reference(books, x))
+    beam = semantic.fit(x, levels=3, codebook_size=[4, 8, 4], beam_size=3, suffix_size=64)
+    assert beam.codebook_sizes == (4, 8, 4)
+    # the core engine's beam search with per-level sizes (its exhaustive-search tests
+    # are in test_levels.py), and a beam of 4 x 8 = 32 prefixes is exhaustive here
+    np.testing.assert_array_equal(
+        beam.codes(x[:300]), RvqEncoder(beam.codebooks).encode(x[:300], beam_size=3)
+    )
+    full = semantic.fit(x, levels=3, codebook_size=[4, 8, 4], beam_size=32, suffix_size=64)
+    full_books = [b.vectors64 for b in full.codebooks]
+    codes = full.codes(x[:300])
+    err = ((x[:300].astype(np.float64) - full.decode(codes)) ** 2).sum(axis=1)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in (4, 8, 4)], indexing="ij"), -1)
+    grid = grid.reshape(-1, 3)
+    recon = sum(full_books[j][grid[:, j]] for j in range(3))
+    best = ((x[:300, None, :].astype(np.float64) - recon[None]) ** 2).sum(axis=2).min(axis=1)
+    np.testing.assert_allclose(err, best, rtol=1e-9, atol=1e-9)

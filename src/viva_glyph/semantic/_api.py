@@ -112,8 +112,8 @@ def fit(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     bal = check_balance(balance)
     beam = positive_int(beam_size, "beam_size")
-    if beam > 1 and (bal is not None or len(set(sizes)) > 1):
-        raise ValueError("beam_size > 1 needs equal level sizes and balance=None")
+    if beam > 1 and bal is not None:
+        raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -129,7 +129,7 @@ def fit(
         enc = rvq_fit(
             x,
             num_stages=levels,
-            codebook_size=sizes[0],
+            codebook_size=list(sizes),
             beam_size=beam,
             seed=int(seed),
             progress=progress,
@@ -157,7 +157,7 @@ def fit(
                 enc = rvq_fit(
                     sample.astype(np.float32),
                     num_stages=levels,
-                    codebook_size=sizes[0],
+                    codebook_size=list(sizes),
                     beam_size=beam,
                     seed=int(seed),
                 )

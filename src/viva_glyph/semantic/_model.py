@@ -72,7 +72,7 @@ class SemanticIds:
     balance : float or None
         Capacity bound of balanced assignment (see :meth:`codes`).
     beam_size : int
-        Beam width of encoding (equal level sizes only).
+        Beam width of encoding.
     suffix_size : int, optional
         Range of the suffix token; default: the last level's size.
     normalize_residuals : bool
@@ -112,8 +112,6 @@ class SemanticIds:
         self.balance = check_balance(balance)
         self.beam_size = positive_int(beam_size, "beam_size")
         sizes = self.codebook_sizes
-        if self.beam_size > 1 and len(set(sizes)) > 1:
-            raise ValueError(f"beam_size > 1 needs equal level sizes, got {sizes}")
         self.suffix_size = (
             sizes[-1] if suffix_size is None else positive_int(suffix_size, "suffix_size")
         )
@@ -122,8 +120,8 @@ class SemanticIds:
         )
         self.training = dict(training or {})
         self.trie = trie
-        plain = len(set(sizes)) == 1 and not self.normalize_residuals
-        self._encoder = RvqEncoder(books) if plain else None
+        # the core engine encodes every model without residual normalisation
+        self._encoder = None if self.normalize_residuals else RvqEncoder(books)
 
     # -- description --------------------------------------------------------------
     @property
