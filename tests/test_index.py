@@ -232,8 +232,8 @@ def test_top1_is_brute_force_argmin(seed, n, k, metric) -> None:
 
 
 @pytest.mark.parametrize("dist", ["chi2", "narrow", "exponential"])
-def test_cqint8_levels_near_faiss_1d_kmeans(dist) -> None:
-    """Lloyd in 1-D (ours) against FAISS's exact 1-D k-means: within 1.5x its error."""
+def test_cqint8_levels_not_worse_than_faiss_1d_kmeans(dist) -> None:
+    """Our optimal 1-D k-means against FAISS's (exact on a sample of 65,536, in float32)."""
     faiss = pytest.importorskip("faiss")
     from viva_glyph.index._norms import train_norms
 
@@ -252,4 +252,4 @@ def test_cqint8_levels_near_faiss_1d_kmeans(dist) -> None:
     def mse(levels: np.ndarray) -> float:
         return float((np.abs(x[:, None] - levels[None, :]).min(1) ** 2).mean())
 
-    assert mse(ours) <= 1.5 * mse(theirs)
+    assert mse(ours) <= mse(theirs) * (1 + 1e-6)
