@@ -115,6 +115,7 @@ def test_flat_equals_brute_force(enc, data, metric, norm, backend, monkeypatch) 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_single_query_splits_codes_over_threads(enc, threads, monkeypatch) -> None:
     monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
+    monkeypatch.setattr(_scan, "PARALLEL_WORK", 0)  # small as it is, use the threads
     rng = np.random.default_rng(5)
     n = 2 * _scan.CODE_BLOCK + 123
     codes = rng.integers(0, K, size=(n, M))
