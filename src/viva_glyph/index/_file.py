@@ -202,10 +202,19 @@ def load(path: PathLike) -> RvqIndex:
         s.norms = mapped["norms"]
         if meta["norm"] == "float" and not np.isfinite(s.norms).all():
             raise _fail(path, "norms hold NaN or inf")
+    if s.ids.size and int(s.ids.min()) < 0:
+        raise _fail(path, "ids hold negative values")
     if "norm_params" in layout:
         s.norm_params = small["norm_params"]
         if not np.isfinite(s.norm_params).all():
             raise _fail(path, "norm parameters hold NaN or inf")
+        if (np.diff(s.norm_params) < 0).any():
+            what = (
+                "qint8 norm range is reversed"
+                if meta["norm"] == "qint8"
+                else ("cqint8 norm levels are not sorted")
+            )
+            raise _fail(path, what)
     if nlist:
         s.centroids, s.offsets = small["centroids"], small["offsets"]
         if not np.isfinite(s.centroids).all():
