@@ -190,3 +190,11 @@ def test_remove_nothing(index) -> None:
     assert index.remove([]) == 0
     assert index.remove(np.array([], dtype=np.int64)) == 0
     assert len(index) == n
+
+
+def test_nlist_is_bounded(enc) -> None:
+    """nlist sizes arrays at construction (the list offsets): 10**12 asked for 7 TiB."""
+    top = 1 << 24  # as index files allow
+    with pytest.raises(ValueError, match=f"nlist must be <= {top}, got {10**12}"):
+        RvqIndex(enc, nlist=10**12)
+    assert RvqIndex(enc, nlist=top).nlist == top

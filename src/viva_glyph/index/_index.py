@@ -19,11 +19,13 @@ from viva_glyph.index._rerank import rerank as rerank_exact
 from viva_glyph.index._scan import scan
 from viva_glyph.index._store import Store
 
-__all__ = ["MAX_K", "METRICS", "QUERY_BATCH", "RvqIndex"]
+__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "RvqIndex"]
 
 METRICS = ("l2", "ip", "cosine")
 #: Largest k (and re-ranking depth) a search accepts: bounds the (nq, k) results.
 MAX_K = 100_000
+#: Largest number of IVF lists (as index files allow).
+MAX_NLIST = 1 << 24
 #: Queries per scan batch: bounds the (batch, M, K) lookup tables.
 QUERY_BATCH = 4096
 #: Rows encoded per step of :meth:`RvqIndex.add` (memory maps are streamed).
@@ -87,6 +89,8 @@ class RvqIndex:
         self.norm = norm
         self.beam_size = positive_int(beam_size, "beam_size")
         self.nlist = None if nlist is None else positive_int(nlist, "nlist")
+        if self.nlist is not None and self.nlist > MAX_NLIST:
+            raise ValueError(f"nlist must be <= {MAX_NLIST}, got {self.nlist}")
         self._stack64 = np.asarray(encoder.codebook_array, dtype=np.float64)
         #: Largest norm of a reconstruction: the sum of each stage's largest code norm.
         self._reach = float(
