@@ -120,3 +120,17 @@ def test_quantized_norms_at_least_as_accurate_as_faiss(n, norm, faiss_mode) -> N
     # float32 storage of either side costs ~1e-7 of each norm: allow that, nothing more
     slack = 4e-7 * float(np.sqrt((exact * exact).sum() * max(ours_err, theirs_err)))
     assert ours_err <= theirs_err + slack, (ours_err, theirs_err)
+
+
+def test_qint8_of_one_norm_is_exact() -> None:
+    """First batch of one vector (min = max): the stated error (max - min) / 512 is 0.
+    A unit step put every norm half a unit off (FAISS decodes min there)."""
+    rng = np.random.default_rng(4)
+    enc = RvqEncoder([Codebook(rng.standard_normal((8, 3))) for _ in range(2)])
+    index = RvqIndex(enc, norm="qint8")
+    index.add_codes(np.array([[1, 2]]))
+    decoded = enc.codebook_array.astype(np.float64)[np.arange(2), [1, 2]].sum(0)
+    q = rng.standard_normal((1, 3))
+    d, i = index.search(q, 1)
+    assert i[0, 0] == 0
+    np.testing.assert_allclose(d[0, 0], ((q[0] - decoded) ** 2).sum(), rtol=1e-5)

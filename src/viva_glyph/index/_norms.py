@@ -68,7 +68,9 @@ def encode_norms(mode: str, params: NDArray[np.float32], norms: NDArray[np.float
         return norms.astype(np.float32)
     if mode == "qint8":  # 256 bins of (max - min) / 256, decoded at their centres
         lo, hi = float(params[0]), float(params[1])
-        step = (hi - lo) / LEVELS if hi > lo else 1.0
+        if not hi > lo:  # one norm trained: every code decodes to it
+            return np.zeros(norms.shape[0], dtype=np.uint8)
+        step = (hi - lo) / LEVELS
         return np.clip(np.floor((norms - lo) / step), 0, LEVELS - 1).astype(np.uint8)
     if mode == "cqint8":
         levels = params.astype(np.float64)
@@ -83,7 +85,7 @@ def decode_norms(mode: str, params: NDArray[np.float32], stored: NDArray[Any]) -
         return np.asarray(stored, dtype=np.float32)
     if mode == "qint8":
         lo, hi = float(params[0]), float(params[1])
-        step = (hi - lo) / LEVELS if hi > lo else 1.0
+        step = (hi - lo) / LEVELS  # 0 when one norm was trained: decodes to it
         return (lo + step * (np.asarray(stored, dtype=np.float64) + 0.5)).astype(np.float32)
     levels: NDArray[np.float32] = params[np.asarray(stored)]
     return levels
