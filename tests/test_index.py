@@ -115,6 +115,7 @@ def test_flat_equals_brute_force(enc, data, metric, norm, backend, monkeypatch) 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_single_query_splits_codes_over_threads(enc, threads, monkeypatch) -> None:
     monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
+    monkeypatch.setattr(_scan, "PARALLEL_WORK", 0)  # small as it is, use the threads
     rng = np.random.default_rng(5)
     n = 2 * _scan.CODE_BLOCK + 123
     codes = rng.integers(0, K, size=(n, M))
@@ -124,8 +125,8 @@ def test_single_query_splits_codes_over_threads(enc, threads, monkeypatch) -> No
     d, i = index.search(q[:1], 5)  # one query: code blocks on threads, merged
     decoded = enc.codebook_array.astype(np.float64)[np.arange(M), codes].sum(1)
     check_topk("l2", d, i, brute("l2", q[:1], decoded), np.arange(n) * 3 + 7, 5)
-    _d2, i2 = index.search(q, 5)  # two queries: query blocks
-    np.testing.assert_array_equal(i2[:1], i)
+    d2, i2 = index.search(q, 5)  # two queries: query blocks (tables of another GEMM shape)
+    check_topk("l2", d2, i2, brute("l2", q, decoded), np.arange(n) * 3 + 7, 5)
 
 
 def test_ids_fewer_than_k_and_remove(enc, data) -> None:
@@ -232,8 +233,8 @@ def test_top1_is_brute_force_argmin(seed, n, k, metric) -> None:
 
 
 @pytest.mark.parametrize("dist", ["chi2", "narrow", "exponential"])
-def test_cqint8_levels_near_faiss_1d_kmeans(dist) -> None:
-    """Lloyd in 1-D (ours) against FAISS's exact 1-D k-means: within 1.5x its error."""
+def test_cqint8_levels_not_worse_than_faiss_1d_kmeans(dist) -> None:
+    """Our optimal 1-D k-means against FAISS's (exact on a sample of 65,536, in float32)."""
     faiss = pytest.importorskip("faiss")
     from viva_glyph.index._norms import train_norms
 
@@ -252,4 +253,4 @@ def test_cqint8_levels_near_faiss_1d_kmeans(dist) -> None:
     def mse(levels: np.ndarray) -> float:
         return float((np.abs(x[:, None] - levels[None, :]).min(1) ** 2).mean())
 
-    assert mse(ours) <= 1.5 * mse(theirs)
+    assert mse(ours) <= mse(theirs) * (1 + 1e-6)

@@ -144,3 +144,57 @@ def test_given_centroids(enc) -> None:
     cent[2, 1] = np.nan
     with pytest.raises(ValueError, match="row 2"):
         RvqIndex(enc, centroids=cent)
+
+
+def test_queries_too_large_for_float32_scores(index) -> None:
+    """Finite but huge queries overflowed the float32 tables: inf distances, arbitrary ids."""
+    q = np.zeros((3, 6))
+    q[2, 0] = 1e20  # ||q||^2 = 1e40 > float32 max
+    with pytest.raises(ValueError, match=r"Q row 2 has norm 1e\+20, above the limit"):
+        index.search(q, 3)
+    q[2, 0] = 1e18  # within the limit: finite distances
+    d, _ = index.search(q, 3)
+    assert np.isfinite(d).all()
+
+
+def test_codebooks_too_large_for_float32_scores() -> None:
+    """A float64 model may hold vectors whose squared norm no float32 score can hold."""
+    rng = np.random.default_rng(0)
+    books = [Codebook(rng.standard_normal((4, 3)) * 1e19), Codebook(rng.standard_normal((4, 3)))]
+    with pytest.raises(ValueError, match=r"reconstruct vectors of norm up to .* float32"):
+        RvqIndex(RvqEncoder(books))
+
+
+def test_negative_ids_are_refused(enc) -> None:
+    """-1 marks 'no result' and ids address the rows of re-ranking vectors: no negatives."""
+    x = np.random.default_rng(2).standard_normal((3, 6))
+    idx = RvqIndex(enc)
+    with pytest.raises(ValueError, match=r"ids must be >= 0 .*got -1 at row 1"):
+        idx.add(x, ids=[4, -1, 5])
+    with pytest.raises(ValueError, match=r"ids must be >= 0 .*got -7 at row 0"):
+        idx.add_codes(np.zeros((1, 3), dtype=np.int64), ids=[-7])
+    assert len(idx) == 0
+
+
+def test_default_ids_past_the_int64_maximum(enc) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 6))
+    idx = RvqIndex(enc)
+    idx.add(x[:1], ids=[np.iinfo(np.int64).max])
+    with pytest.raises(ValueError, match=r"no room for 1 more ids after .*pass ids="):
+        idx.add(x[1:])
+    assert len(idx) == 1
+
+
+def test_remove_nothing(index) -> None:
+    n = len(index)
+    assert index.remove([]) == 0
+    assert index.remove(np.array([], dtype=np.int64)) == 0
+    assert len(index) == n
+
+
+def test_nlist_is_bounded(enc) -> None:
+    """nlist sizes arrays at construction (the list offsets): 10**12 asked for 7 TiB."""
+    top = 1 << 24  # as index files allow
+    with pytest.raises(ValueError, match=f"nlist must be <= {top}, got {10**12}"):
+        RvqIndex(enc, nlist=10**12)
+    assert RvqIndex(enc, nlist=top).nlist == top

@@ -233,3 +233,26 @@ def test_build_from_memmap_equals_in_memory(enc, X, tmp_path, monkeypatch) -> No
     np.testing.assert_array_equal(a.store.codes, b.store.codes)
     np.testing.assert_array_equal(a.store.norms, b.store.norms)
     np.testing.assert_array_equal(mapped, X)  # still readable after its pages were dropped
+
+
+@pytest.mark.parametrize(
+    ("norm", "field", "match"),
+    [
+        ("float", "ids", "ids hold negative values"),
+        ("qint8", "norm_params", "qint8 norm range is reversed"),
+        ("cqint8", "norm_params", "cqint8 norm levels are not sorted"),
+    ],
+)
+def test_bad_ids_and_norm_params_in_data(enc, X, tmp_path, norm, field, match) -> None:
+    """Values a corrupted file may hold that no index writes (re-ranking reads the rows of
+    ``vectors`` by id: a negative id silently read another vector)."""
+    index = built(enc, X, norm=norm)
+    if field == "ids":
+        index.store.ids = index.store.ids.copy()
+        index.store.ids[3] = -2
+    else:
+        index.store.norm_params = index.store.norm_params[::-1].copy()
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    with pytest.raises(IndexFormatError, match=match):
+        load(path)

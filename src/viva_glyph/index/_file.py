@@ -33,7 +33,7 @@ from viva_glyph._version import __version__
 from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
 from viva_glyph.encoder import RvqEncoder
-from viva_glyph.index._index import METRICS, RvqIndex
+from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES, stored_dtype
 from viva_glyph.io import ModelFormatError, atomic_output
 
@@ -130,7 +130,7 @@ def _meta(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
             raise ValueError("config keys")
         config = RvqConfig(**cfg)
         count, nlist, beam = (int(meta[key]) for key in ("count", "nlist", "beam_size"))
-        if count < 0 or nlist < 0 or beam < 1 or count > 1 << 40 or nlist > 1 << 24:
+        if count < 0 or nlist < 0 or beam < 1 or count > 1 << 40 or nlist > MAX_NLIST:
             raise ValueError("range")
     except (ValueError, TypeError, KeyError, RecursionError):
         raise _fail(path, "config, count, nlist or beam_size is not valid") from None
@@ -202,10 +202,19 @@ def load(path: PathLike) -> RvqIndex:
         s.norms = mapped["norms"]
         if meta["norm"] == "float" and not np.isfinite(s.norms).all():
             raise _fail(path, "norms hold NaN or inf")
+    if s.ids.size and int(s.ids.min()) < 0:
+        raise _fail(path, "ids hold negative values")
     if "norm_params" in layout:
         s.norm_params = small["norm_params"]
         if not np.isfinite(s.norm_params).all():
             raise _fail(path, "norm parameters hold NaN or inf")
+        if (np.diff(s.norm_params) < 0).any():
+            what = (
+                "qint8 norm range is reversed"
+                if meta["norm"] == "qint8"
+                else ("cqint8 norm levels are not sorted")
+            )
+            raise _fail(path, what)
     if nlist:
         s.centroids, s.offsets = small["centroids"], small["offsets"]
         if not np.isfinite(s.centroids).all():

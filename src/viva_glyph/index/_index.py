@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from viva_glyph._kernels import norm_limit, over_norm_limit
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.index import _norms
@@ -18,11 +19,13 @@ from viva_glyph.index._rerank import rerank as rerank_exact
 from viva_glyph.index._scan import scan
 from viva_glyph.index._store import Store
 
-__all__ = ["MAX_K", "METRICS", "QUERY_BATCH", "RvqIndex"]
+__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "RvqIndex"]
 
 METRICS = ("l2", "ip", "cosine")
 #: Largest k (and re-ranking depth) a search accepts: bounds the (nq, k) results.
 MAX_K = 100_000
+#: Largest number of IVF lists (as index files allow).
+MAX_NLIST = 1 << 24
 #: Queries per scan batch: bounds the (batch, M, K) lookup tables.
 QUERY_BATCH = 4096
 #: Rows encoded per step of :meth:`RvqIndex.add` (memory maps are streamed).
@@ -86,8 +89,15 @@ class RvqIndex:
         self.norm = norm
         self.beam_size = positive_int(beam_size, "beam_size")
         self.nlist = None if nlist is None else positive_int(nlist, "nlist")
-        self._stack32 = np.ascontiguousarray(encoder.codebook_array, dtype=np.float32)
+        if self.nlist is not None and self.nlist > MAX_NLIST:
+            raise ValueError(f"nlist must be <= {MAX_NLIST}, got {self.nlist}")
         self._stack64 = np.asarray(encoder.codebook_array, dtype=np.float64)
+        #: Largest norm of a reconstruction: the sum of each stage's largest code norm.
+        self._reach = float(
+            np.sqrt(np.einsum("mkd,mkd->mk", self._stack64, self._stack64)).max(1).sum()
+        )
+        _check_scale(self._reach, "the codebooks reconstruct vectors")
+        self._stack32 = np.ascontiguousarray(encoder.codebook_array, dtype=np.float32)
         self._tables = _norms.NormTables(encoder.codebook_array) if norm == "lut" else None
         cent = None
         if centroids is not None:
@@ -98,7 +108,12 @@ class RvqIndex:
             self.nlist = cent.shape[0]
         self.store = Store.empty(encoder, norm, self.nlist)
         if cent is not None:
-            self.store.set_centroids(np.asarray(cent, dtype=encoder.dtype))
+            self._set_centroids(np.asarray(cent, dtype=encoder.dtype))
+
+    def _set_centroids(self, cent: NDArray[Any]) -> None:
+        top = float(np.sqrt(np.einsum("cd,cd->c", cent, cent, dtype=np.float64)).max())
+        _check_scale(top + self._reach, "centroids plus codebooks reconstruct vectors")
+        self.store.set_centroids(cent)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -150,7 +165,7 @@ class RvqIndex:
         sample = np.asarray(x[rows], dtype=np.float64)
         require_finite(sample, 0)
         cent, _, _ = lloyd(sample, self.nlist, rng=rng, dtype=np.float32)
-        self.store.set_centroids(cent.astype(self.encoder.dtype))
+        self._set_centroids(cent.astype(self.encoder.dtype))
 
     def add(
         self,
@@ -299,6 +314,13 @@ class RvqIndex:
         """
         q = as_matrix(Q, self.dimension, "Q")
         require_finite(q, 0, "Q")
+        over = over_norm_limit(np.asarray(q, dtype=np.float64), np.float32)
+        if over is not None and self.metric != "cosine":  # cosine: normalised in float64
+            row, size, limit = over
+            raise ValueError(
+                f"Q row {row} has norm {size:.4g}, above the limit {limit:.4g} of the index's "
+                "float32 scores (sqrt of the float32 maximum / 4) beyond which distances overflow"
+            )
         k = positive_int(k, "k")
         if k > MAX_K:
             raise ValueError(f"k must be <= {MAX_K}, got {k}")
@@ -345,3 +367,13 @@ class RvqIndex:
         if self.nlist is not None and p > self.nlist:
             raise ValueError(f"nprobe must be <= nlist = {self.nlist}, got {p}")
         return p
+
+
+def _check_scale(reach: float, what: str) -> None:
+    """Refuse vectors whose squared norms no float32 score can hold."""
+    limit = norm_limit(np.float32)
+    if not reach <= limit:
+        raise ValueError(
+            f"{what} of norm up to {reach:.4g}, above the limit {limit:.4g} of the index's "
+            "float32 scores (sqrt of the float32 maximum / 4)"
+        )

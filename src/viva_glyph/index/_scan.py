@@ -35,6 +35,9 @@ __all__ = ["MODE_ADD", "MODE_PLAIN", "MODE_SCALE", "ScanInput", "lookup_tables",
 MODE_ADD, MODE_SCALE, MODE_PLAIN = 0, 1, 2
 #: Codes scanned per kernel call in a flat index (a block stays in L2 cache).
 CODE_BLOCK = 1 << 15
+#: Table lookups (queries x codes scanned x stages) below which a search runs on
+#: the calling thread: starting a pool costs more than a few milliseconds of scan.
+PARALLEL_WORK = 1 << 22
 
 
 def scan_kernels() -> ModuleType | None:
@@ -205,6 +208,16 @@ def merge(
     return d[:, :k], i[:, :k]
 
 
+def _lookups(s: ScanInput) -> int:
+    """Table lookups of a scan: queries x codes scanned x stages."""
+    m = s.codes.shape[1] if s.codes.ndim == 2 else 1
+    if s.offsets.shape[0] == 2:
+        return int(s.queries.shape[0]) * int(s.codes.shape[0]) * m
+    sizes = np.diff(s.offsets)
+    probed = s.probes[s.probes >= 0]
+    return int(sizes[probed].sum()) * m
+
+
 def scan(
     s: ScanInput, k: int, *, threads: int | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -225,6 +238,8 @@ def scan(
     nq = s.queries.shape[0]
     n = s.codes.shape[0]
     threads = default_threads() if threads is None else threads
+    if threads > 1 and _lookups(s) < PARALLEL_WORK:
+        threads = 1
     kern = scan_kernels()
 
     def run(task: tuple[slice, int, int]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:

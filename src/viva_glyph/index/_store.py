@@ -68,6 +68,11 @@ class Store:
         """Ids for n new rows: given (checked unique and new) or continuing the largest."""
         if ids is None:
             start = int(self.ids.max()) + 1 if self.ids.shape[0] else 0
+            if start + n - 1 > np.iinfo(np.int64).max:
+                raise ValueError(
+                    f"no room for {n} more ids after the largest stored id {start - 1} "
+                    "(int64 maximum): pass ids= explicitly"
+                )
             return np.arange(start, start + n, dtype=np.int64)
         arr = np.asarray(ids)
         if arr.dtype.kind not in "iu":
@@ -77,6 +82,12 @@ class Store:
         if arr.dtype == np.uint64 and n and arr.max() > np.iinfo(np.int64).max:
             raise ValueError(f"ids must fit in int64, got {arr.max()}")
         out = arr.astype(np.int64)
+        neg = np.flatnonzero(out < 0)
+        if neg.size:
+            raise ValueError(
+                "ids must be >= 0 (-1 marks a missing result, and ids address the rows of "
+                f"re-ranking vectors), got {out[neg[0]]} at row {neg[0]}"
+            )
         uniq, counts = np.unique(out, return_counts=True)
         if uniq.shape[0] != n:
             dup = int(uniq[np.argmax(counts > 1)])
@@ -173,6 +184,8 @@ class Store:
     # -- removing ---------------------------------------------------------------------
     def remove(self, ids: ArrayLike) -> int:
         arr = np.atleast_1d(np.asarray(ids))
+        if arr.ndim == 1 and arr.size == 0:  # nothing to remove (an empty list is float64)
+            return 0
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
             raise TypeError(f"ids must be a 1-D array of integers, got {arr.dtype} {arr.shape}")
         want = np.unique(arr.astype(np.int64))
