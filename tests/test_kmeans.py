@@ -155,3 +155,25 @@ def test_lloyd_inertia_never_increases(seed: int, k: int) -> None:
 def test_lloyd_needs_k_rows() -> None:
     with pytest.raises(ValueError, match="at least 5 rows"):
         kmeans.lloyd(np.zeros((4, 2)), 5, rng=np.random.default_rng(0))
+
+
+def test_progressive_dims_are_rounded_powers() -> None:
+    # d ** (i / S), rounded, distinct and increasing, ending at d
+    assert kmeans.progressive_dims(384, 10) == [2, 3, 6, 11, 20, 36, 64, 117, 212, 384]
+    assert kmeans.progressive_dims(6, 10) == [1, 2, 3, 4, 5, 6]
+    assert kmeans.progressive_dims(7, 1) == [7]
+
+
+@pytest.mark.parametrize(("d", "steps"), [(16, 10), (16, 1), (1, 10)])
+def test_progressive_kmeans_recovers_separated_clusters(d: int, steps: int) -> None:
+    """The last step runs in the rows' own coordinates: the centroids land on the
+    true centres (a wrong back-rotation or a lost mean would miss them)."""
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(-40, 40, (10, d)) + 500.0  # far from the origin: the mean matters
+    x = (np.repeat(centres, 60, axis=0) + 0.01 * rng.standard_normal((600, d))).astype(np.float32)
+    rows = kmeans.ArrayRows.of(x[rng.permutation(600)], kmeans.leaf_rows(10, d))
+    cent, n_iter = kmeans.progressive_kmeans(rows, 10, 2, np.random.default_rng(0), steps=steps)
+    dist = np.linalg.norm(cent[:, None] - centres[None], axis=-1)
+    assert sorted(dist.argmin(axis=1).tolist()) == list(range(10))
+    assert dist.min(axis=1).max() < 0.01
+    assert n_iter >= len(kmeans.progressive_dims(d, steps))
