@@ -177,3 +177,18 @@ def test_progressive_kmeans_recovers_separated_clusters(d: int, steps: int) -> N
     assert sorted(dist.argmin(axis=1).tolist()) == list(range(10))
     assert dist.min(axis=1).max() < 0.01
     assert n_iter >= len(kmeans.progressive_dims(d, steps))
+
+
+def test_progressive_kmeans_random_seeds_are_distinct_rows() -> None:
+    """plus_plus=False, one step: one Lloyd iteration from K distinct random rows
+    (the draw after the sample's, which takes all rows here), in the rows' coordinates."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((150, 5)) * 3 + 100).astype(np.float32)  # <= 16 K: all rows
+    rows = kmeans.ArrayRows.of(x, kmeans.leaf_rows(12, 5))
+    cent, n_iter = kmeans.progressive_kmeans(
+        rows, 12, 1, np.random.default_rng(9), steps=1, plus_plus=False
+    )
+    idx = np.sort(np.random.default_rng(9).choice(150, 12, replace=False))
+    ref, _, _ = kmeans.lloyd(x, 12, iterations=1, rng=np.random.default_rng(0), init=x[idx])
+    assert n_iter == 1
+    np.testing.assert_allclose(cent, ref, rtol=1e-5)
