@@ -192,3 +192,22 @@ def test_progressive_kmeans_random_seeds_are_distinct_rows() -> None:
     ref, _, _ = kmeans.lloyd(x, 12, iterations=1, rng=np.random.default_rng(0), init=x[idx])
     assert n_iter == 1
     np.testing.assert_allclose(cent, ref, rtol=1e-5)
+
+
+def test_progressive_kmeans_one_dimensional_first_step_uses_kmeans_plus_plus() -> None:
+    """plus_plus=False is overridden when the first step is 1-D (D = 6: dims 1..6)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    rows = kmeans.ArrayRows.of(x, kmeans.leaf_rows(8, 6))
+    runs = [
+        kmeans.progressive_kmeans(rows, 8, 3, np.random.default_rng(2), plus_plus=p)[0]
+        for p in (True, False)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    wide = rng.standard_normal((400, 64)).astype(np.float32)  # first step 2-D: seeds differ
+    rows = kmeans.ArrayRows.of(wide, kmeans.leaf_rows(8, 64))
+    runs = [
+        kmeans.progressive_kmeans(rows, 8, 3, np.random.default_rng(2), plus_plus=p)[0]
+        for p in (True, False)
+    ]
+    assert not np.array_equal(runs[0], runs[1])
