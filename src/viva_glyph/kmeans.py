@@ -450,9 +450,9 @@ def progressive_kmeans(
         Dimension steps (default :data:`PROGRESSIVE_STEPS`).
     plus_plus : bool
         Seed by k-means++ (default) or, when False, by K distinct random rows
-        of the sample (FAISS's seeding; better on the B residuals per row of
-        beam-aware training, whose near-duplicates k-means++ spreads over
-        outliers: ``bench_fit.py``, digits at B = 5, -1.4% held-out MSE).
+        of the sample (FAISS's seeding; better for beam-aware training, where
+        k-means++ spread the seeds over outliers: ``bench_fit.py``,
+        ``load_digits`` at B = 5, -1.1% held-out MSE).
         A first step in one dimension (D < 58 at 10 steps) is always seeded
         by k-means++: there Lloyd cannot move centroids past each other, and
         random seeds cost 2% at D = 6.
