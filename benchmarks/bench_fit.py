@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="grid of viva-glyph settings")
     ap.add_argument(
         "--sweep-specs",
-        default="25:1e-4:6,10:1e-4:10,10:1e-3:10,10:3e-3:10,15:1e-3:10",
+        default="10:1e-3:10,10:1e-4:10,10:3e-3:10,5:1e-3:10,15:1e-3:10,10:1e-3:6",
         help="comma list of iterations:tolerance:dimension-steps",
     )
     ap.add_argument("--sweep-beams", default="1")

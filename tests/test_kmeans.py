@@ -155,3 +155,59 @@ def test_lloyd_inertia_never_increases(seed: int, k: int) -> None:
 def test_lloyd_needs_k_rows() -> None:
     with pytest.raises(ValueError, match="at least 5 rows"):
         kmeans.lloyd(np.zeros((4, 2)), 5, rng=np.random.default_rng(0))
+
+
+def test_progressive_dims_are_rounded_powers() -> None:
+    # d ** (i / S), rounded, distinct and increasing, ending at d
+    assert kmeans.progressive_dims(384, 10) == [2, 3, 6, 11, 20, 36, 64, 117, 212, 384]
+    assert kmeans.progressive_dims(6, 10) == [1, 2, 3, 4, 5, 6]
+    assert kmeans.progressive_dims(7, 1) == [7]
+
+
+@pytest.mark.parametrize(("d", "steps"), [(16, 10), (16, 1), (1, 10)])
+def test_progressive_kmeans_recovers_separated_clusters(d: int, steps: int) -> None:
+    """The last step runs in the rows' own coordinates: the centroids land on the
+    true centres (a wrong back-rotation or a lost mean would miss them)."""
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(-40, 40, (10, d)) + 500.0  # far from the origin: the mean matters
+    x = (np.repeat(centres, 60, axis=0) + 0.01 * rng.standard_normal((600, d))).astype(np.float32)
+    rows = kmeans.ArrayRows.of(x[rng.permutation(600)], kmeans.leaf_rows(10, d))
+    cent, n_iter = kmeans.progressive_kmeans(rows, 10, 2, np.random.default_rng(0), steps=steps)
+    dist = np.linalg.norm(cent[:, None] - centres[None], axis=-1)
+    assert sorted(dist.argmin(axis=1).tolist()) == list(range(10))
+    assert dist.min(axis=1).max() < 0.01
+    assert n_iter >= len(kmeans.progressive_dims(d, steps))
+
+
+def test_progressive_kmeans_random_seeds_are_distinct_rows() -> None:
+    """plus_plus=False, one step: one Lloyd iteration from K distinct random rows
+    (the draw after the sample's, which takes all rows here), in the rows' coordinates."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((150, 5)) * 3 + 100).astype(np.float32)  # <= 16 K: all rows
+    rows = kmeans.ArrayRows.of(x, kmeans.leaf_rows(12, 5))
+    cent, n_iter = kmeans.progressive_kmeans(
+        rows, 12, 1, np.random.default_rng(9), steps=1, plus_plus=False
+    )
+    idx = np.sort(np.random.default_rng(9).choice(150, 12, replace=False))
+    ref, _, _ = kmeans.lloyd(x, 12, iterations=1, rng=np.random.default_rng(0), init=x[idx])
+    assert n_iter == 1
+    np.testing.assert_allclose(cent, ref, rtol=1e-5)
+
+
+def test_progressive_kmeans_one_dimensional_first_step_uses_kmeans_plus_plus() -> None:
+    """plus_plus=False is overridden when the first step is 1-D (D = 6: dims 1..6)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    rows = kmeans.ArrayRows.of(x, kmeans.leaf_rows(8, 6))
+    runs = [
+        kmeans.progressive_kmeans(rows, 8, 3, np.random.default_rng(2), plus_plus=p)[0]
+        for p in (True, False)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    wide = rng.standard_normal((400, 64)).astype(np.float32)  # first step 2-D: seeds differ
+    rows = kmeans.ArrayRows.of(wide, kmeans.leaf_rows(8, 64))
+    runs = [
+        kmeans.progressive_kmeans(rows, 8, 3, np.random.default_rng(2), plus_plus=p)[0]
+        for p in (True, False)
+    ]
+    assert not np.array_equal(runs[0], runs[1])

@@ -5,7 +5,9 @@ codebook is the progressive k-means (:func:`viva_glyph.kmeans.progressive_kmeans
 of what the (beam) encoding with stages 1..m-1 leaves over. With B > 1 and
 the table path (:func:`viva_glyph.beam.use_lut`) each stage trains on a
 uniform sample of the residuals of all B beams of every row, as FAISS's
-ResidualQuantizer does; else on the best beam's residual.
+ResidualQuantizer does; else on the best beam's residual. With B > 1 every
+stage's k-means is seeded by random rows, as FAISS's (k-means++, used at
+B = 1, spread the seeds over outliers: ``bench_fit.py``, ``load_digits``).
 
 The loop sees the training rows only through :class:`TrainingRows`: leaves
 of :func:`viva_glyph.kmeans.leaf_rows` rows, each encoded by the leaf
@@ -235,7 +237,8 @@ def run_stages(
             residual = data.pair_residuals(pick)
         else:
             residual = data.residuals()
-        cent, n_iter = progressive_kmeans(residual, k, iterations, rng)
+        # beam-aware training: random seeds (k-means++ favours outliers of the beams' residuals)
+        cent, n_iter = progressive_kmeans(residual, k, iterations, rng, plus_plus=beam == 1)
         books.append(Codebook(cent, dtype=np.float32))
         errors.append(data.advance(books) / (n * d))
         iters.append(n_iter)

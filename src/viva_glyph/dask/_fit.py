@@ -15,7 +15,7 @@ in-memory fit's bit for bit when client and workers use the same BLAS
 library and settings.
 
 Each stage re-encodes every leaf from X with the codebooks so far on the
-workers; the residuals, rotated to their principal axes, are persisted on the
+workers; the residuals and their leading principal axes are persisted on the
 workers while the stage trains when they fit in a third of the cluster's
 memory (else recomputed each pass, out of core).
 """
@@ -242,7 +242,7 @@ class _DaskTraining:
         d = self.shape[1]
         r = da.map_blocks(_residual_block, self.x, self._books(), self.spec, dtype=np.float32,
                           meta=np.empty((0, d), np.float32))  # fmt: skip
-        return _DaskRows(r, self.leaf, self.keep)
+        return _DaskRows(r.persist() if self.keep else r, self.leaf, self.keep)
 
     def pair_residuals(self, pick: NDArray[np.intp]) -> _DaskRows:
         import dask.array as da
@@ -263,7 +263,8 @@ class _DaskTraining:
                 task = delayed(_pairs_block, pure=True)(blk, key, self.spec, local)
                 parts.append(da.from_delayed(task, shape=(int(cut[-1] - cut[0]), d),
                                              dtype=np.float32))  # fmt: skip
-        return _DaskRows(_aligned(da.concatenate(parts), self.leaf), self.leaf, self.keep)
+        r = _aligned(da.concatenate(parts), self.leaf)
+        return _DaskRows(r.persist() if self.keep else r, self.leaf, self.keep)
 
 
 def _memory_budget() -> float:
@@ -319,7 +320,8 @@ def fit(
         tqdm bar over the stages.
     persist : bool, optional
         Keep each stage's residuals in the workers' memory while it trains;
-        default: when they take at most a third of the cluster's memory.
+        default: when they (with their leading principal axes, < 8 bytes per value)
+        take at most a third of the cluster's memory.
 
     Returns
     -------
@@ -345,7 +347,8 @@ def fit(
     if limit < n:
         x = x[np.sort(rng.choice(n, size=limit, replace=False))]
     rows = int(x.shape[0])
-    keep = persist if persist is not None else rows * dim * 4 <= _memory_budget()
+    # persisted: a stage's residuals and their leading principal axes (< 2 * rows * dim)
+    keep = persist if persist is not None else rows * dim * 8 <= _memory_budget()
     params: dict[str, Any] = {
         "num_stages": cfg.num_stages, "dimension": dim, "codebook_size": k, "beam_size": beam,
         "iterations": iters, "refine": 0, "max_samples": max_samples, "seed": seed,
