@@ -104,3 +104,31 @@ def test_lloyd_and_fit_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch)
         enc = vg.fit(x, num_stages=3, codebook_size=16, beam_size=3, iterations=5, seed=4)
         runs.append((cent.tobytes(), it, inertia, enc.codebook_array.tobytes()))
     assert runs[0] == runs[1] == runs[2]
+
+
+def test_parallel_map_keeps_its_workers_nests_inline_and_survives_fork() -> None:
+    import multiprocessing
+    import time
+
+    def who(_: int) -> int:
+        time.sleep(0.01)  # both workers take items
+        return threading.get_ident()
+
+    first = set(parallel_map(who, range(8), 2))
+    second = set(parallel_map(who, range(8), 2))
+    assert len(first) == 2 and first == second  # the same two threads, not new ones
+    assert threading.get_ident() not in first
+
+    def nested(i: int) -> list[int]:  # inside a worker: inline, on that worker
+        return parallel_map(lambda j: threading.get_ident(), range(4), 2)
+
+    for idents in parallel_map(nested, range(4), 2):
+        assert len(set(idents)) == 1 and idents[0] in first
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # a forked child has no worker threads: it starts its own
+        assert pool.apply(_child_map) == [0, 2, 4, 6]
+
+
+def _child_map() -> list[int]:
+    return parallel_map(lambda i: 2 * i, list(range(4)), 2)

@@ -104,7 +104,34 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list
     Exceptions of ``fn`` propagate; results keep the order of ``items``.
     """
     threads = min(threads, len(items))
-    if threads <= 1:
+    if threads <= 1 or getattr(_worker, "active", False):  # nested calls run inline
         return [fn(item) for item in items]
-    with single_blas_thread(), ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(fn, items))
+    with single_blas_thread():
+        return list(_pool(threads).map(fn, items))
+
+
+_worker = threading.local()
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_pid = os.getpid()
+_pools_lock = threading.Lock()
+
+
+def _mark_worker() -> None:
+    _worker.active = True
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` workers, made on first use and kept (a pool per
+    call cost a fit some 600 thread starts). A forked child makes its own."""
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():  # the parent's worker threads do not exist here
+            _pools.clear()
+            _pools_pid = os.getpid()
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix="viva-glyph", initializer=_mark_worker
+            )
+            _pools[threads] = pool
+        return pool
