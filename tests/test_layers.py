@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     # L1
     "codebook": 1,
     # L2 engine and k-means
-    "beam": 2, "stages": 2, "kmeans": 2,
+    "beam": 2, "stages": 2, "kmeans": 2, "_kmeans_steps": 2,
     # L3
     "encoder": 3,
     # L4 training
