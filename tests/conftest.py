@@ -89,3 +89,29 @@ def client() -> Iterator[Any]:
     finally:
         c.close()
         cluster.close()
+
+
+def ema_step_reference(
+    books: list[np.ndarray],
+    counts: list[np.ndarray],
+    codes: np.ndarray,
+    x: np.ndarray,
+    decay: float,
+    eps: float,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """One EMA codebook update by hand in float64, per stage of K_s = len(books[s]) codes:
+    ``(hits, new_count, new_sum, new_codebook)`` with Laplace smoothing of the counts."""
+    out = []
+    r = x.astype(np.float64)
+    for s, book in enumerate(books):
+        k = len(book)
+        hits = np.bincount(codes[:, s], minlength=k).astype(np.float64)
+        sums = np.zeros((k, x.shape[1]))
+        np.add.at(sums, codes[:, s], r)
+        new_count = decay * counts[s] + (1 - decay) * hits
+        new_sum = decay * book * counts[s][:, None] + (1 - decay) * sums
+        total = new_count.sum()
+        smoothed = (new_count + eps) / (total + k * eps) * total
+        out.append((hits, new_count, new_sum, new_sum / smoothed[:, None]))
+        r = r - book[codes[:, s]]
+    return out

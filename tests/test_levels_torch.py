@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import assert_stagewise_nearest, torch_mixture  # noqa: E402
+from conftest import assert_stagewise_nearest, ema_step_reference, torch_mixture  # noqa: E402
 
 import viva_glyph  # noqa: E402
 from viva_glyph.torch import ResidualVQ  # noqa: E402
@@ -85,22 +85,12 @@ def test_one_ema_step_uses_each_stages_own_size() -> None:
     out = vq(torch.from_numpy(x))
     codes = brute_codes(books, x)
     np.testing.assert_array_equal(out.codes.numpy(), codes)
-    r = x.astype(np.float64)
-    for s, k in enumerate(SIZES):
-        cnt = np.bincount(codes[:, s], minlength=k).astype(np.float64)
-        sums = np.zeros((k, d))
-        np.add.at(sums, codes[:, s], r)
-        new_count = decay * counts[s] + (1 - decay) * cnt
-        new_sum = decay * books[s] * counts[s][:, None] + (1 - decay) * sums
-        total = new_count.sum()
-        smoothed = (new_count + eps) / (total + k * eps) * total
+    ref = ema_step_reference(books, counts, codes, x, decay, eps)
+    for s, (k, (_, new_count, _, new_book)) in enumerate(zip(SIZES, ref, strict=True)):
         np.testing.assert_allclose(vq.ema_count[s, :k].numpy(), new_count, rtol=1e-5)
-        np.testing.assert_allclose(
-            vq.codebook[s, :k].numpy(), new_sum / smoothed[:, None], rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(vq.codebook[s, :k].numpy(), new_book, rtol=1e-4, atol=1e-5)
         assert float(vq.codebook[s, k:].abs().sum()) == 0.0  # padding untouched
         assert float(vq.ema_count[s, k:].abs().sum()) == 0.0
-        r = r - books[s][codes[:, s]]
 
 
 def test_training_with_kmeans_init_and_dead_codes_keeps_padding_out() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from conftest import torch_mixture  # noqa: E402
+from conftest import ema_step_reference, torch_mixture  # noqa: E402
 
 import viva_glyph  # noqa: E402
 from viva_glyph.torch import ResidualVQ, RvqOutput  # noqa: E402
@@ -142,20 +142,12 @@ def test_one_ema_step_equals_hand_computation() -> None:
     out = vq(torch.from_numpy(x))
     codes = brute_codes(books, x)
     np.testing.assert_array_equal(out.codes.numpy(), codes)
+    ref = ema_step_reference(list(books), list(counts), codes, x, decay, eps)
     r = x.astype(np.float64)
-    for s in range(m):
-        cnt = np.bincount(codes[:, s], minlength=k).astype(np.float64)
-        sums = np.zeros((k, d))
-        np.add.at(sums, codes[:, s], r)
-        new_count = decay * counts[s] + (1 - decay) * cnt
-        new_sum = decay * books[s] * counts[s][:, None] + (1 - decay) * sums
-        total = new_count.sum()
-        smoothed = (new_count + eps) / (total + k * eps) * total
+    for s, (cnt, new_count, new_sum, new_book) in enumerate(ref):
         np.testing.assert_allclose(vq.ema_count[s].numpy(), new_count, rtol=1e-5)
         np.testing.assert_allclose(vq.ema_sum[s].numpy(), new_sum, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(
-            vq.codebook[s].numpy(), new_sum / smoothed[:, None], rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(vq.codebook[s].numpy(), new_book, rtol=1e-4, atol=1e-5)
         r = r - books[s][codes[:, s]]
         assert vq.unused_steps[s].tolist() == [0 if c > 0 else 1 for c in cnt]
     np.testing.assert_allclose(out.stage_losses.numpy()[-1], (r**2).sum(1).mean() / d, rtol=1e-4)
