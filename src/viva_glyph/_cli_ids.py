@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from viva_glyph._cli_args import command_group, non_negative_number, positive
+from viva_glyph._cli_args import codebook_sizes, command_group, non_negative_number, positive
 
 __all__ = ["register"]
 
@@ -23,18 +23,6 @@ EXAMPLES = {
     "--keys keys.txt --store ids.sqlite",
     "eval": "example:\n  viva-glyph ids eval ids.safetensors items.npy --plot ids.png",
 }
-
-
-def _sizes(text: str) -> int | list[int]:
-    try:
-        parts = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive int or a comma-separated list of them, got {text!r}"
-        ) from None
-    if not parts or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"codebook sizes must be positive, got {text!r}")
-    return parts[0] if len(parts) == 1 else parts
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +46,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     p.add_argument("--levels", type=positive, default=3, help="levels L (3)")
     p.add_argument(
-        "--codebook-size", type=_sizes, default=256, help="K, or one per level: 16,256,256 (256)"
+        "--codebook-size",
+        type=codebook_sizes,
+        default=256,
+        help="K, or one per level: 16,256,256 (256)",
     )
     p.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="l2 or cosine (l2)")
     p.add_argument(
