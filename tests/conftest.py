@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,3 +116,15 @@ def ema_step_reference(
         out.append((hits, new_count, new_sum, new_sum / smoothed[:, None]))
         r = r - book[codes[:, s]]
     return out
+
+
+def assert_streams_equal(ids: Any, x: np.ndarray, tmp_path: Path, da: Any) -> None:
+    """Semantic IDs of ``x`` from a memory-mapped .npy and from a Dask array (512-row
+    chunks) equal those of the in-memory array (reassign resolution, and raw codes)."""
+    expect = ids.unique(x, resolve="reassign")
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(ids.unique(mm, resolve="reassign"), expect)
+    lazy = da.from_array(x, chunks=(512, x.shape[1]))
+    np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
+    np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_streams_equal
 from scipy.optimize import linear_sum_assignment
 
 from viva_glyph import semantic
@@ -246,13 +247,7 @@ def test_memmap_and_dask_inputs_stream_to_the_same_ids(tmp_path, model, monkeypa
     da = pytest.importorskip("dask.array")
     ids, x = model
     monkeypatch.setattr(m, "BLOCK_ROWS", 700)  # several blocks
-    expect = ids.unique(x, resolve="reassign")
-    np.save(tmp_path / "x.npy", x)
-    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    np.testing.assert_array_equal(ids.unique(mm, resolve="reassign"), expect)
-    lazy = da.from_array(x, chunks=(512, 16))
-    np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
-    np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))
+    assert_streams_equal(ids, x, tmp_path, da)
     bad = x.copy()
     bad[1500, 3] = np.inf
     with pytest.raises(ValueError, match="row 1500"):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_streams_equal
 
 from viva_glyph import semantic
 from viva_glyph.io import ModelFormatError
@@ -241,10 +242,4 @@ def test_normalized_model_streams_memmap_and_dask_to_the_same_ids(tmp_path, monk
         x, levels=2, codebook_size=16, metric="cosine", normalize_residuals=True, suffix_size=3000
     )
     monkeypatch.setattr(m, "BLOCK_ROWS", 700)  # several blocks
-    expect = ids.unique(x, resolve="reassign")
-    np.save(tmp_path / "x.npy", x)
-    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    np.testing.assert_array_equal(ids.unique(mm, resolve="reassign"), expect)
-    lazy = da.from_array(x, chunks=(512, 8))
-    np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
-    np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))
+    assert_streams_equal(ids, x, tmp_path, da)
