@@ -207,16 +207,8 @@ def greedy_pick(
     ndarray, shape (n,), intp
         The chosen codes.
     """
-    n = scores.shape[0]
-    q: NDArray[np.intp] = scores.argmin(axis=1)
-    r_norm = np.sqrt(norm2)
-    slack_a, slack_b = gamma * norms * norms, 2.0 * gamma * norms  # e_j = a_j + ||r|| b_j
-    upper = scores[np.arange(n), q].astype(np.float64) + slack_a[q] + r_norm * slack_b[q]
-    upper += float64_tie_slack(exact.shape[1]) * np.maximum(upper + norm2, 0.0)
-    lower = scores.astype(np.float64)
-    lower -= slack_a
-    lower -= r_norm[:, None] * slack_b
-    near = lower <= upper[:, None]
+    drift = np.zeros_like(norm2)  # exact rows: the bounds of running_candidates, no drift
+    q, near = running_candidates(scores, norm2, drift, norms, gamma, exact.shape[1])
     rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
     if rows.size:
         q[rows] = float64_choice(near[rows], exact[rows], vectors)

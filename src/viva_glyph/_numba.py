@@ -31,6 +31,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph._kernels import float64_tie_slack
+
 __all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel"]
 
 
@@ -137,13 +139,11 @@ def _subtract_row(row, v):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True)
 def _greedy_running(  # type: ignore[no-untyped-def]
-    scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err, codes, ambiguous
+    scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
 ):
     n, k = scores.shape
-    d = vectors.shape[1]
     slack_a = gamma * norms * norms  # a code's bound: slack_a + shift slack_b
     slack_b = 2.0 * gamma * norms
-    tie64 = 3.0 * (d + 3) * 1.1102230246251565e-16
     count = 0
     for i in range(n):
         row = scores[i]
@@ -192,7 +192,8 @@ def greedy_running_kernel(
     n = scores.shape[0]
     codes = np.empty(n, dtype=np.intp)
     ambiguous = np.empty(n, dtype=np.intp)
+    tie64 = float64_tie_slack(vectors.shape[1])
     count = _greedy_running(
-        scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err, codes, ambiguous
+        scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
     )
     return codes, ambiguous[:count]
