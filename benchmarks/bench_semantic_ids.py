@@ -67,15 +67,15 @@ LAST_CODES: dict[str, np.ndarray] = {}
 Fit = Callable[[np.ndarray], tuple[list[np.ndarray], np.ndarray]]
 
 
-def viva(balance: float | None) -> Fit:
+def viva(balance: float | None, seed: int = 0) -> Fit:
     def run(x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        ids = semantic.fit(x, levels=LEVELS, codebook_size=K, balance=balance, seed=0)
+        ids = semantic.fit(x, levels=LEVELS, codebook_size=K, balance=balance, seed=seed)
         return [b.vectors64 for b in ids.codebooks], ids.codes(x, balanced=balance is not None)
 
     return run
 
 
-def semantic_id(n_init: int, implementation: str = "kmeans") -> Fit:
+def semantic_id(n_init: int, implementation: str = "kmeans", seed: int = 0) -> Fit:
     def run(x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         from semantic_id import RQKMeans
 
@@ -83,7 +83,7 @@ def semantic_id(n_init: int, implementation: str = "kmeans") -> Fit:
             n_levels=LEVELS,
             n_clusters=K,
             implementation=implementation,
-            random_state=0,
+            random_state=seed,
             n_init=n_init,
         )
         model.fit(x)
@@ -142,6 +142,43 @@ def compare(
             **quality(x, *last[name]),
         }
     return out
+
+
+def seed_spread(x: np.ndarray, seeds: int) -> dict[str, dict[str, list[float]]]:
+    """MSE and collision rate of viva-glyph and semantic-id n_init=1 for seeds 0..seeds-1.
+
+    On a small set one seed's comparison is a coin flip (load_digits: 3 to 7 colliding
+    items for either library); the spread shows where each one lies.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, make in (("viva-glyph", viva), ("semantic-id n_init=1", None)):
+        rows: dict[str, list[float]] = {"mse": [], "collision_rate": []}
+        for seed in range(seeds):
+            fit = viva(None, seed) if make is not None else semantic_id(1, seed=seed)
+            q = quality(x, *fit(x))
+            rows["mse"].append(q["mse"])
+            rows["collision_rate"].append(q["collision_rate"])
+        out[name] = rows
+    return out
+
+
+def spread_table(title: str, res: dict[str, dict[str, list[float]]], base: str) -> str:
+    ref = res[base]["mse"]
+    lines = [
+        f"### {title}",
+        "",
+        "| method | MSE / semantic-id (same seed): mean, min, max "
+        "| collision rate: mean, min, max |",
+        "|---|---|---|",
+    ]
+    for name, r in res.items():
+        ratio = [m / b for m, b in zip(r["mse"], ref, strict=True)]
+        c = r["collision_rate"]
+        lines.append(
+            f"| {name} | {statistics.mean(ratio):.3f}, {min(ratio):.3f}, {max(ratio):.3f} | "
+            f"{statistics.mean(c):.4f}, {min(c):.4f}, {max(c):.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def unique_timing(codes: np.ndarray, n: int, repeats: int) -> float:
@@ -220,6 +257,7 @@ def main() -> None:
         help="runs of semantic-id n_init=1 on the clustered set",
     )
     ap.add_argument("--balance", type=float, default=0.5, help="viva balanced setting (0.5)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of the load_digits spread (5)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     methods: dict[str, Fit] = {
@@ -238,6 +276,10 @@ def main() -> None:
     res = compare(digits(), methods, args.repeats)
     results["digits"] = res
     show(table("load_digits 1797 x 64", res, sid, sid))
+    if args.seeds:
+        spread = seed_spread(digits(), args.seeds)
+        results["digits_seeds"] = spread
+        show(spread_table(f"load_digits, seeds 0-{args.seeds - 1}", spread, sid))
     if args.default_n:
         small = {"viva-glyph": viva(None), "semantic-id default n_init=10": semantic_id(10)}
         res = compare(clustered(args.default_n, seed=1), small, args.repeats, {list(small)[1]: 1})

@@ -124,6 +124,43 @@ def test_kmeans_plus_plus_picks_distinct_rows_deterministically() -> None:
         kmeans.kmeans_plus_plus(x[:5], 6, np.random.default_rng(0))
 
 
+def plus_plus_reference(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ by explicit pairwise distances, drawing as kmeans_plus_plus does."""
+    n = x.shape[0]
+    trials = 2 + int(np.log(k))
+    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    picks = [int(rng.integers(n))]
+    draws = rng.random((k - 1, trials))
+    closest = dist[picks[0]].copy()
+    for u in draws:
+        cum = np.cumsum(closest)
+        cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), n - 1)
+        pots = [np.minimum(closest, dist[c]).sum() for c in cand]
+        best = cand[int(np.argmin(pots))]
+        picks.append(int(best))
+        closest = np.minimum(closest, dist[best])
+    return x[picks]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("d", [3, 40])  # numba: products in the kernel (D <= 8), Gram matrix
+def test_kmeans_plus_plus_matches_a_brute_force_reference(
+    backend: str, d: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("VIVA_GLYPH_NUMBA", "1" if backend == "numba" else "0")
+    x = np.random.default_rng(7).standard_normal((400, d))
+    got = kmeans.kmeans_plus_plus(x, 25, np.random.default_rng(11))
+    np.testing.assert_array_equal(got, plus_plus_reference(x, 25, np.random.default_rng(11)))
+
+
+def test_kmeans_plus_plus_with_fewer_distinct_points_than_k() -> None:
+    x = np.repeat(np.eye(3), 10, axis=0)  # 3 distinct points, K = 8
+    c = kmeans.kmeans_plus_plus(x, 8, np.random.default_rng(0))
+    assert {tuple(r) for r in c} == {tuple(r) for r in np.eye(3)}
+
+
 def test_lloyd_recovers_separated_clusters() -> None:
     rng = np.random.default_rng(4)
     centers = rng.uniform(-100, 100, (6, 3))

@@ -300,3 +300,33 @@ def test_levels_of_different_sizes_run_on_the_core_engine_greedy_and_beam() -> N
     recon = sum(full_books[j][grid[:, j]] for j in range(3))
     best = ((x[:300, None, :].astype(np.float64) - recon[None]) ** 2).sum(axis=2).min(axis=1)
     np.testing.assert_allclose(err, best, rtol=1e-9, atol=1e-9)
+
+
+def test_later_levels_keep_the_centroids_with_the_lower_squared_error(monkeypatch) -> None:
+    """Level 1 is trained twice (converged full-dimension k-means, progressive k-means);
+    the kept codebook's squared error on the level's residuals, by brute force, is the
+    lower of the two."""
+    from viva_glyph.semantic import _fit
+
+    seen: list[np.ndarray] = []
+    real = _fit.inertia
+
+    def spy(rows, centroids):  # type: ignore[no-untyped-def]
+        seen.append(np.array(centroids, dtype=np.float64))
+        return real(rows, centroids)
+
+    monkeypatch.setattr(_fit, "inertia", spy)
+    x = np.random.default_rng(2).normal(size=(600, 12)).astype(np.float32)
+    x[:300] *= np.linspace(0.2, 3.0, 12, dtype=np.float32)  # two populations, uneven spectrum
+    ids = semantic.fit(x, levels=2, codebook_size=16, seed=0)
+    assert len(seen) == 2  # level 0 trains once, level 1 twice
+    b0 = ids.codebooks[0].vectors64
+    r = x.astype(np.float64) - b0[greedy_reference([b0], x)[:, 0]]
+
+    def sq_error(c: np.ndarray) -> float:
+        return float(((r[:, None, :] - c[None]) ** 2).sum(-1).min(axis=1).sum())
+
+    errors = [sq_error(c) for c in seen]
+    assert not np.allclose(seen[0], seen[1])  # two different solutions to choose from
+    kept = sq_error(ids.codebooks[1].vectors64)
+    assert kept == pytest.approx(min(errors), rel=1e-5)

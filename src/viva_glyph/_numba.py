@@ -13,7 +13,12 @@ with identical results:
   summed in its own order, which moves only the bounds, never a decision);
 - :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
   the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
-  of each cluster in row order, so the sums are bit-identical).
+  of each cluster in row order, so the sums are bit-identical);
+- :func:`plus_plus_kernel`, the whole greedy k-means++ loop, replaces
+  :func:`viva_glyph.kmeans.kmeans_plus_plus`'s loop of one GEMM per pick (the
+  same draws and rules; the products come from a Gram matrix or scalar loops,
+  so a near-tie between two candidates may break the other way: seeds, not
+  codes, and never compared between the paths).
 
 The beam kernel does the same float operations in the same order as the numpy path (scores
 ``(base + dist) + cross_0 + cross_1 + ...`` in the compute dtype, no fastmath)
@@ -33,7 +38,7 @@ from numpy.typing import NDArray
 
 from viva_glyph._kernels import float64_tie_slack
 
-__all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel"]
+__all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel", "plus_plus_kernel"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -197,3 +202,83 @@ def greedy_running_kernel(
         scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
     )
     return codes, ambiguous[:count]
+
+
+@numba.njit(cache=True, nogil=True)
+def _distances_to(x, sq, gram, a, out):  # type: ignore[no-untyped-def]
+    """``out[j] = max((sq_j + sq_a) - 2 <x_a, x_j>, 0)``: squared distances to row a."""
+    n, d = x.shape
+    if gram.shape[0] == n:
+        g = gram[a]
+        for j in range(n):
+            out[j] = max((sq[j] + sq[a]) - 2.0 * g[j], 0.0)
+    else:
+        xa = x[a]
+        for j in range(n):
+            dot = 0.0
+            for e in range(d):
+                dot += xa[e] * x[j, e]
+            out[j] = max((sq[j] + sq[a]) - 2.0 * dot, 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _plus_plus(x, sq, gram, first, draws, picks):  # type: ignore[no-untyped-def]
+    n = x.shape[0]
+    trials = draws.shape[1]
+    closest = np.empty(n, dtype=np.float64)
+    cum = np.empty(n, dtype=np.float64)
+    trial = np.empty((trials, n), dtype=np.float64)
+    cand = np.empty(trials, dtype=np.int64)
+    picks[0] = first
+    _distances_to(x, sq, gram, first, closest)
+    for c in range(1, draws.shape[0] + 1):
+        pot = 0.0
+        for j in range(n):
+            pot += closest[j]
+            cum[j] = pot
+        u = draws[c - 1]
+        if not pot > 0.0:  # every point covered: a uniform pick
+            picks[c] = min(int(u[0] * n), n - 1)
+            continue
+        for t in range(trials):  # searchsorted(cum, u * pot, side="right")
+            target = u[t] * pot
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if cum[mid] <= target:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cand[t] = min(lo, n - 1)
+        best, best_pot = 0, np.inf
+        for t in range(trials):
+            row = trial[t]
+            _distances_to(x, sq, gram, cand[t], row)
+            total = 0.0
+            for j in range(n):
+                v = min(row[j], closest[j])
+                row[j] = v
+                total += v
+            if total < best_pot:
+                best, best_pot = t, total
+        picks[c] = cand[best]
+        closest[:] = trial[best]
+
+
+def plus_plus_kernel(
+    x: NDArray[np.float64],
+    sq: NDArray[np.float64],
+    gram: NDArray[np.float64] | None,
+    first: int,
+    draws: NDArray[np.float64],
+) -> NDArray[np.int64]:
+    """Rows (K,) picked by greedy k-means++ (see :func:`viva_glyph.kmeans.kmeans_plus_plus`).
+
+    ``x`` (n, D) and ``sq`` (n,) its squared row norms, float64; ``gram`` the
+    (n, n) products ``x @ x.T`` or None (products by scalar loops, for few
+    dimensions); ``draws`` (K - 1, trials) uniform in [0, 1).
+    """
+    picks = np.empty(draws.shape[0] + 1, dtype=np.int64)
+    g = np.empty((0, 0), dtype=np.float64) if gram is None else gram
+    _plus_plus(np.ascontiguousarray(x), sq, g, first, draws, picks)
+    return picks

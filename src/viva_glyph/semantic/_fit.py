@@ -4,19 +4,20 @@ Level 0 (the first token: the coarse partition that embedding neighbours
 should share) is a k-means run to convergence in all dimensions: greedy
 k-means++ seeding (:func:`viva_glyph.kmeans.kmeans_plus_plus`, on at most
 ``SEED_SAMPLES_PER_CODE * K`` rows, one BLAS thread: its products are small)
-and Lloyd's iterations (:func:`viva_glyph.kmeans.lloyd`) until one lowers the
-inertia by at most :data:`TOL` relative (at most :data:`ITERATIONS`), as
-``semantic-id``'s RQ-KMeans does with scikit-learn. Every later level is the
-core's progressive-dimension k-means (:func:`viva_glyph.kmeans.
-progressive_kmeans`, as :func:`viva_glyph.fit` trains a stage) of what the
-levels before leave over. Why the split (``benchmarks/bench_semantic_ids.py``,
-clustered 20,000 x 384 and load_digits, 3 x 256): the progressive k-means at
-level 0 is seeded in the first two principal axes and stops after 10 Lloyd
-iterations per step, splitting dense topic clusters between codes (first-token
-share of 10-NN 0.146 against 0.176 converged); at later levels, whose
-residuals are Gaussian-like, full-dimension k-means++ seeds on outliers whose
-codes then hold single rows, and the collision rate rose from 0.001 to 0.43.
-``beam_size > 1`` keeps the core fit (beam-aware training).
+and Lloyd's iterations (:func:`viva_glyph.kmeans.lloyd_rows`) until one lowers
+the inertia by at most :data:`TOL` relative (at most :data:`ITERATIONS`), as
+``semantic-id``'s RQ-KMeans does with scikit-learn. Every later level is
+trained twice, by that and by the core's progressive-dimension k-means
+(:func:`viva_glyph.kmeans.progressive_kmeans`, as :func:`viva_glyph.fit`
+trains a stage), and keeps the centroids with the lower squared error on the
+level's residuals. Why (``benchmarks/bench_semantic_ids.py``, 3 x 256): on
+clustered 20,000 x 384 the progressive k-means at level 0 splits dense topic
+clusters between codes (first-token share of 10-NN 0.146 against 0.176
+converged), while at later levels, whose residuals are Gaussian-like,
+full-dimension k-means++ seeds on outliers and one code took 19,745 of 20,000
+rows (collision rate 0.43 instead of 0.001); on load_digits the converged
+k-means is 2-5% lower at level 1. ``beam_size > 1`` keeps the core fit
+(beam-aware training).
 
 With ``balance``, a few Lloyd rounds whose assignment step is
 capacity-constrained (:func:`viva_glyph.semantic._balance.balanced_assign`)
@@ -38,9 +39,10 @@ from viva_glyph._threads import single_blas_thread
 from viva_glyph.codebook import Codebook
 from viva_glyph.kmeans import (
     SEED_SAMPLES_PER_CODE,
+    inertia,
     kmeans_plus_plus,
     leaf_rows,
-    lloyd,
+    lloyd_rows,
     progressive_kmeans,
 )
 from viva_glyph.semantic._balance import balanced_assign, capacity
@@ -62,18 +64,23 @@ TOL = 1e-4
 def level_kmeans(
     x: NDArray[np.float32], k: int, rng: np.random.Generator, level: int
 ) -> NDArray[np.float64]:
-    """Centroids (k, D) of one level: converged k-means at level 0, else progressive."""
-    if level > 0:
-        rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
-        cent, _ = progressive_kmeans(rows, k, PROGRESSIVE_ITERATIONS, rng)
-        return cent
+    """Centroids (k, D) of one level.
+
+    Level 0: k-means++ and Lloyd to convergence in all dimensions. Later
+    levels: that and the core's progressive k-means, keeping the one with the
+    lower squared error on ``x``.
+    """
     n = x.shape[0]
+    rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
     m = min(n, SEED_SAMPLES_PER_CODE * k)
     pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     with single_blas_thread():
         init = kmeans_plus_plus(x[pick], k, rng)
-    cent, _, _ = lloyd(x, k, iterations=ITERATIONS, tol=TOL, rng=rng, init=init)
-    return cent
+    full, _, _ = lloyd_rows(rows, init, iterations=ITERATIONS, tol=TOL, rng=rng)
+    if level == 0:
+        return full
+    prog, _ = progressive_kmeans(rows, k, PROGRESSIVE_ITERATIONS, rng)
+    return prog if inertia(rows, prog) < inertia(rows, full) else full
 
 
 def train_levels(
