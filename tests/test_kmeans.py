@@ -155,7 +155,13 @@ def test_kmeans_plus_plus_matches_a_brute_force_reference(
     np.testing.assert_array_equal(got, plus_plus_reference(x, 25, np.random.default_rng(11)))
 
 
-def test_kmeans_plus_plus_with_fewer_distinct_points_than_k() -> None:
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_kmeans_plus_plus_with_fewer_distinct_points_than_k(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("VIVA_GLYPH_NUMBA", "1" if backend == "numba" else "0")
     x = np.repeat(np.eye(3), 10, axis=0)  # 3 distinct points, K = 8
     c = kmeans.kmeans_plus_plus(x, 8, np.random.default_rng(0))
     assert {tuple(r) for r in c} == {tuple(r) for r in np.eye(3)}

@@ -241,6 +241,24 @@ def test_bad_input(model):
         ids.codes(x, balanced=True)
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_fit_rejects_magnitudes_float32_training_cannot_handle(beam: int) -> None:
+    """As the core fit: a clear error naming the row (huge) or the scale (tiny), before
+    any training, instead of overflowing distances or a late codebook error; cosine
+    scales rows to unit length first, so any finite non-zero magnitude works."""
+    x = clustered(600)
+    huge = x.copy()
+    huge[37, 3] = 3e20
+    with pytest.raises(ValueError, match=r"row 37 .*scale the data down"):
+        semantic.fit(huge, levels=2, codebook_size=16, beam_size=beam)
+    with pytest.raises(ValueError, match=r"underflow.*multiply the data"):
+        semantic.fit(x * 1e-30, levels=2, codebook_size=16, beam_size=beam)
+    if beam == 1:  # cosine: beam_size > 1 is the core's l2 fit
+        a = semantic.fit(x * 1e20, levels=2, codebook_size=16, metric="cosine")
+        b = semantic.fit(x, levels=2, codebook_size=16, metric="cosine")
+        np.testing.assert_array_equal(a.codes(x * 1e20), b.codes(x))
+
+
 def test_memmap_and_dask_inputs_stream_to_the_same_ids(tmp_path, model, monkeypatch):
     import viva_glyph.semantic._model as m
 

@@ -19,6 +19,7 @@ from viva_glyph.semantic._model import (
     check_balance,
     normalize_rows,
 )
+from viva_glyph.training import MAX_MAGNITUDE, check_magnitude, check_scale
 from viva_glyph.training import fit as rvq_fit
 
 __all__ = ["fit"]
@@ -141,12 +142,16 @@ def fit(
         limit = min(n, SAMPLES_PER_CODE * max(sizes))
         idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else slice(None)
         sample = np.asarray(x[idx], dtype=np.float64)
-        if not np.isfinite(sample).all():
-            bad = int(np.flatnonzero(~np.isfinite(sample).all(axis=1))[0])
+        ok = np.isfinite(sample) if metric == "cosine" else np.abs(sample) <= MAX_MAGNITUDE
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok.all(axis=1))[0])
             row = bad if isinstance(idx, slice) else int(idx[bad])
+            check_magnitude(sample[bad : bad + 1], row)  # the core fit's message
             raise ValueError(f"X row {row} holds NaN or inf")
         if metric == "cosine":
             sample = normalize_rows(sample, 0)
+        else:
+            check_scale(float(np.abs(sample).max()))
         bar = None
         if progress:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]
