@@ -30,6 +30,7 @@ from viva_glyph._cli_commands import cmd_fit as cmd_fit
 from viva_glyph._cli_commands import cmd_info as cmd_info
 from viva_glyph._files import Terminated, removing_temps_on_signals, terminated_by
 from viva_glyph._version import __version__
+from viva_glyph.training import ITERATIONS
 
 __all__ = ["main"]
 
@@ -122,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="codes per stage K, or one size per stage: 16,256,256 (256)",
     )
     p.add_argument("--beam", type=positive, default=1, help="beam width used in training (1)")
-    p.add_argument("--iterations", type=positive, default=25, help="k-means iterations (25)")
+    p.add_argument(
+        "--iterations",
+        type=positive,
+        default=ITERATIONS,
+        help=f"most Lloyd iterations per k-means step ({ITERATIONS})",
+    )
     p.add_argument("--refine", type=non_negative, default=0, help="refinement passes (0)")
     p.add_argument("--sample", type=positive, metavar="N", help="train on N sampled vectors")
     p.add_argument("--seed", type=non_negative, default=0, help="random seed (0)")
