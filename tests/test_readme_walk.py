@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import viva_glyph as vg
 from viva_glyph import cli
@@ -34,3 +35,21 @@ def test_cli_fit_help_states_the_default_iterations(capsys: Any) -> None:
     text = " ".join(capsys.readouterr().out.split())
     described = text.rsplit("--iterations ITERATIONS", 1)[1].split("--refine", 1)[0]
     assert described.strip().endswith(f"({default})")
+
+
+def test_index_refuses_per_level_sizes_by_name(tmp_path: Path, capsys: Any) -> None:
+    # README: "Not yet: viva_glyph.index needs equal sizes." The refusal must say so,
+    # not speak of an (M, K, D) stacking the user never asked for.
+    from viva_glyph.index import RvqIndex
+
+    x = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+    enc = vg.fit(x, codebook_size=[4, 16], seed=0)
+    with pytest.raises(ValueError, match=r"RvqIndex needs one codebook size.*\(4, 16\)"):
+        RvqIndex(enc)
+    enc.save(tmp_path / "levels.safetensors")
+    np.save(tmp_path / "x.npy", x)
+    argv = ["index", "build", str(tmp_path / "levels.safetensors"), str(tmp_path / "x.npy")]
+    assert cli.main([*argv, "-o", str(tmp_path / "x.vgindex"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "RvqIndex needs one codebook size" in err
+    assert not (tmp_path / "x.vgindex").exists()
