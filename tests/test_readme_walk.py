@@ -53,3 +53,22 @@ def test_index_refuses_per_level_sizes_by_name(tmp_path: Path, capsys: Any) -> N
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "RvqIndex needs one codebook size" in err
     assert not (tmp_path / "x.vgindex").exists()
+
+
+def test_index_ids_property_is_read_only_as_documented() -> None:
+    # help(RvqIndex.ids): "Ids of the stored vectors ... (read-only)". Writing through it
+    # would change the index's ids behind its back (duplicates, wrong search results).
+    from viva_glyph.index import RvqIndex
+
+    x = np.random.default_rng(2).normal(size=(120, 4)).astype(np.float32)
+    index = RvqIndex(vg.fit(x, num_stages=2, codebook_size=8, seed=0))
+    index.add(x[:5])
+    for step in ("fresh", "added", "removed"):
+        if step == "added":
+            index.add(x[5:9])
+        if step == "removed":
+            index.remove([0])
+        with pytest.raises(ValueError, match="read-only"):
+            index.ids[0] = 7
+    np.testing.assert_array_equal(np.sort(index.ids), np.arange(1, 9))
+    assert index.search(x[1], 1)[1][0, 0] >= 1

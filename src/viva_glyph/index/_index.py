@@ -134,7 +134,9 @@ class RvqIndex:
     @property
     def ids(self) -> NDArray[np.int64]:
         """Ids of the stored vectors, shape (N,), in storage order (read-only)."""
-        return self.store.ids
+        view = self.store.ids.view()
+        view.flags.writeable = False
+        return view
 
     def __len__(self) -> int:
         return int(self.store.ids.shape[0])
