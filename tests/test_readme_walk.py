@@ -72,3 +72,33 @@ def test_index_ids_property_is_read_only_as_documented() -> None:
             index.ids[0] = 7
     np.testing.assert_array_equal(np.sort(index.ids), np.arange(1, 9))
     assert index.search(x[1], 1)[1][0, 0] >= 1
+
+
+def test_ids_assign_store_needs_keys(tmp_path: Path, capsys: Any) -> None:
+    # README: `--store` keeps the IDs of stored keys. Without --keys the keys are row
+    # numbers, so a second file's row 0 silently got the first file's row-0 ID.
+    from viva_glyph import semantic
+
+    x = np.random.default_rng(3).normal(size=(400, 6)).astype(np.float32)
+    semantic.fit(x, levels=2, codebook_size=8, suffix_size=400).save(tmp_path / "ids.safetensors")
+    np.save(tmp_path / "a.npy", x[:200])
+    np.save(tmp_path / "b.npy", x[200:])
+    store, out = str(tmp_path / "ids.sqlite"), str(tmp_path / "o.csv")
+    base = ["ids", "assign", str(tmp_path / "ids.safetensors")]
+    assert cli.main([*base, str(tmp_path / "a.npy"), "-o", out, "--store", store, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--keys" in err
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "ids.sqlite").exists()
+    # with keys, the second file's items get their own IDs, unique across both files
+    for name, rows in (("a", range(200)), ("b", range(200, 400))):
+        (tmp_path / f"{name}.txt").write_text("".join(f"item-{i}\n" for i in rows))
+        argv = [*base, str(tmp_path / f"{name}.npy"), "-o", str(tmp_path / f"{name}.csv")]
+        assert cli.main([*argv, "--store", store, "--keys", str(tmp_path / f"{name}.txt")]) == 0
+    capsys.readouterr()
+    lines = [(tmp_path / f"{n}.csv").read_text().splitlines()[1:] for n in ("a", "b")]
+    tokens = [line.split(",")[1] for line in lines[0] + lines[1]]
+    assert len(set(tokens)) == 400
+    model = semantic.load(tmp_path / "ids.safetensors")
+    with semantic.IdStore(store) as opened:
+        first = opened.get(["item-0"], model)
+    assert lines[0][0].split(",")[1] == " ".join(str(int(c)) for c in first[0])

@@ -70,7 +70,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("-o", "--output", required=True, help="IDs to write: .parquet or .csv")
     p.add_argument("--keys", help="text file, one key per line (default: row numbers)")
-    p.add_argument("--store", help="SQLite ID store: keep stored keys' IDs, add new ones")
+    p.add_argument(
+        "--store", help="SQLite ID store: keep stored keys' IDs, add new ones (needs --keys)"
+    )
     p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
@@ -143,6 +145,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from viva_glyph import semantic
 
     _output(args.output, (".parquet", ".csv"))
+    if args.store is not None and args.keys is None:
+        # row numbers as keys would give another file's rows the stored rows' IDs
+        raise ValueError("--store keeps IDs by key: give --keys (a file of one key per line)")
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
     keys = _read_keys(args.keys, x.shape[0])
