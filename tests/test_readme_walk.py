@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,28 @@ def test_ids_assign_store_needs_keys(tmp_path: Path, capsys: Any) -> None:
     with semantic.IdStore(store) as opened:
         first = opened.get(["item-0"], model)
     assert lines[0][0].split(",")[1] == " ".join(str(int(c)) for c in first[0])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fit"],
+        ["encode"],
+        ["eval"],
+        ["index", "build"],
+        ["index", "search"],
+        ["ids", "fit"],
+        ["ids", "assign"],
+        ["ids", "eval"],
+    ],
+)
+def test_every_data_argument_lists_every_readable_format(command: list[str], capsys: Any) -> None:
+    # README "Input formats": one reader per format, shared by every command (.zarr too).
+    from viva_glyph.data import READ_FORMATS
+
+    with contextlib.suppress(SystemExit):  # argparse's --help exits, main may catch it
+        cli.main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.split("vectors: ", 1)[1].split(" options:", 1)[0]
+    for suffix in READ_FORMATS:
+        assert suffix in listed.replace(",", " ").split(), (command, suffix, listed)

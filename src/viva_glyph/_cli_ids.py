@@ -12,11 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from viva_glyph._cli_args import codebook_sizes, command_group, non_negative_number, positive
+from viva_glyph._cli_args import (
+    DATA_HELP,
+    codebook_sizes,
+    command_group,
+    non_negative_number,
+    positive,
+)
 
 __all__ = ["register"]
 
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
 EXAMPLES = {
     "fit": "example:\n  viva-glyph ids fit items.npy -o ids.safetensors --codebook-size 256",
     "assign": "example:\n  viva-glyph ids assign ids.safetensors items.npy -o ids.parquet "

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from viva_glyph._cli_args import codebook_sizes, non_negative, positive, seconds
+from viva_glyph._cli_args import DATA_HELP, codebook_sizes, non_negative, positive, seconds
 from viva_glyph._cli_commands import UsageError
 
 # the commands' handlers, re-exported: build_parser looks each up here by name
@@ -35,7 +35,6 @@ from viva_glyph.training import ITERATIONS
 __all__ = ["main"]
 
 PROG = "viva-glyph"
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv, .parquet or .zarr"
 
 
 class _Parser(argparse.ArgumentParser):
