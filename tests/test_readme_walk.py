@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import inspect
 from pathlib import Path
@@ -128,3 +129,18 @@ def test_every_data_argument_lists_every_readable_format(command: list[str], cap
     listed = text.split("vectors: ", 1)[1].split(" options:", 1)[0]
     for suffix in READ_FORMATS:
         assert suffix in listed.replace(",", " ").split(), (command, suffix, listed)
+
+
+def test_every_cli_option_is_described() -> None:
+    # README: "Every command has `--help`"; an option listed there without a word is a guess.
+    def undescribed(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[Any]:
+        found: list[Any] = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += undescribed(sub, (*path, name))
+            elif not action.help:
+                found.append((path, action.option_strings or action.dest))
+        return found
+
+    assert undescribed(cli.build_parser(), ()) == []

@@ -78,7 +78,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--store", help="SQLite ID store: keep stored keys' IDs, add new ones (needs --keys)"
     )
-    p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--resolve",
+        choices=("suffix", "reassign"),
+        default="suffix",
+        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
+    )
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
     )
@@ -88,7 +93,12 @@ def register(subparsers: Any) -> None:
     p = add("eval", "collisions, code usage, neighbour preservation and error of the IDs")
     p.add_argument("model", help="semantic-ID model (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--resolve",
+        choices=("suffix", "reassign"),
+        default="suffix",
+        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
+    )
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
     )
