@@ -30,7 +30,7 @@ def test_fit_encode_decode_with_mixed_sizes(tmp_path: Path, capsys: Any) -> None
     assert (code, err) == (0, "") and "3 stages x 4,32,16 codes" in out
     enc = vg.load(model)
     assert enc.config.stage_sizes == (4, 32, 16)
-    assert enc == vg.fit(x, codebook_size=[4, 32, 16], seed=3, iterations=25)  # the CLI's fit
+    assert enc == vg.fit(x, codebook_size=[4, 32, 16], seed=3)  # the CLI fits at the defaults
     code, out, err = run(capsys, "encode", model, str(tmp_path / "x.npy"), "-o", codes,
                          "--beam", "3", "--block-rows", "100")  # fmt: skip
     assert (code, err) == (0, "")

@@ -96,7 +96,8 @@ def test_fit_assign_eval(files):
     ("extra", "message"),
     [
         (["--keys", "KEYS_SHORT"], "holds 3 keys, but the data has 1500 rows"),
-        (["--store", "JUNK"], "not a viva-glyph ID store"),
+        (["--store", "JUNK", "--keys", "KEYS"], "not a viva-glyph ID store"),
+        (["--store", "STORE"], "--store keeps IDs by key: give --keys"),
         (["-o", "out.txt"], "must end in .parquet or .csv"),
     ],
 )
@@ -108,6 +109,8 @@ def test_assign_errors_exit_2_in_one_line(files, extra, message):
         {
             "KEYS_SHORT": str(d / "short.txt"),
             "JUNK": str(d / "junk.db"),
+            "KEYS": str(d / "keys.txt"),
+            "STORE": str(d / "new.sqlite"),
             "out.txt": str(d / "out.txt"),
         }.get(a, a)
         for a in extra

@@ -10,7 +10,11 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+#: Help of every command's vectors argument: the formats of :func:`viva_glyph.data.open_vectors`.
+DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv, .parquet or .zarr"
+
 __all__ = [
+    "DATA_HELP",
     "codebook_sizes",
     "command_group",
     "non_negative",

@@ -12,11 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from viva_glyph._cli_args import codebook_sizes, command_group, non_negative_number, positive
+from viva_glyph._cli_args import (
+    DATA_HELP,
+    codebook_sizes,
+    command_group,
+    non_negative_number,
+    positive,
+)
 
 __all__ = ["register"]
 
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
 EXAMPLES = {
     "fit": "example:\n  viva-glyph ids fit items.npy -o ids.safetensors --codebook-size 256",
     "assign": "example:\n  viva-glyph ids assign ids.safetensors items.npy -o ids.parquet "
@@ -70,8 +75,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("-o", "--output", required=True, help="IDs to write: .parquet or .csv")
     p.add_argument("--keys", help="text file, one key per line (default: row numbers)")
-    p.add_argument("--store", help="SQLite ID store: keep stored keys' IDs, add new ones")
-    p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--store", help="SQLite ID store: keep stored keys' IDs, add new ones (needs --keys)"
+    )
+    p.add_argument(
+        "--resolve",
+        choices=("suffix", "reassign"),
+        default="suffix",
+        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
+    )
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
     )
@@ -81,7 +93,12 @@ def register(subparsers: Any) -> None:
     p = add("eval", "collisions, code usage, neighbour preservation and error of the IDs")
     p.add_argument("model", help="semantic-ID model (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--resolve", choices=("suffix", "reassign"), default="suffix")
+    p.add_argument(
+        "--resolve",
+        choices=("suffix", "reassign"),
+        default="suffix",
+        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
+    )
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
     )
@@ -143,6 +160,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from viva_glyph import semantic
 
     _output(args.output, (".parquet", ".csv"))
+    if args.store is not None and args.keys is None:
+        # row numbers as keys would give another file's rows the stored rows' IDs
+        raise ValueError("--store keeps IDs by key: give --keys (a file of one key per line)")
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
     keys = _read_keys(args.keys, x.shape[0])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._cli_args import command_group, positive
+from viva_glyph._cli_args import DATA_HELP, command_group, positive
 
 __all__ = ["register"]
 
@@ -27,7 +27,6 @@ EXAMPLES = {
     "-o results.parquet --rerank 100 --vectors vectors.npy",
     "info": "example:\n  viva-glyph index info vectors.vgindex",
 }
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv or .parquet"
 
 
 def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:

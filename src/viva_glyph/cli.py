@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from viva_glyph._cli_args import codebook_sizes, non_negative, positive, seconds
+from viva_glyph._cli_args import DATA_HELP, codebook_sizes, non_negative, positive, seconds
 from viva_glyph._cli_commands import UsageError
 
 # the commands' handlers, re-exported: build_parser looks each up here by name
@@ -30,11 +30,11 @@ from viva_glyph._cli_commands import cmd_fit as cmd_fit
 from viva_glyph._cli_commands import cmd_info as cmd_info
 from viva_glyph._files import Terminated, removing_temps_on_signals, terminated_by
 from viva_glyph._version import __version__
+from viva_glyph.training import ITERATIONS
 
 __all__ = ["main"]
 
 PROG = "viva-glyph"
-DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv, .parquet or .zarr"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="codes per stage K, or one size per stage: 16,256,256 (256)",
     )
     p.add_argument("--beam", type=positive, default=1, help="beam width used in training (1)")
-    p.add_argument("--iterations", type=positive, default=25, help="k-means iterations (25)")
+    p.add_argument(
+        "--iterations",
+        type=positive,
+        default=ITERATIONS,
+        help=f"most Lloyd iterations per k-means step ({ITERATIONS})",
+    )
     p.add_argument("--refine", type=non_negative, default=0, help="refinement passes (0)")
     p.add_argument("--sample", type=positive, metavar="N", help="train on N sampled vectors")
     p.add_argument("--seed", type=non_negative, default=0, help="random seed (0)")

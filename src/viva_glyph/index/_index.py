@@ -75,6 +75,11 @@ class RvqIndex:
     ) -> None:
         if not isinstance(encoder, RvqEncoder):
             raise TypeError(f"encoder must be an RvqEncoder, got {type(encoder).__name__}")
+        if len(set(encoder.config.stage_sizes)) > 1:
+            raise ValueError(
+                "RvqIndex needs one codebook size for every stage, got sizes "
+                f"{encoder.config.stage_sizes} (per-stage sizes are not supported by the index yet)"
+            )
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if norm not in _norms.NORM_MODES:
@@ -129,7 +134,9 @@ class RvqIndex:
     @property
     def ids(self) -> NDArray[np.int64]:
         """Ids of the stored vectors, shape (N,), in storage order (read-only)."""
-        return self.store.ids
+        view = self.store.ids.view()
+        view.flags.writeable = False
+        return view
 
     def __len__(self) -> int:
         return int(self.store.ids.shape[0])
