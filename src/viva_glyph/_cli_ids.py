@@ -129,8 +129,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _read_keys(path: str | None, n: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(n)]
-    with open(path, encoding="utf-8") as fh:
-        keys = fh.read().splitlines()
+    with open(path, "rb") as fh:
+        lines = fh.read().splitlines()
+    keys = []
+    for i, line in enumerate(lines):
+        try:
+            keys.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} line {i + 1} is not UTF-8 text: {line[:40]!r}") from None
     if len(keys) != n:
         raise ValueError(f"{path} holds {len(keys)} keys, but the data has {n} rows")
     if len(set(keys)) != n:

@@ -9,7 +9,52 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["check_balance", "check_codes", "check_keys", "check_normalize"]
+from viva_glyph._validate import positive_int
+
+__all__ = [
+    "MAX_LEVELS",
+    "MAX_SUFFIX_SIZE",
+    "check_balance",
+    "check_codes",
+    "check_flag",
+    "check_keys",
+    "check_levels",
+    "check_normalize",
+    "check_suffix_size",
+]
+
+#: Most levels: the levels and the suffix are named by the letters a..z in token strings.
+MAX_LEVELS = 25
+#: Largest suffix range: suffixes 0..999,999,999 (at most nine digits in a token string).
+MAX_SUFFIX_SIZE = 10**9
+
+
+def check_levels(levels: object) -> int:
+    """A positive int of at most :data:`MAX_LEVELS`."""
+    value = positive_int(levels, "levels")
+    if value > MAX_LEVELS:
+        raise ValueError(
+            f"levels must be at most {MAX_LEVELS}, got {value}: token strings name the "
+            "levels and the suffix by the letters a..z"
+        )
+    return value
+
+
+def check_suffix_size(suffix_size: object) -> int:
+    """A positive int of at most :data:`MAX_SUFFIX_SIZE`."""
+    value = positive_int(suffix_size, "suffix_size")
+    if value > MAX_SUFFIX_SIZE:
+        raise ValueError(
+            f"suffix_size must be at most {MAX_SUFFIX_SIZE} (nine-digit suffix tokens), got {value}"
+        )
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A bool (numpy's too); anything else is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_balance(balance: object) -> float | None:
@@ -29,7 +74,10 @@ def check_codes(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
         raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
     for j in range(arr.shape[1]):
         if arr.size and (arr[:, j].min() < 0 or arr[:, j].max() >= sizes[j]):
-            raise ValueError(f"codes column {j} must be in [0, {sizes[j]})")
+            row = int(np.flatnonzero((arr[:, j] < 0) | (arr[:, j] >= sizes[j]))[0])
+            raise ValueError(
+                f"codes column {j} must be in [0, {sizes[j]}), got {arr[row, j]} at row {row}"
+            )
     return arr.astype(np.intp)
 
 
@@ -70,9 +118,7 @@ def _key_kind(key: object) -> str:
 def check_normalize(
     normalize: object, scales: Sequence[float] | None, metric: str, beam: int, levels: int
 ) -> tuple[bool, tuple[float, ...] | None]:
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize_residuals must be a bool, got {type(normalize).__name__}")
-    if not normalize:
+    if not check_flag(normalize, "normalize_residuals"):
         return False, None
     if metric != "cosine":
         raise ValueError(f"normalize_residuals=True needs metric='cosine', got {metric!r}")

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._validate import as_matrix, require_finite
+from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph.semantic._checks import check_codes
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
 
 __all__ = ["SemanticReport", "evaluate"]
@@ -157,9 +158,14 @@ def evaluate(
     L = ids.levels
     if u.ndim != 2 or u.shape[0] != n or u.shape[1] not in (L, L + 1):
         raise ValueError(f"unique_ids must have shape ({n}, {L} or {L + 1}), got {u.shape}")
-    codes = u[:, :L].astype(np.int64)
-    ids.decode(codes[:1])  # range check of the codes
-    if k < 1 or k >= n:
+    codes = check_codes(u, ids.radices)[:, :L].astype(np.int64)  # dtype and range, every row
+    k = positive_int(k, "k")
+    sample = positive_int(sample, "sample")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise (TypeError if not isinstance(seed, (int, np.integer)) else ValueError)(
+            f"seed must be a non-negative int, got {seed!r}"
+        )
+    if k >= n:
         raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     rate, shared, largest = _collision(codes)
     per_depth = [_collision(codes[:, : p + 1])[0] for p in range(L)]
