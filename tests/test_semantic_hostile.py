@@ -365,3 +365,61 @@ def test_cli_fit_refuses_26_levels(cli_files):
     assert out.returncode == 2, out.stderr
     assert "levels must be at most 25" in out.stderr
     assert not (cli_files / "big.safetensors").exists()
+
+
+# -- second round -----------------------------------------------------------------------
+
+
+def test_keys_ending_in_nul_are_refused_not_called_duplicates(data):
+    x, ids, _ = data
+    # numpy's str arrays drop trailing NULs: "a\x00" and "a" became one key
+    with pytest.raises(ValueError, match=r"key 0 ends in a NUL"):
+        ids.unique(x[:2], keys=["a\x00", "a"])
+    assert ids.unique(x[:2], keys=["a\x00b", "a"]).shape == (2, 3)  # inner NUL is kept
+
+
+def test_int_keys_beyond_64_bits_say_so(data):
+    x, ids, _ = data
+    with pytest.raises(ValueError, match="64-bit"):
+        ids.unique(x[:2], keys=[2**64, 1])
+
+
+def test_one_store_shared_by_threads(tmp_path, data):
+    import threading
+
+    x, ids, _ = data
+    errors: list[BaseException] = []
+    with semantic.IdStore(tmp_path / "s.sqlite") as store:
+
+        def work(i: int) -> None:
+            try:
+                for b in range(5):
+                    rows = slice(i * 50 + b * 10, i * 50 + b * 10 + 10)
+                    keys = [f"t{i}-{j}" for j in range(rows.start, rows.stop)]
+                    store.assign(ids, x[rows], keys)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert len(store) == 200
+        store.check()
+        got = store.get([f"t{i}-{j}" for i in range(4) for j in range(i * 50, i * 50 + 50)], ids)
+        assert np.unique(got, axis=0).shape[0] == 200
+        np.testing.assert_array_equal(got[:, :2], ids.codes(x[:200]))
+
+
+def test_dask_array_of_unknown_length_is_a_clear_error(data):
+    da = pytest.importorskip("dask.array")
+    x, ids, _ = data
+    d = da.from_array(x, chunks=(50, 8))
+    unknown = d[d[:, 0] > 0]
+    with pytest.raises(ValueError, match="unknown"):
+        ids.codes(unknown)
+    np.testing.assert_array_equal(
+        ids.codes(unknown.compute_chunk_sizes()), ids.codes(x[x[:, 0] > 0])
+    )

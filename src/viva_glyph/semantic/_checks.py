@@ -85,8 +85,12 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
     """``None``, or n distinct keys, all str or all int (bool, float, bytes refused)."""
     if keys is None:
         return None
+    kinds: set[str] = set()
     if not isinstance(keys, np.ndarray):
         kinds = {_key_kind(k) for k in keys} if isinstance(keys, Sequence) else {"other"}
+        if "nul" in kinds:  # numpy's str arrays drop trailing NULs: "a\x00" would equal "a"
+            i = next(i for i, k in enumerate(keys) if _key_kind(k) == "nul")
+            raise ValueError(f"key {i} ends in a NUL character ({keys[i][:40]!r}): drop it")
         if not kinds <= {"str"} and not kinds <= {"int"}:
             got = sorted({type(k).__name__ for k in keys}) if isinstance(keys, Sequence) else []
             raise TypeError(
@@ -97,19 +101,22 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
         raise ValueError(
             f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
         )
+    if kinds == {"int"} and arr.dtype.kind not in "iu":
+        raise ValueError("int keys must fit in 64-bit integers; give larger ones as str")
     if arr.dtype.kind not in "iuU":
         raise TypeError(f"keys must all be str or all be int, got dtype {arr.dtype}")
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.shape[0] != n:
+        dup = counts > 1
         raise ValueError(
-            f"keys must be distinct: {uniq[counts > 1][0]!r} appears {counts.max()} times"
+            f"keys must be distinct: {uniq[dup][0].item()!r} appears {counts[dup][0]} times"
         )
     return arr
 
 
 def _key_kind(key: object) -> str:
     if isinstance(key, (str, np.str_)):
-        return "str"
+        return "nul" if key.endswith("\x00") else "str"
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         return "int"
     return "other"

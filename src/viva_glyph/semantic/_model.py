@@ -51,6 +51,11 @@ def rows_source(X: Any, dim: int | None) -> Any:
     """
     if isinstance(X, np.ndarray) or not all(hasattr(X, a) for a in ("shape", "dtype", "ndim")):
         return as_matrix(X, dim)
+    if not all(isinstance(v, (int, np.integer)) for v in X.shape):
+        raise ValueError(
+            f"X has unknown or non-integer sizes {X.shape} (a Dask array of unknown "
+            "chunk sizes: call X.compute_chunk_sizes() first)"
+        )
     check_matrix(X, dim)
     return X
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from viva_glyph.semantic._storeparts import (
     digits,
     glyphs,
     keys_text,
+    locked,
     model_fingerprint,
     same_sql,
 )
@@ -63,13 +65,16 @@ class IdStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         self.path = os.fspath(path)
+        self._lock = threading.RLock()  # one connection, shared by the threads that use it
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
             raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
         if not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         timeout = float(timeout)
         try:
-            self._con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._con = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:  # a folder, a missing folder, no permission
             raise ValueError(f"cannot open the ID store {self.path}: {exc}") from None
         deadline, pause = time.monotonic() + timeout, 0.01
@@ -138,6 +143,7 @@ class IdStore:
                 con.execute("ROLLBACK")
             raise
 
+    @locked
     def close(self) -> None:
         """Close the connection."""
         self._con.close()
@@ -148,6 +154,7 @@ class IdStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @locked
     def __len__(self) -> int:
         return int(
             self._con.execute("SELECT COUNT(*) FROM ids WHERE key IS NOT NULL").fetchone()[0]
@@ -228,6 +235,18 @@ class IdStore:
         names = keys_text(keys, n)
         codes, err = ids.codes_and_errors(x, balanced=balanced)
         glyph = glyphs(codes, ids.codebook_sizes)
+        out_glyph, out_suffix = self._assign(ids, names, glyph, err)
+        result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
+        result[:, : ids.levels] = digits(out_glyph, ids.codebook_sizes)
+        result[:, ids.levels] = out_suffix
+        return result
+
+    @locked
+    def _assign(
+        self, ids: SemanticIds, names: list[str], glyph: NDArray[np.int64], err: NDArray[np.float64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The transaction of :meth:`assign`: (glyph, suffix) of every key."""
+        n = len(names)
         out_glyph = np.empty(n, dtype=np.int64)
         out_suffix = np.empty(n, dtype=np.int64)
         con = self._con
@@ -252,10 +271,7 @@ class IdStore:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
-        result[:, : ids.levels] = digits(out_glyph, ids.codebook_sizes)
-        result[:, ids.levels] = out_suffix
-        return result
+        return out_glyph, out_suffix
 
     def _add(
         self,
@@ -308,6 +324,7 @@ class IdStore:
             zip(gs.tolist(), suffix.tolist(), (names[i] for i in rows), strict=True),
         )
 
+    @locked
     def get(self, keys: Sequence[str | int], ids: SemanticIds) -> NDArray[Any]:
         """Stored IDs (N, L + 1) of ``keys``; KeyError naming the first unknown key."""
         check_model(ids)
@@ -327,6 +344,7 @@ class IdStore:
             out[i, ids.levels] = row[1]
         return out
 
+    @locked
     def retire(self, keys: Sequence[str | int]) -> int:
         """Forget the keys (their IDs stay taken forever); returns how many were stored."""
         names = keys_text(keys, len(keys))
@@ -342,6 +360,7 @@ class IdStore:
             raise
         return int(count)
 
+    @locked
     def check(self) -> None:
         """Raise ValueError unless SQLite's integrity check passes and every glyph's
         suffixes are exactly 0..count-1."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +23,7 @@ __all__ = [
     "digits",
     "glyphs",
     "keys_text",
+    "locked",
     "model_fingerprint",
     "same_sql",
 ]
@@ -116,3 +118,18 @@ def keys_text(keys: Sequence[str | int], n: int) -> list[str]:
         dup = next(k for k in names if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"keys must be distinct: {dup!r} appears more than once")
     return names
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """Run a store's ``method`` holding its ``_lock`` (threads share its one connection)."""
+
+    def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(run, method)
+    return run
