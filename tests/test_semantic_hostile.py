@@ -423,3 +423,65 @@ def test_dask_array_of_unknown_length_is_a_clear_error(data):
     np.testing.assert_array_equal(
         ids.codes(unknown.compute_chunk_sizes()), ids.codes(x[x[:, 0] > 0])
     )
+
+
+def test_a_closed_store_says_so(tmp_path, data):
+    x, ids, _ = data
+    store = semantic.IdStore(tmp_path / "s.sqlite")
+    store.close()
+    with pytest.raises(ValueError, match="closed"):
+        store.assign(ids, x[:1], ["a"])
+    with pytest.raises(ValueError, match="closed"):
+        len(store)
+    store.close()  # twice is fine
+
+
+@pytest.mark.parametrize("radices", [[0, 3], [4, -1], [2.5, 3], [True, 3], []])
+def test_trie_radices_are_checked(radices):
+    with pytest.raises((TypeError, ValueError), match="radices"):
+        semantic.PrefixTrie(np.zeros((0, max(len(radices), 1)), dtype=np.int64), radices)
+
+
+def test_evaluate_bounds_k(data):
+    from viva_glyph.semantic._eval import MAX_K
+
+    x, ids, _ = data
+    big = np.repeat(x, 5, axis=0)[: MAX_K + 10]
+    codes = ids.codes(big)
+    with pytest.raises(ValueError, match=f"k must be at most {MAX_K}"):
+        semantic.evaluate(big, codes, ids, k=MAX_K + 1)
+
+
+def test_evaluate_neighbours_in_query_chunks_match_brute_force(monkeypatch):
+    """sample=N held (N, min(N, 4096)) blocks of distances at once: the queries now go in
+    chunks, so memory is bounded whatever sample is, and the result is the brute force's."""
+    import tracemalloc
+
+    from viva_glyph.semantic import _eval
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 4))
+    ids = semantic.fit(x, levels=2, codebook_size=8, suffix_size=3000)
+    codes = ids.codes(x).astype(np.int64)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # brute force, float64
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1, kind="stable")[:, :5]
+    del d
+    same = np.cumprod(codes[:, None, :] == codes[nn], axis=2)
+    monkeypatch.setattr(_eval, "_QUERY_CHUNK", 64, raising=False)
+    tracemalloc.start()
+    try:
+        rep = semantic.evaluate(x, codes, ids, k=5, sample=3000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rep.neighbour_sample == 3000
+    assert rep.first_token_share == pytest.approx(same[:, :, 0].mean(), abs=2 / 15000)
+    assert rep.mean_common_prefix == pytest.approx(same.sum(axis=2).mean(), abs=2 * 2 / 15000)
+    assert peak < 30 * 2**20  # one chunk: 64 x 3000 x 8 bytes per array; was 3000 x 3000
+
+
+def test_fit_progress_must_be_a_bool(data):
+    x, _, _ = data
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        semantic.fit(x, levels=1, codebook_size=4, progress="no")

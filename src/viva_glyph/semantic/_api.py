@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from viva_glyph._validate import as_matrix, positive_int
 from viva_glyph.codebook import Codebook
-from viva_glyph.semantic._checks import check_levels, check_normalize, check_suffix_size
+from viva_glyph.semantic._checks import check_flag, check_levels, check_normalize, check_suffix_size
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
 from viva_glyph.semantic._model import (
     METRICS,
@@ -116,6 +116,7 @@ def fit(
     if beam > 1 and bal is not None:
         raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
+    progress = check_flag(progress, "progress")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if suffix_size is not None:

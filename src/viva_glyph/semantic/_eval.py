@@ -30,9 +30,13 @@ from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.semantic._checks import check_codes
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
 
-__all__ = ["SemanticReport", "evaluate"]
+__all__ = ["MAX_K", "SemanticReport", "evaluate"]
 
 _BLOCK = 4096
+#: Queries whose neighbours are searched at once (memory: about 4 x this x _BLOCK x 8 bytes).
+_QUERY_CHUNK = 2048
+#: Largest k of neighbour preservation (memory grows with sample x k).
+MAX_K = 1024
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ def evaluate(
         raise (TypeError if not isinstance(seed, (int, np.integer)) else ValueError)(
             f"seed must be a non-negative int, got {seed!r}"
         )
+    if k > MAX_K:
+        raise ValueError(f"k must be at most {MAX_K}, got {k}")
     if k >= n:
         raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     rate, shared, largest = _collision(codes)
@@ -213,6 +219,21 @@ def _neighbours(
     n = x.shape[0]
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, sample, replace=False)) if sample < n else np.arange(n)
+    best_i = np.concatenate(
+        [
+            _nearest(x, queries[s : s + _QUERY_CHUNK], metric, k)
+            for s in range(0, queries.size, _QUERY_CHUNK)
+        ]
+    )
+    mine = codes[queries][:, None, :]
+    theirs = codes[best_i]
+    same = np.cumprod(mine == theirs, axis=2)  # leading codes in common
+    return float(same[:, :, 0].mean()), float(same.sum(axis=2).mean()), int(queries.size)
+
+
+def _nearest(x: NDArray[Any], queries: NDArray[Any], metric: str, k: int) -> NDArray[np.int64]:
+    """Row numbers (m, k) of the k nearest other rows of x to the rows ``queries`` of x."""
+    n = x.shape[0]
     q = np.asarray(x[queries], dtype=np.float64)
     if metric == "cosine":
         q = normalize_rows(q, 0)
@@ -231,7 +252,4 @@ def _neighbours(
         top = np.argpartition(both_d, k - 1, axis=1)[:, :k]
         best_d = np.take_along_axis(both_d, top, axis=1)
         best_i = np.take_along_axis(both_i, top, axis=1)
-    mine = codes[queries][:, None, :]
-    theirs = codes[best_i]
-    same = np.cumprod(mine == theirs, axis=2)  # leading codes in common
-    return float(same[:, :, 0].mean()), float(same.sum(axis=2).mean()), int(queries.size)
+    return best_i

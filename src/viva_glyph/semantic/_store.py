@@ -66,6 +66,7 @@ class IdStore:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         self.path = os.fspath(path)
         self._lock = threading.RLock()  # one connection, shared by the threads that use it
+        self._closed = False
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
             raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
         if not math.isfinite(timeout) or timeout < 0:
@@ -145,7 +146,8 @@ class IdStore:
 
     @locked
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (again: nothing)."""
+        self._closed = True
         self._con.close()
 
     def __enter__(self) -> IdStore:

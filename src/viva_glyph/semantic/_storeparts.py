@@ -129,6 +129,8 @@ def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
 
     def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         with self._lock:
+            if self._closed and method.__name__ != "close":
+                raise ValueError(f"the ID store {self.path} is closed")
             return method(self, *args, **kwargs)
 
     functools.update_wrapper(run, method)

@@ -142,6 +142,13 @@ class PrefixTrie:
     __slots__ = ("_strides", "keys", "radices")
 
     def __init__(self, ids: ArrayLike, radices: Sequence[int]) -> None:
+        if isinstance(radices, (str, bytes)) or not isinstance(radices, (Sequence, np.ndarray)):
+            raise TypeError(f"radices must be a sequence of ints, got {type(radices).__name__}")
+        if len(radices) == 0 or not all(
+            isinstance(r, (int, np.integer)) and not isinstance(r, (bool, np.bool_)) and r > 0
+            for r in radices
+        ):
+            raise ValueError(f"radices must be one or more positive ints, got {list(radices)!r}")
         self.radices = tuple(int(r) for r in radices)
         total = 1
         for r in self.radices:
