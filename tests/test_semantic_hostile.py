@@ -485,3 +485,10 @@ def test_fit_progress_must_be_a_bool(data):
     x, _, _ = data
     with pytest.raises(TypeError, match="progress must be a bool"):
         semantic.fit(x, levels=1, codebook_size=4, progress="no")
+
+
+def test_tokens_of_uint64_codes_beyond_int64_name_the_value(data):
+    _, ids, _ = data
+    with pytest.raises(ValueError, match=str(2**63 + 5)):
+        ids.tokens(np.array([[2**63 + 5, 0, 0]], dtype=np.uint64))
+    assert ids.tokens(np.array([[7, 7, 299]], dtype=np.uint64)) == ["<a_7><b_7><c_299>"]

@@ -112,15 +112,14 @@ def check_codes(codes: ArrayLike, radices: Sequence[int]) -> NDArray[np.int64]:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] > len(radices):
         raise ValueError(f"codes must have shape (N, P) with P <= {len(radices)}, got {arr.shape}")
-    arr = arr.astype(np.int64, copy=False)
     for j in range(arr.shape[1]):
-        col = arr[:, j]
+        col = arr[:, j]  # the input's dtype: uint64 beyond int64 is not wrapped
         if col.size and (col.min() < 0 or col.max() >= radices[j]):
             raise ValueError(
                 f"codes column {j} must be in [0, {radices[j]}), "
                 f"got min {col.min()} max {col.max()}"
             )
-    return arr
+    return arr.astype(np.int64, copy=False)
 
 
 class PrefixTrie:
