@@ -492,3 +492,17 @@ def test_tokens_of_uint64_codes_beyond_int64_name_the_value(data):
     with pytest.raises(ValueError, match=str(2**63 + 5)):
         ids.tokens(np.array([[2**63 + 5, 0, 0]], dtype=np.uint64))
     assert ids.tokens(np.array([[7, 7, 299]], dtype=np.uint64)) == ["<a_7><b_7><c_299>"]
+
+
+def test_plot_without_any_collision_gives_no_warning(tmp_path):
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    ids = semantic.fit(x, levels=2, codebook_size=64, suffix_size=64)
+    rep = semantic.evaluate(x, ids.unique(x), ids)
+    assert rep.collisions_per_depth[-1] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -110,7 +110,8 @@ class SemanticReport:
         axes[1].set(title="perplexity", xlabel="level")
         axes[1].legend()
         axes[2].plot(levels, self.collisions_per_depth, "o-")
-        axes[2].set(title="collision rate of the prefix", xlabel="prefix depth", yscale="log")
+        scale = "log" if max(self.collisions_per_depth) > 0 else "linear"  # log of all zeros warns
+        axes[2].set(title="collision rate of the prefix", xlabel="prefix depth", yscale=scale)
         fig.tight_layout()
         with atomic_output(path, ".png") as tmp:
             fig.savefig(tmp, format="png", dpi=100)
