@@ -506,3 +506,20 @@ def test_plot_without_any_collision_gives_no_warning(tmp_path):
         warnings.simplefilter("error")
         rep.plot(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("pragma", ["max_page_count = {pages}", "query_only = 1"])
+def test_a_full_or_read_only_store_is_an_os_error_and_stores_nothing(tmp_path, data, pragma):
+    x, ids, _ = data
+    with semantic.IdStore(tmp_path / "s.sqlite") as store:
+        store.assign(ids, x[:3], ["a", "b", "c"])
+        pages = store._con.execute("PRAGMA page_count").fetchone()[0]
+        store._con.execute("PRAGMA " + pragma.format(pages=pages))  # a full disk, a read-only file
+        keys = [f"k{i:0200d}" for i in range(300)]  # long keys: more pages than there are
+        with pytest.raises(OSError, match=r"s\.sqlite"):
+            store.assign(ids, x, keys)
+        if pragma.startswith("query_only"):  # clearing a key needs no new page
+            with pytest.raises(OSError, match=r"s\.sqlite"):
+                store.retire(["a"])
+        assert len(store) == 3
+        store.check()

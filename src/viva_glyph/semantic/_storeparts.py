@@ -125,13 +125,24 @@ R = TypeVar("R")
 
 
 def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
-    """Run a store's ``method`` holding its ``_lock`` (threads share its one connection)."""
+    """Run a store's ``method`` holding its ``_lock`` (threads share its one connection).
+
+    SQLite's errors become an OSError (full disk, read-only file, I/O error, a lock
+    held past the timeout) or a ValueError (a corrupt file); the method's own
+    transaction has been rolled back by then.
+    """
 
     def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         with self._lock:
             if self._closed and method.__name__ != "close":
                 raise ValueError(f"the ID store {self.path} is closed")
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.OperationalError as exc:  # full disk, read-only file, I/O error, lock
+                why = f"locked by another process ({exc})" if busy(exc) else str(exc)
+                raise OSError(f"ID store {self.path}: {why}; nothing was changed") from None
+            except sqlite3.DatabaseError as exc:
+                raise ValueError(f"{self.path} is corrupt: {exc}") from None
 
     functools.update_wrapper(run, method)
     return run
