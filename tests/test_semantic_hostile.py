@@ -523,3 +523,16 @@ def test_a_full_or_read_only_store_is_an_os_error_and_stores_nothing(tmp_path, d
                 store.retire(["a"])
         assert len(store) == 3
         store.check()
+
+
+def test_evaluate_mse_of_a_normalized_residual_model_is_its_decode_error():
+    x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+    ids = semantic.fit(
+        x, levels=3, codebook_size=16, metric="cosine", normalize_residuals=True, suffix_size=2000
+    )
+    uids = ids.unique(x)
+    rep = semantic.evaluate(x, uids, ids)
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    want = [float(((unit - ids.decode(uids[:, : j + 1])) ** 2).mean()) for j in range(3)]
+    np.testing.assert_allclose(rep.mse_per_level, want, rtol=1e-9)
+    assert rep.mse == pytest.approx(want[-1], rel=1e-9)

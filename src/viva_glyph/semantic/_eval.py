@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._validate import as_matrix, positive_int, require_finite
 from viva_glyph.semantic._checks import check_codes
+from viva_glyph.semantic._levels import level_factors
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
 
 __all__ = ["MAX_K", "SemanticReport", "evaluate"]
@@ -183,12 +184,14 @@ def evaluate(
         util.append(float((counts > 0).sum() / size))
         ent.append(float(-(p * np.log2(p)).sum()))
     sq = np.zeros(L)
+    factors = level_factors(ids.residual_scales, L)  # as decode: scaled levels when normalised
     for start in range(0, n, _BLOCK):
         block = x[start : start + _BLOCK]
         require_finite(block, start)
         xb = normalize_rows(block, start) if ids.metric == "cosine" else block.astype(np.float64)
         for level in range(L):
-            xb = xb - ids.codebooks[level].vectors64[codes[start : start + _BLOCK, level]]
+            entries = ids.codebooks[level].vectors64[codes[start : start + _BLOCK, level]]
+            xb = xb - factors[level] * entries
             sq[level] += float(np.einsum("nd,nd->", xb, xb))
     mse = sq / (n * ids.dimension)
     share, common, m = _neighbours(x, codes, ids.metric, k, sample, seed)
