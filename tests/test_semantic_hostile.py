@@ -536,3 +536,26 @@ def test_evaluate_mse_of_a_normalized_residual_model_is_its_decode_error():
     want = [float(((unit - ids.decode(uids[:, : j + 1])) ** 2).mean()) for j in range(3)]
     np.testing.assert_allclose(rep.mse_per_level, want, rtol=1e-9)
     assert rep.mse == pytest.approx(want[-1], rel=1e-9)
+
+
+def test_cli_keys_file_with_a_utf8_bom(cli_files):
+    import csv
+
+    (cli_files / "bom.txt").write_bytes(
+        b"\xef\xbb\xbf" + b"\n".join(b"k%d" % i for i in range(300)) + b"\n"
+    )
+    out = run_cli(
+        "ids",
+        "assign",
+        "m.safetensors",
+        "x.npy",
+        "-o",
+        "bom.csv",
+        "--keys",
+        "bom.txt",
+        cwd=cli_files,
+    )
+    assert out.returncode == 0, out.stderr
+    with open(cli_files / "bom.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["key"] for r in rows] == [f"k{i}" for i in range(300)]

@@ -130,7 +130,7 @@ def _read_keys(path: str | None, n: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(n)]
     with open(path, "rb") as fh:
-        lines = fh.read().splitlines()
+        lines = fh.read().removeprefix(b"\xef\xbb\xbf").splitlines()  # a UTF-8 BOM is no key
     keys = []
     for i, line in enumerate(lines):
         try:
