@@ -559,3 +559,29 @@ def test_cli_keys_file_with_a_utf8_bom(cli_files):
     with open(cli_files / "bom.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["key"] for r in rows] == [f"k{i}" for i in range(300)]
+
+
+def test_one_huge_key_does_not_pad_every_key_to_its_length(data):
+    """numpy's fixed-width str array of the keys was N x (longest key) x 4 bytes: one key
+    of 2,000,000 characters among 300 made 2.4 GB. Ties are still broken by key order."""
+    import tracemalloc
+
+    x, ids, _ = data
+    same = np.repeat(x[:1], 300, axis=0)  # one glyph, equal errors: the suffix is the key order
+    keys = [f"k{(i * 7919) % 300}" for i in range(300)]
+    keys[5] = "k" + "x" * 2_000_000
+    tracemalloc.start()
+    try:
+        uids = ids.unique(same, keys=keys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20
+    order = sorted(range(300), key=keys.__getitem__)
+    want = np.empty(300, dtype=np.int64)
+    want[order] = np.arange(300)
+    np.testing.assert_array_equal(uids[:, -1], want)
+    dup = list(keys)
+    dup[7] = dup[5]
+    with pytest.raises(ValueError, match="distinct"):
+        ids.unique(same, keys=dup)

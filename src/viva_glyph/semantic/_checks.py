@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,9 @@ __all__ = [
 
 #: Most levels: the levels and the suffix are named by the letters a..z in token strings.
 MAX_LEVELS = 25
+#: Characters of a numpy str array of keys (N x longest key) allowed beyond 8x their text;
+#: past that, keys are ranked in Python instead.
+KEY_CHARS = 1 << 26
 #: Largest suffix range: suffixes 0..999,999,999 (at most nine digits in a token string).
 MAX_SUFFIX_SIZE = 10**9
 
@@ -96,6 +100,10 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
             raise TypeError(
                 f"keys must all be str or all be int, got {', '.join(got) or type(keys).__name__}"
             )
+    if kinds == {"str"} and not isinstance(keys, np.ndarray) and len(keys) == n:
+        lengths = [len(k) for k in keys]
+        if n * max(lengths) > max(KEY_CHARS, 8 * sum(lengths)):
+            return _key_ranks(keys)  # a numpy str array would pad every key to the longest
     arr = np.asarray(keys)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
@@ -112,6 +120,17 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
             f"keys must be distinct: {uniq[dup][0].item()!r} appears {counts[dup][0]} times"
         )
     return arr
+
+
+def _key_ranks(keys: Sequence[Any]) -> NDArray[np.int64]:
+    """Rank of each distinct str key in code-point order (the order of numpy's str arrays)."""
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    for a, b in itertools.pairwise(order):
+        if keys[a] == keys[b]:
+            raise ValueError(f"keys must be distinct: {str(keys[a])[:80]!r} appears more than once")
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[order] = np.arange(len(keys))
+    return ranks
 
 
 def _key_kind(key: object) -> str:
