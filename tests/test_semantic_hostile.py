@@ -585,3 +585,21 @@ def test_one_huge_key_does_not_pad_every_key_to_its_length(data):
     dup[7] = dup[5]
     with pytest.raises(ValueError, match="distinct"):
         ids.unique(same, keys=dup)
+
+
+def test_store_one_huge_key_does_not_pad_every_key(tmp_path, data):
+    import tracemalloc
+
+    x, ids, _ = data
+    same = np.repeat(x[:1], 300, axis=0)
+    keys = [f"k{(i * 7919) % 300}" for i in range(300)]
+    keys[5] = "k" + "x" * 2_000_000
+    with semantic.IdStore(tmp_path / "s.sqlite") as store:
+        tracemalloc.start()
+        try:
+            uids = store.assign(ids, same, keys)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 200 * 2**20
+        np.testing.assert_array_equal(uids, ids.unique(same, keys=keys))

@@ -22,6 +22,7 @@ __all__ = [
     "check_levels",
     "check_normalize",
     "check_suffix_size",
+    "str_keys",
 ]
 
 #: Most levels: the levels and the suffix are named by the letters a..z in token strings.
@@ -101,10 +102,9 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
                 f"keys must all be str or all be int, got {', '.join(got) or type(keys).__name__}"
             )
     if kinds == {"str"} and not isinstance(keys, np.ndarray) and len(keys) == n:
-        lengths = [len(k) for k in keys]
-        if n * max(lengths) > max(KEY_CHARS, 8 * sum(lengths)):
-            return _key_ranks(keys)  # a numpy str array would pad every key to the longest
-    arr = np.asarray(keys)
+        arr = str_keys(keys)
+    else:
+        arr = np.asarray(keys)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
             f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
@@ -120,6 +120,15 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
             f"keys must be distinct: {uniq[dup][0].item()!r} appears {counts[dup][0]} times"
         )
     return arr
+
+
+def str_keys(keys: Sequence[str]) -> NDArray[Any]:
+    """Str keys as an array that sorts as they do: a numpy str array, or (when one key is
+    far longer than the rest, so that array would pad every key to it) their ranks."""
+    lengths = [len(k) for k in keys]
+    if len(keys) * max(lengths, default=0) > max(KEY_CHARS, 8 * sum(lengths)):
+        return _key_ranks(keys)
+    return np.asarray(keys)
 
 
 def _key_ranks(keys: Sequence[Any]) -> NDArray[np.int64]:

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import code_dtype
+from viva_glyph.semantic._checks import str_keys
 from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._storeparts import (
     FORMAT,
@@ -300,7 +301,7 @@ class IdStore:
         for g_top, s_top in top.items():
             if type(s_top) is not int or not 0 <= s_top < suffix_size:
                 raise self._corrupt(f"glyph {g_top!r} holds suffix {s_top!r}")
-        key_arr = np.array([names[i] for i in new])
+        key_arr = str_keys([names[i] for i in new])
         order = np.lexsort((key_arr, err[new], g))  # by glyph, then error, then key
         gs = g[order]
         first = np.ones(gs.size, dtype=bool)
