@@ -603,3 +603,15 @@ def test_store_one_huge_key_does_not_pad_every_key(tmp_path, data):
             tracemalloc.stop()
         assert peak < 200 * 2**20
         np.testing.assert_array_equal(uids, ids.unique(same, keys=keys))
+
+
+def test_cli_eval_of_a_few_items_with_k(cli_files, data):
+    x, ids, _ = data
+    np.save(cli_files / "x5.npy", x[:5])
+    out = run_cli("ids", "eval", "m.safetensors", "x5.npy", "--json", "--k", "2", cwd=cli_files)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    want = semantic.evaluate(x[:5], ids.unique(x[:5]), ids, k=2)
+    assert rep["k"] == 2 and rep["first_token_share"] == want.first_token_share
+    out = run_cli("ids", "eval", "m.safetensors", "x5.npy", cwd=cli_files)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--k" in out.stderr
