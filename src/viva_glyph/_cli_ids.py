@@ -102,7 +102,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
     )
-    p.add_argument("--sample", type=positive, default=2000, help="items for 10-NN (2000)")
+    p.add_argument("--sample", type=positive, default=2000, help="items for k-NN (2000)")
+    p.add_argument("--k", type=positive, default=10, help="neighbours per item, < N (10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot")
     p.set_defaults(func=cmd_eval)
@@ -146,8 +147,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _read_keys(path: str | None, n: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(n)]
-    with open(path, encoding="utf-8") as fh:
-        keys = fh.read().splitlines()
+    with open(path, "rb") as fh:
+        lines = fh.read().removeprefix(b"\xef\xbb\xbf").splitlines()  # a UTF-8 BOM is no key
+    keys = []
+    for i, line in enumerate(lines):
+        try:
+            keys.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} line {i + 1} is not UTF-8 text: {line[:40]!r}") from None
     if len(keys) != n:
         raise ValueError(f"{path} holds {len(keys)} keys, but the data has {n} rows")
     if len(set(keys)) != n:
@@ -218,8 +225,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _output(args.plot, (".png",))
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
+    if args.k >= x.shape[0]:
+        raise ValueError(f"--k must be below the {x.shape[0]} items, got {args.k}")
     uids = ids.unique(x, resolve=args.resolve, candidates=args.candidates)
-    report = semantic.evaluate(x, uids, ids, sample=args.sample)
+    report = semantic.evaluate(x, uids, ids, k=args.k, sample=args.sample)
     print(report.to_json() if args.json else report.table())
     if args.plot is not None:
         report.plot(args.plot)

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from viva_glyph._validate import as_matrix, positive_int
 from viva_glyph.codebook import Codebook
-from viva_glyph.semantic._checks import check_normalize
+from viva_glyph.semantic._checks import check_flag, check_levels, check_normalize, check_suffix_size
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
 from viva_glyph.semantic._model import (
     METRICS,
@@ -107,7 +107,7 @@ def fit(
     """
     t0 = time.perf_counter()
     x = as_matrix(X, None)
-    levels = positive_int(levels, "levels")
+    levels = check_levels(levels)
     sizes = _sizes(codebook_size, levels)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -116,10 +116,11 @@ def fit(
     if beam > 1 and bal is not None:
         raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
+    progress = check_flag(progress, "progress")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if suffix_size is not None:
-        positive_int(suffix_size, "suffix_size")
+        check_suffix_size(suffix_size)
     n = x.shape[0]
     if n < max(sizes):
         raise ValueError(f"fit needs at least max(codebook_size) = {max(sizes)} rows, got N = {n}")

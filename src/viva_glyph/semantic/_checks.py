@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -9,7 +10,56 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["check_balance", "check_codes", "check_keys", "check_normalize"]
+from viva_glyph._validate import positive_int
+
+__all__ = [
+    "MAX_LEVELS",
+    "MAX_SUFFIX_SIZE",
+    "check_balance",
+    "check_codes",
+    "check_flag",
+    "check_keys",
+    "check_levels",
+    "check_normalize",
+    "check_suffix_size",
+    "str_keys",
+]
+
+#: Most levels: the levels and the suffix are named by the letters a..z in token strings.
+MAX_LEVELS = 25
+#: Characters of a numpy str array of keys (N x longest key) allowed beyond 8x their text;
+#: past that, keys are ranked in Python instead.
+KEY_CHARS = 1 << 26
+#: Largest suffix range: suffixes 0..999,999,999 (at most nine digits in a token string).
+MAX_SUFFIX_SIZE = 10**9
+
+
+def check_levels(levels: object) -> int:
+    """A positive int of at most :data:`MAX_LEVELS`."""
+    value = positive_int(levels, "levels")
+    if value > MAX_LEVELS:
+        raise ValueError(
+            f"levels must be at most {MAX_LEVELS}, got {value}: token strings name the "
+            "levels and the suffix by the letters a..z"
+        )
+    return value
+
+
+def check_suffix_size(suffix_size: object) -> int:
+    """A positive int of at most :data:`MAX_SUFFIX_SIZE`."""
+    value = positive_int(suffix_size, "suffix_size")
+    if value > MAX_SUFFIX_SIZE:
+        raise ValueError(
+            f"suffix_size must be at most {MAX_SUFFIX_SIZE} (nine-digit suffix tokens), got {value}"
+        )
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A bool (numpy's too); anything else is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_balance(balance: object) -> float | None:
@@ -29,7 +79,10 @@ def check_codes(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
         raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
     for j in range(arr.shape[1]):
         if arr.size and (arr[:, j].min() < 0 or arr[:, j].max() >= sizes[j]):
-            raise ValueError(f"codes column {j} must be in [0, {sizes[j]})")
+            row = int(np.flatnonzero((arr[:, j] < 0) | (arr[:, j] >= sizes[j]))[0])
+            raise ValueError(
+                f"codes column {j} must be in [0, {sizes[j]}), got {arr[row, j]} at row {row}"
+            )
     return arr.astype(np.intp)
 
 
@@ -37,31 +90,61 @@ def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any
     """``None``, or n distinct keys, all str or all int (bool, float, bytes refused)."""
     if keys is None:
         return None
+    kinds: set[str] = set()
     if not isinstance(keys, np.ndarray):
         kinds = {_key_kind(k) for k in keys} if isinstance(keys, Sequence) else {"other"}
+        if "nul" in kinds:  # numpy's str arrays drop trailing NULs: "a\x00" would equal "a"
+            i = next(i for i, k in enumerate(keys) if _key_kind(k) == "nul")
+            raise ValueError(f"key {i} ends in a NUL character ({keys[i][:40]!r}): drop it")
         if not kinds <= {"str"} and not kinds <= {"int"}:
             got = sorted({type(k).__name__ for k in keys}) if isinstance(keys, Sequence) else []
             raise TypeError(
                 f"keys must all be str or all be int, got {', '.join(got) or type(keys).__name__}"
             )
-    arr = np.asarray(keys)
+    if kinds == {"str"} and not isinstance(keys, np.ndarray) and len(keys) == n:
+        arr = str_keys(keys)
+    else:
+        arr = np.asarray(keys)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
             f"keys must be a sequence of {n} keys (one per row), got shape {arr.shape}"
         )
+    if kinds == {"int"} and arr.dtype.kind not in "iu":
+        raise ValueError("int keys must fit in 64-bit integers; give larger ones as str")
     if arr.dtype.kind not in "iuU":
         raise TypeError(f"keys must all be str or all be int, got dtype {arr.dtype}")
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.shape[0] != n:
+        dup = counts > 1
         raise ValueError(
-            f"keys must be distinct: {uniq[counts > 1][0]!r} appears {counts.max()} times"
+            f"keys must be distinct: {uniq[dup][0].item()!r} appears {counts[dup][0]} times"
         )
     return arr
 
 
+def str_keys(keys: Sequence[str]) -> NDArray[Any]:
+    """Str keys as an array that sorts as they do: a numpy str array, or (when one key is
+    far longer than the rest, so that array would pad every key to it) their ranks."""
+    lengths = [len(k) for k in keys]
+    if len(keys) * max(lengths, default=0) > max(KEY_CHARS, 8 * sum(lengths)):
+        return _key_ranks(keys)
+    return np.asarray(keys)
+
+
+def _key_ranks(keys: Sequence[Any]) -> NDArray[np.int64]:
+    """Rank of each distinct str key in code-point order (the order of numpy's str arrays)."""
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    for a, b in itertools.pairwise(order):
+        if keys[a] == keys[b]:
+            raise ValueError(f"keys must be distinct: {str(keys[a])[:80]!r} appears more than once")
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[order] = np.arange(len(keys))
+    return ranks
+
+
 def _key_kind(key: object) -> str:
     if isinstance(key, (str, np.str_)):
-        return "str"
+        return "nul" if key.endswith("\x00") else "str"
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         return "int"
     return "other"
@@ -70,9 +153,7 @@ def _key_kind(key: object) -> str:
 def check_normalize(
     normalize: object, scales: Sequence[float] | None, metric: str, beam: int, levels: int
 ) -> tuple[bool, tuple[float, ...] | None]:
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize_residuals must be a bool, got {type(normalize).__name__}")
-    if not normalize:
+    if not check_flag(normalize, "normalize_residuals"):
         return False, None
     if metric != "cosine":
         raise ValueError(f"normalize_residuals=True needs metric='cosine', got {metric!r}")

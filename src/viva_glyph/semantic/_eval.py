@@ -26,12 +26,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._validate import as_matrix, require_finite
+from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph.semantic._checks import check_codes
+from viva_glyph.semantic._levels import level_factors
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
 
-__all__ = ["SemanticReport", "evaluate"]
+__all__ = ["MAX_K", "SemanticReport", "evaluate"]
 
 _BLOCK = 4096
+#: Queries whose neighbours are searched at once (memory: about 4 x this x _BLOCK x 8 bytes).
+_QUERY_CHUNK = 2048
+#: Largest k of neighbour preservation (memory grows with sample x k).
+MAX_K = 1024
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,8 @@ class SemanticReport:
         axes[1].set(title="perplexity", xlabel="level")
         axes[1].legend()
         axes[2].plot(levels, self.collisions_per_depth, "o-")
-        axes[2].set(title="collision rate of the prefix", xlabel="prefix depth", yscale="log")
+        scale = "log" if max(self.collisions_per_depth) > 0 else "linear"  # log of all zeros warns
+        axes[2].set(title="collision rate of the prefix", xlabel="prefix depth", yscale=scale)
         fig.tight_layout()
         with atomic_output(path, ".png") as tmp:
             fig.savefig(tmp, format="png", dpi=100)
@@ -157,9 +164,16 @@ def evaluate(
     L = ids.levels
     if u.ndim != 2 or u.shape[0] != n or u.shape[1] not in (L, L + 1):
         raise ValueError(f"unique_ids must have shape ({n}, {L} or {L + 1}), got {u.shape}")
-    codes = u[:, :L].astype(np.int64)
-    ids.decode(codes[:1])  # range check of the codes
-    if k < 1 or k >= n:
+    codes = check_codes(u, ids.radices)[:, :L].astype(np.int64)  # dtype and range, every row
+    k = positive_int(k, "k")
+    sample = positive_int(sample, "sample")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise (TypeError if not isinstance(seed, (int, np.integer)) else ValueError)(
+            f"seed must be a non-negative int, got {seed!r}"
+        )
+    if k > MAX_K:
+        raise ValueError(f"k must be at most {MAX_K}, got {k}")
+    if k >= n:
         raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     rate, shared, largest = _collision(codes)
     per_depth = [_collision(codes[:, : p + 1])[0] for p in range(L)]
@@ -170,12 +184,14 @@ def evaluate(
         util.append(float((counts > 0).sum() / size))
         ent.append(float(-(p * np.log2(p)).sum()))
     sq = np.zeros(L)
+    factors = level_factors(ids.residual_scales, L)  # as decode: scaled levels when normalised
     for start in range(0, n, _BLOCK):
         block = x[start : start + _BLOCK]
         require_finite(block, start)
         xb = normalize_rows(block, start) if ids.metric == "cosine" else block.astype(np.float64)
         for level in range(L):
-            xb = xb - ids.codebooks[level].vectors64[codes[start : start + _BLOCK, level]]
+            entries = ids.codebooks[level].vectors64[codes[start : start + _BLOCK, level]]
+            xb = xb - factors[level] * entries
             sq[level] += float(np.einsum("nd,nd->", xb, xb))
     mse = sq / (n * ids.dimension)
     share, common, m = _neighbours(x, codes, ids.metric, k, sample, seed)
@@ -207,6 +223,21 @@ def _neighbours(
     n = x.shape[0]
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, sample, replace=False)) if sample < n else np.arange(n)
+    best_i = np.concatenate(
+        [
+            _nearest(x, queries[s : s + _QUERY_CHUNK], metric, k)
+            for s in range(0, queries.size, _QUERY_CHUNK)
+        ]
+    )
+    mine = codes[queries][:, None, :]
+    theirs = codes[best_i]
+    same = np.cumprod(mine == theirs, axis=2)  # leading codes in common
+    return float(same[:, :, 0].mean()), float(same.sum(axis=2).mean()), int(queries.size)
+
+
+def _nearest(x: NDArray[Any], queries: NDArray[Any], metric: str, k: int) -> NDArray[np.int64]:
+    """Row numbers (m, k) of the k nearest other rows of x to the rows ``queries`` of x."""
+    n = x.shape[0]
     q = np.asarray(x[queries], dtype=np.float64)
     if metric == "cosine":
         q = normalize_rows(q, 0)
@@ -225,7 +256,4 @@ def _neighbours(
         top = np.argpartition(both_d, k - 1, axis=1)[:, :k]
         best_d = np.take_along_axis(both_d, top, axis=1)
         best_i = np.take_along_axis(both_i, top, axis=1)
-    mine = codes[queries][:, None, :]
-    theirs = codes[best_i]
-    same = np.cumprod(mine == theirs, axis=2)  # leading codes in common
-    return float(same[:, :, 0].mean()), float(same.sum(axis=2).mean()), int(queries.size)
+    return best_i

@@ -26,6 +26,7 @@ import numpy as np
 from viva_glyph._safetensors import Expect, FileKind, open_file
 from viva_glyph.codebook import Codebook
 from viva_glyph.io import ModelFormatError, atomic_output
+from viva_glyph.semantic._checks import MAX_LEVELS
 from viva_glyph.semantic._model import METRICS, SemanticIds, check_balance
 from viva_glyph.semantic._tokens import PrefixTrie
 
@@ -100,7 +101,7 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
         raise _fail(path, "'semantic' metadata is not a JSON object")
     levels = _int(cfg.get("levels"), "levels", path)
     sizes = cfg.get("codebook_sizes")
-    if not isinstance(sizes, list) or len(sizes) != levels or levels > 26:
+    if not isinstance(sizes, list) or len(sizes) != levels or levels > MAX_LEVELS:
         raise _fail(path, f"codebook_sizes {sizes!r} does not list {levels} sizes")
     cfg["codebook_sizes"] = [_int(k, "codebook size", path) for k in sizes]
     _int(cfg.get("dimension"), "dimension", path)

@@ -14,7 +14,15 @@ from viva_glyph._validate import as_matrix, check_matrix, positive_int, require_
 from viva_glyph.codebook import Codebook
 from viva_glyph.encoder import RvqEncoder
 from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
-from viva_glyph.semantic._checks import check_balance, check_codes, check_keys, check_normalize
+from viva_glyph.semantic._checks import (
+    check_balance,
+    check_codes,
+    check_flag,
+    check_keys,
+    check_levels,
+    check_normalize,
+    check_suffix_size,
+)
 from viva_glyph.semantic._levels import decode_levels, encode_levels, last_input, unit_rows
 from viva_glyph.semantic._tokens import PrefixTrie, format_tokens, parse_tokens, vocabulary
 from viva_glyph.semantic._unique import (
@@ -43,6 +51,11 @@ def rows_source(X: Any, dim: int | None) -> Any:
     """
     if isinstance(X, np.ndarray) or not all(hasattr(X, a) for a in ("shape", "dtype", "ndim")):
         return as_matrix(X, dim)
+    if not all(isinstance(v, (int, np.integer)) for v in X.shape):
+        raise ValueError(
+            f"X has unknown or non-integer sizes {X.shape} (a Dask array of unknown "
+            "chunk sizes: call X.compute_chunk_sizes() first)"
+        )
     check_matrix(X, dim)
     return X
 
@@ -103,6 +116,7 @@ class SemanticIds:
         books = tuple(codebooks)
         if not books or not all(isinstance(b, Codebook) for b in books):
             raise TypeError("codebooks must be a non-empty sequence of Codebook")
+        check_levels(len(books))
         if len({b.dimension for b in books}) != 1:
             raise ValueError("all level codebooks must have the same dimension")
         if metric not in METRICS:
@@ -112,9 +126,7 @@ class SemanticIds:
         self.balance = check_balance(balance)
         self.beam_size = positive_int(beam_size, "beam_size")
         sizes = self.codebook_sizes
-        self.suffix_size = (
-            sizes[-1] if suffix_size is None else positive_int(suffix_size, "suffix_size")
-        )
+        self.suffix_size = check_suffix_size(sizes[-1] if suffix_size is None else suffix_size)
         self.normalize_residuals, self.residual_scales = check_normalize(
             normalize_residuals, residual_scales, metric, self.beam_size, len(books)
         )
@@ -196,6 +208,7 @@ class SemanticIds:
         self, X: ArrayLike, *, balanced: bool = False
     ) -> tuple[NDArray[Any], NDArray[np.float64]]:
         """Codes (N, L) and squared reconstruction errors (N,) float64."""
+        balanced = check_flag(balanced, "balanced")
         x = rows_source(X, self.dimension)
         n = x.shape[0]
         codes = np.empty((n, self.levels), dtype=code_dtype(max(self.codebook_sizes)))
@@ -238,7 +251,7 @@ class SemanticIds:
             raise ValueError(
                 f"codes must have shape (N, m), 1 <= m <= {self.levels}, got {arr.shape}"
             )
-        arr = check_codes(arr[:, : self.levels], self.codebook_sizes)
+        arr = check_codes(arr, self.radices)[:, : self.levels]
         return decode_levels(arr, self.codebooks, self.residual_scales)
 
     # -- unique IDs -----------------------------------------------------------------
@@ -290,6 +303,9 @@ class SemanticIds:
         if resolve not in RESOLVE:
             raise ValueError(f"resolve must be one of {RESOLVE}, got {resolve!r}")
         width = positive_int(candidates, "candidates")
+        report = check_flag(report, "report")
+        if balanced is not None:
+            balanced = check_flag(balanced, "balanced")
         x = rows_source(X, self.dimension)
         n = x.shape[0]
         key_arr = check_keys(keys, n)

@@ -15,10 +15,11 @@ The embeddings are encoded before the lock is taken.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,65 +28,24 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._kernels import code_dtype
+from viva_glyph.semantic._checks import str_keys
 from viva_glyph.semantic._model import SemanticIds, rows_source
+from viva_glyph.semantic._storeparts import (
+    FORMAT,
+    TABLES,
+    VERSION,
+    busy,
+    check_model,
+    digits,
+    glyphs,
+    keys_text,
+    locked,
+    model_fingerprint,
+    same_sql,
+)
 from viva_glyph.semantic._unique import SuffixRangeError
 
 __all__ = ["IdStore", "model_fingerprint"]
-
-FORMAT = "viva-glyph-idstore"
-VERSION = "1"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ids (
-    glyph INTEGER NOT NULL,
-    suffix INTEGER NOT NULL,
-    key TEXT UNIQUE,
-    PRIMARY KEY (glyph, suffix)
-) WITHOUT ROWID;
-"""
-
-
-def model_fingerprint(ids: SemanticIds) -> str:
-    """SHA-256 of everything that decides an item's ID: codebooks, metric, sizes, normalisation."""
-    h = hashlib.sha256()
-    settings: list[Any] = [
-        list(ids.codebook_sizes),
-        ids.dimension,
-        ids.metric,
-        ids.beam_size,
-        ids.suffix_size,
-    ]
-    if ids.normalize_residuals:  # appended only when set: older stores keep their fingerprint
-        settings += [True, list(ids.residual_scales or ())]
-    h.update(json.dumps(settings).encode())
-    for book in ids.codebooks:
-        h.update(np.ascontiguousarray(book.vectors, dtype="<f4").tobytes())
-    return h.hexdigest()
-
-
-def _glyphs(codes: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.int64]:
-    total = 1
-    out = np.zeros(codes.shape[0], dtype=np.int64)
-    for j, k in enumerate(sizes):
-        total *= k
-        if total >= 1 << 63:
-            raise ValueError(f"the glyph space {sizes} does not fit in SQLite's 63-bit integers")
-        out = out * k + codes[:, j].astype(np.int64)
-    return out
-
-
-def _digits(glyphs: NDArray[np.int64], sizes: tuple[int, ...]) -> NDArray[np.int64]:
-    out = np.empty((glyphs.shape[0], len(sizes)), dtype=np.int64)
-    rest = glyphs.copy()
-    for j in range(len(sizes) - 1, -1, -1):
-        out[:, j] = rest % sizes[j]
-        rest //= sizes[j]
-    return out
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 class IdStore:
@@ -106,7 +66,19 @@ class IdStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         self.path = os.fspath(path)
-        self._con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._lock = threading.RLock()  # one connection, shared by the threads that use it
+        self._closed = False
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
+            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        if not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+        timeout = float(timeout)
+        try:
+            self._con = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:  # a folder, a missing folder, no permission
+            raise ValueError(f"cannot open the ID store {self.path}: {exc}") from None
         deadline, pause = time.monotonic() + timeout, 0.01
         while True:
             try:
@@ -115,16 +87,18 @@ class IdStore:
             except sqlite3.OperationalError as exc:
                 # Switching to WAL or creating the schema while another process does the
                 # same can say "locked" at once, without SQLite's busy handler: retry.
-                if _busy(exc) and time.monotonic() < deadline:
+                if busy(exc) and time.monotonic() < deadline:
                     time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
                     pause = min(pause * 2, 0.5)
                     continue
                 self._con.close()
-                if _busy(exc):
+                if busy(exc):
                     raise ValueError(
                         f"{self.path} is locked by another process (waited {timeout:g} s; "
                         "raise IdStore's timeout)"
                     ) from None
+                if "unable to open" in str(exc):
+                    raise ValueError(f"cannot open the ID store {self.path}: {exc}") from None
                 raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
             except sqlite3.DatabaseError as exc:
                 self._con.close()
@@ -133,39 +107,48 @@ class IdStore:
                 self._con.close()
                 raise
 
+    def _tables(self) -> dict[str, str | None]:
+        rows = self._con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")
+        return dict(rows.fetchall())
+
+    def _foreign(self, why: str) -> ValueError:
+        return ValueError(f"{self.path} is a SQLite database but not a viva-glyph ID store ({why})")
+
     def _open(self) -> None:
         con = self._con
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and not {"meta", "ids"} <= tables:
-            raise ValueError(
-                f"{self.path} is a SQLite database but not a viva-glyph ID store "
-                f"(tables {sorted(tables)[:5]})"
-            )
+        tables = self._tables()
+        if tables and not {"meta", "ids"} <= set(tables):
+            raise self._foreign(f"tables {sorted(tables)[:5]}")
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)  # not executescript: it would commit
-            fmt = dict(con.execute("SELECT name, value FROM meta").fetchall())
-            if not fmt:
+            tables = self._tables()  # again: another process may have made the store meanwhile
+            if not tables:
+                for sql in TABLES.values():
+                    con.execute(sql)  # not executescript: it would commit
                 con.executemany(
                     "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)]
                 )
-            elif fmt.get("format") != FORMAT or fmt.get("version") != VERSION:
-                raise ValueError(
-                    f"{self.path} is a SQLite database but not a viva-glyph ID store "
-                    f"(format {fmt.get('format')!r}, version {fmt.get('version')!r})"
-                )
+            else:
+                for name, sql in TABLES.items():
+                    if not same_sql(tables.get(name), sql):
+                        raise self._foreign(f"table {name} is not the ID store's")
+                fmt = dict(con.execute("SELECT name, value FROM meta").fetchall())
+                if fmt.get("format") != FORMAT or fmt.get("version") != VERSION:
+                    raise self._foreign(
+                        f"format {fmt.get('format')!r}, version {fmt.get('version')!r}"
+                    )
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
 
+    @locked
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (again: nothing)."""
+        self._closed = True
         self._con.close()
 
     def __enter__(self) -> IdStore:
@@ -174,6 +157,7 @@ class IdStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @locked
     def __len__(self) -> int:
         return int(
             self._con.execute("SELECT COUNT(*) FROM ids WHERE key IS NOT NULL").fetchone()[0]
@@ -191,9 +175,29 @@ class IdStore:
                 "INSERT INTO meta VALUES (?, ?)", [("model", fp), ("layout", layout)]
             )
         elif row[0] != fp:
-            raise ValueError(
-                f"{self.path} was made with another model (fingerprint {row[0][:12]}..., "
-                f"this model is {fp[:12]}...): use the model the store was made with"
+            raise self._other_model(row[0], fp)
+
+    def _other_model(self, stored: str, fp: str) -> ValueError:
+        return ValueError(
+            f"{self.path} was made with another model (fingerprint {stored[:12]}..., "
+            f"this model is {fp[:12]}...): use the model the store was made with"
+        )
+
+    def _corrupt(self, why: str) -> ValueError:
+        return ValueError(f"{self.path} is corrupt: {why}")
+
+    def _stored(self, ids: SemanticIds, key: str, glyph: object, suffix: object) -> None:
+        """Check one stored row read back (integers inside the model's glyph and suffix ranges)."""
+        total = math.prod(ids.codebook_sizes)
+        if (
+            type(glyph) is not int
+            or type(suffix) is not int
+            or not 0 <= glyph < total
+            or not 0 <= suffix < ids.suffix_size
+        ):
+            raise self._corrupt(
+                f"key {key[:80]!r} holds glyph {glyph!r} and suffix {suffix!r}, expected "
+                f"integers in [0, {total}) and [0, {ids.suffix_size})"
             )
 
     def assign(
@@ -228,11 +232,24 @@ class IdStore:
         SuffixRangeError
             When a glyph would need a suffix >= ``ids.suffix_size``; nothing is stored.
         """
+        check_model(ids)
         x = rows_source(X, ids.dimension)
         n = x.shape[0]
-        names = _keys(keys, n)
+        names = keys_text(keys, n)
         codes, err = ids.codes_and_errors(x, balanced=balanced)
-        glyph = _glyphs(codes, ids.codebook_sizes)
+        glyph = glyphs(codes, ids.codebook_sizes)
+        out_glyph, out_suffix = self._assign(ids, names, glyph, err)
+        result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
+        result[:, : ids.levels] = digits(out_glyph, ids.codebook_sizes)
+        result[:, ids.levels] = out_suffix
+        return result
+
+    @locked
+    def _assign(
+        self, ids: SemanticIds, names: list[str], glyph: NDArray[np.int64], err: NDArray[np.float64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The transaction of :meth:`assign`: (glyph, suffix) of every key."""
+        n = len(names)
         out_glyph = np.empty(n, dtype=np.int64)
         out_suffix = np.empty(n, dtype=np.int64)
         con = self._con
@@ -246,6 +263,7 @@ class IdStore:
             for pos, g, s in con.execute(
                 "SELECT b.pos, i.glyph, i.suffix FROM batch b JOIN ids i ON i.key = b.key"
             ):
+                self._stored(ids, names[pos], g, s)
                 known[pos], out_glyph[pos], out_suffix[pos] = True, g, s
             new = np.flatnonzero(~known)
             if new.size:
@@ -256,10 +274,7 @@ class IdStore:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
-        result[:, : ids.levels] = _digits(out_glyph, ids.codebook_sizes)
-        result[:, ids.levels] = out_suffix
-        return result
+        return out_glyph, out_suffix
 
     def _add(
         self,
@@ -283,7 +298,10 @@ class IdStore:
             ).fetchall()
         )
         con.execute("DELETE FROM want")
-        key_arr = np.array([names[i] for i in new])
+        for g_top, s_top in top.items():
+            if type(s_top) is not int or not 0 <= s_top < suffix_size:
+                raise self._corrupt(f"glyph {g_top!r} holds suffix {s_top!r}")
+        key_arr = str_keys([names[i] for i in new])
         order = np.lexsort((key_arr, err[new], g))  # by glyph, then error, then key
         gs = g[order]
         first = np.ones(gs.size, dtype=bool)
@@ -309,9 +327,14 @@ class IdStore:
             zip(gs.tolist(), suffix.tolist(), (names[i] for i in rows), strict=True),
         )
 
+    @locked
     def get(self, keys: Sequence[str | int], ids: SemanticIds) -> NDArray[Any]:
         """Stored IDs (N, L + 1) of ``keys``; KeyError naming the first unknown key."""
-        names = _keys(keys, len(keys))
+        check_model(ids)
+        names = keys_text(keys, len(keys))
+        bound = self._con.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
+        if bound is not None and bound[0] != model_fingerprint(ids):
+            raise self._other_model(bound[0], model_fingerprint(ids))
         out = np.empty((len(names), ids.levels + 1), dtype=np.int64)
         for i, name in enumerate(names):
             row = self._con.execute(
@@ -319,15 +342,15 @@ class IdStore:
             ).fetchone()
             if row is None:
                 raise KeyError(f"key {name!r} is not in {self.path}")
-            out[i, : ids.levels] = _digits(np.array([row[0]], dtype=np.int64), ids.codebook_sizes)[
-                0
-            ]
+            self._stored(ids, name, *row)
+            out[i, : ids.levels] = digits(np.array([row[0]], dtype=np.int64), ids.codebook_sizes)[0]
             out[i, ids.levels] = row[1]
         return out
 
+    @locked
     def retire(self, keys: Sequence[str | int]) -> int:
         """Forget the keys (their IDs stay taken forever); returns how many were stored."""
-        names = _keys(keys, len(keys))
+        names = keys_text(keys, len(keys))
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -340,6 +363,7 @@ class IdStore:
             raise
         return int(count)
 
+    @locked
     def check(self) -> None:
         """Raise ValueError unless SQLite's integrity check passes and every glyph's
         suffixes are exactly 0..count-1."""
@@ -347,28 +371,27 @@ class IdStore:
         status = con.execute("PRAGMA integrity_check").fetchone()[0]
         if status != "ok":
             raise ValueError(f"{self.path} failed SQLite's integrity check: {status}")
+        glyphs, suffixes = 1 << 63, 1 << 63
+        layout = con.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
+        if layout is not None:
+            try:
+                spec = json.loads(layout[0])
+                glyphs, suffixes = math.prod(spec["codebook_sizes"]), int(spec["suffix_size"])
+            except (ValueError, TypeError, KeyError):
+                raise self._corrupt(f"layout {layout[0][:80]!r} is not the store's") from None
+        wrong = con.execute(
+            "SELECT key, glyph, suffix FROM ids WHERE typeof(glyph) != 'integer' "
+            "OR typeof(suffix) != 'integer' OR typeof(key) NOT IN ('text', 'null') "
+            "OR glyph < 0 OR glyph >= ? OR suffix < 0 OR suffix >= ? LIMIT 1",
+            (min(glyphs, (1 << 63) - 1), min(suffixes, (1 << 63) - 1)),
+        ).fetchone()
+        if wrong is not None:
+            raise self._corrupt(
+                f"key {wrong[0]!r} holds glyph {wrong[1]!r} and suffix {wrong[2]!r}, expected "
+                f"integers in [0, {glyphs}) and [0, {suffixes})"
+            )
         bad = con.execute(
             "SELECT glyph FROM ids GROUP BY glyph HAVING MAX(suffix) + 1 != COUNT(*) LIMIT 1"
         ).fetchone()
         if bad is not None:
             raise ValueError(f"{self.path}: glyph {bad[0]} has a gap in its suffixes")
-
-
-def _keys(keys: Sequence[str | int], n: int) -> list[str]:
-    if isinstance(keys, (str, bytes)) or not isinstance(keys, (Sequence, np.ndarray)):
-        raise TypeError(f"keys must be a sequence of str or int, got {type(keys).__name__}")
-    if len(keys) != n:
-        raise ValueError(f"keys must hold one key per row: {n} rows, got {len(keys)} keys")
-    names = []
-    for i, k in enumerate(keys):
-        if isinstance(k, (str, np.str_)):
-            names.append(str(k))
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            names.append(str(int(k)))
-        else:
-            raise TypeError(f"key {i} must be str or int, got {type(k).__name__}")
-    if len(set(names)) != n:
-        seen: set[str] = set()
-        dup = next(k for k in names if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"keys must be distinct: {dup!r} appears more than once")
-    return names

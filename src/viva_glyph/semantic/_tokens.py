@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["PrefixTrie", "format_tokens", "parse_tokens", "vocabulary"]
+__all__ = ["MAX_VOCABULARY", "PrefixTrie", "format_tokens", "parse_tokens", "vocabulary"]
 
-_TOKEN = re.compile(r"<([a-z])_(\d{1,9})>")
+#: Most token strings :func:`vocabulary` lists (a tokenizer's vocabulary, not an ID space).
+MAX_VOCABULARY = 1 << 24
+# ASCII digits, no leading zero: exactly the strings format_tokens writes
+_TOKEN = re.compile(r"<([a-z])_(0|[1-9][0-9]{0,8})>")
 
 
 def _letters(n: int) -> str:
@@ -32,7 +35,19 @@ def _letters(n: int) -> str:
 
 
 def vocabulary(radices: Sequence[int]) -> list[str]:
-    """Every token string, position by position: ``<a_0> .. <a_{K1-1}>, <b_0>, ...``."""
+    """Every token string, position by position: ``<a_0> .. <a_{K1-1}>, <b_0>, ...``.
+
+    Raises
+    ------
+    ValueError
+        When that is more than :data:`MAX_VOCABULARY` strings.
+    """
+    total = sum(int(k) for k in radices)
+    if total > MAX_VOCABULARY:
+        raise ValueError(
+            f"the vocabulary would hold {total} tokens (radices {tuple(radices)}), more than "
+            f"{MAX_VOCABULARY}: use a smaller suffix_size"
+        )
     return [
         f"<{ch}_{j}>"
         for ch, k in zip(_letters(len(radices)), radices, strict=True)
@@ -59,6 +74,8 @@ def parse_tokens(texts: Sequence[str], radices: Sequence[int]) -> NDArray[np.int
     """
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, (Sequence, np.ndarray)):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
     rows: list[list[int]] = []
     letters = _letters(len(radices))
     for i, text in enumerate(texts):
@@ -67,10 +84,12 @@ def parse_tokens(texts: Sequence[str], radices: Sequence[int]) -> NDArray[np.int
         found = _TOKEN.findall(text)
         if not found or "".join(f"<{a}_{b}>" for a, b in found) != text:
             raise ValueError(f"token string {i} is not a run of <x_N> tokens: {text[:80]!r}")
-        if "".join(a for a, _ in found) != letters[: len(found)]:
+        positions = "".join(a for a, _ in found)
+        if positions != letters[: len(found)]:
             raise ValueError(
-                f"token string {i} has positions {''.join(a for a, _ in found)!r}, "
-                f"expected {letters[: len(found)]!r} in order"
+                f"token string {i} has positions {positions[:30]!r}"
+                f"{'...' if len(positions) > 30 else ''}, expected {letters[: len(found)]!r}"
+                " in order"
             )
         rows.append([int(b) for _, b in found])
         if len(rows[-1]) != len(rows[0]):
@@ -93,15 +112,14 @@ def check_codes(codes: ArrayLike, radices: Sequence[int]) -> NDArray[np.int64]:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] > len(radices):
         raise ValueError(f"codes must have shape (N, P) with P <= {len(radices)}, got {arr.shape}")
-    arr = arr.astype(np.int64, copy=False)
     for j in range(arr.shape[1]):
-        col = arr[:, j]
+        col = arr[:, j]  # the input's dtype: uint64 beyond int64 is not wrapped
         if col.size and (col.min() < 0 or col.max() >= radices[j]):
             raise ValueError(
                 f"codes column {j} must be in [0, {radices[j]}), "
                 f"got min {col.min()} max {col.max()}"
             )
-    return arr
+    return arr.astype(np.int64, copy=False)
 
 
 class PrefixTrie:
@@ -123,6 +141,13 @@ class PrefixTrie:
     __slots__ = ("_strides", "keys", "radices")
 
     def __init__(self, ids: ArrayLike, radices: Sequence[int]) -> None:
+        if isinstance(radices, (str, bytes)) or not isinstance(radices, (Sequence, np.ndarray)):
+            raise TypeError(f"radices must be a sequence of ints, got {type(radices).__name__}")
+        if len(radices) == 0 or not all(
+            isinstance(r, (int, np.integer)) and not isinstance(r, (bool, np.bool_)) and r > 0
+            for r in radices
+        ):
+            raise ValueError(f"radices must be one or more positive ints, got {list(radices)!r}")
         self.radices = tuple(int(r) for r in radices)
         total = 1
         for r in self.radices:
@@ -157,13 +182,16 @@ class PrefixTrie:
     def __repr__(self) -> str:
         return f"PrefixTrie({len(self)} ids, radices={self.radices})"
 
-    def _range(self, prefix: Sequence[int]) -> tuple[int, int]:
+    def _range(self, prefix: object) -> tuple[int, int]:
+        prefix = _prefix(prefix)
         p = len(prefix)
         if p > len(self.radices):
             raise ValueError(f"prefix of {p} codes is longer than an ID ({len(self.radices)})")
         if p == 0:
             return 0, len(self)
-        check_codes(np.asarray([list(prefix)], dtype=np.int64), self.radices)
+        for j, v in enumerate(prefix):
+            if not 0 <= v < self.radices[j]:
+                raise ValueError(f"codes column {j} must be in [0, {self.radices[j]}), got {v}")
         stride = int(self._strides[p - 1])
         lo = int(np.dot(np.asarray(prefix, dtype=np.int64), self._strides[:p]))
         return (
@@ -184,7 +212,7 @@ class PrefixTrie:
         ndarray, shape (n,), int64
             Empty when no ID starts with ``prefix`` or the prefix is a whole ID.
         """
-        prefix = [int(v) for v in prefix]
+        prefix = _prefix(prefix)
         lo, hi = self._range(prefix)
         p = len(prefix)
         if p == len(self.radices) or lo == hi:
@@ -197,10 +225,34 @@ class PrefixTrie:
 
     def count(self, prefix: Sequence[int] = ()) -> int:
         """Number of assigned IDs that start with ``prefix``."""
-        lo, hi = self._range([int(v) for v in prefix])
+        lo, hi = self._range(prefix)
         return hi - lo
 
     def __contains__(self, ident: object) -> bool:
-        if not isinstance(ident, (Sequence, np.ndarray)) or len(ident) != len(self.radices):
+        try:
+            codes = _prefix(ident)
+        except TypeError:
             return False
-        return self.count([int(v) for v in ident]) == 1
+        if len(codes) != len(self.radices):
+            return False
+        if not all(0 <= v < r for v, r in zip(codes, self.radices, strict=True)):
+            return False
+        return self.count(codes) == 1
+
+
+def _prefix(prefix: object) -> list[int]:
+    """A prefix as a list of Python ints; TypeError for anything but a sequence of ints."""
+    if isinstance(prefix, np.ndarray):
+        if prefix.ndim != 1 or (prefix.size and prefix.dtype.kind not in "iu"):
+            raise TypeError(
+                f"prefix must be a 1-D sequence of ints, got an array {prefix.dtype} {prefix.shape}"
+            )
+        return [int(v) for v in prefix.tolist()]
+    if isinstance(prefix, (str, bytes)) or not isinstance(prefix, Sequence):
+        raise TypeError(f"prefix must be a sequence of ints, got {type(prefix).__name__}")
+    out = []
+    for j, v in enumerate(prefix):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"prefix must hold ints, got {type(v).__name__} {v!r} at position {j}")
+        out.append(int(v))
+    return out
