@@ -321,9 +321,12 @@ def cli_files(tmp_path_factory, data):
 @pytest.mark.parametrize("store", ["folder", "missing"])
 def test_cli_store_that_cannot_be_opened_exits_2(cli_files, store):
     target = str(cli_files) if store == "folder" else str(cli_files / "no" / "s.sqlite")
+    rows = np.load(cli_files / "x.npy").shape[0]
+    (cli_files / "keys.txt").write_text("".join(f"k{i}\n" for i in range(rows)))
     out = run_cli(
-        "ids", "assign", "m.safetensors", "x.npy", "-o", "o.csv", "--store", target, cwd=cli_files
-    )
+        "ids", "assign", "m.safetensors", "x.npy", "-o", "o.csv", "--keys", "keys.txt",
+        "--store", target, cwd=cli_files,
+    )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and "cannot open the ID store" in out.stderr
 
