@@ -221,3 +221,17 @@ def test_signal_inside_library_code_still_terminates(
     assert temps(d) == [] and not (d / "c.npy").exists()
     monkeypatch.setattr(vg.RvqEncoder, "encode", real)
     assert cli.main(argv) == 0  # the next run in this process is not taken for terminated
+
+
+def test_an_existing_output_that_is_not_a_regular_file_is_never_replaced(tmp_path: Path) -> None:
+    """The atomic rename would put a regular file in the place of a pipe or a device
+    (as root, ``save("/dev/null")`` replaced /dev/null); such a target is refused."""
+    pipe = tmp_path / "model.safetensors"
+    os.mkfifo(pipe)
+    enc = vg.from_codebooks([vg.Codebook(np.eye(3), dtype=np.float32)])
+    with pytest.raises(ValueError, match="not a regular file"):
+        enc.save(pipe)
+    assert pipe.is_fifo()
+    with pytest.raises(ValueError, match="not a regular file"), _files.atomic_output(pipe):
+        pass
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == [pipe.name]

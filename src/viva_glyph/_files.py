@@ -183,8 +183,9 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
     Raises
     ------
     ValueError
-        For another suffix, an existing folder in the place of a file, an
-        existing file or non-zarr folder in the place of a store.
+        For another suffix, an existing folder, device, pipe or socket in the
+        place of a file, an existing file or non-zarr folder in the place of a
+        store.
     FileNotFoundError
         When the destination's folder does not exist.
     """
@@ -199,6 +200,12 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
             raise ValueError(f"output {target} exists and is not a zarr store; not replacing it")
     elif target.is_dir():
         raise ValueError(f"output {target} is a folder; give a file name")
+    elif target.exists() and not target.is_file():
+        # the rename would put a regular file in the place of a pipe or a device
+        raise ValueError(
+            f"output {target} exists and is not a regular file (a device, pipe or socket); "
+            "not replacing it: give a file name"
+        )
     return target
 
 
