@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +131,18 @@ def assert_streams_equal(ids: Any, x: np.ndarray, tmp_path: Path, da: Any) -> No
     lazy = da.from_array(x, chunks=(512, x.shape[1]))
     np.testing.assert_array_equal(ids.unique(lazy, resolve="reassign"), expect)
     np.testing.assert_array_equal(ids.codes(lazy), ids.codes(x))
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m viva_glyph ARGS`` in a subprocess importing this checkout's package."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-m", "viva_glyph", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

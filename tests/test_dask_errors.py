@@ -8,10 +8,7 @@ listen on 127.0.0.1 only and stop with the test.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("dask.array")
@@ -70,17 +68,6 @@ def tcp_server(reply: bytes | None) -> Iterator[str]:
     finally:
         stop.set()
         thread.join(10)
-
-
-def _cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run(
-        [sys.executable, "-m", "viva_glyph", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +137,7 @@ def test_real_scheduler_connects() -> None:
 def test_cli_wrong_scheduler_exits_2_in_one_line(files: Path, kind: str) -> None:
     with tcp_server(HTTP_REPLY if kind == "http" else None) as address:
         start = time.monotonic()
-        out = _cli(
+        out = run_cli(
             "encode", str(files / "m.safetensors"), str(files / "x.npy"),
             "-o", str(files / "c.npy"), "--scheduler", address, "--connect-timeout", "2",
         )  # fmt: skip
@@ -165,7 +152,7 @@ def test_cli_wrong_scheduler_exits_2_in_one_line(files: Path, kind: str) -> None
 
 
 def test_cli_inproc_address(files: Path) -> None:
-    out = _cli(
+    out = run_cli(
         "fit", str(files / "x.npy"), "-o", str(files / "m2.safetensors"),
         "--scheduler", "inproc://x", "--codebook-size", "8",
     )  # fmt: skip
@@ -178,7 +165,7 @@ def test_cli_inproc_address(files: Path) -> None:
 
 
 def test_cli_connect_timeout_must_be_positive(files: Path) -> None:
-    out = _cli(
+    out = run_cli(
         "encode", str(files / "m.safetensors"), str(files / "x.npy"), "-o",
         str(files / "c.npy"), "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "0",
     )  # fmt: skip
@@ -187,7 +174,7 @@ def test_cli_connect_timeout_must_be_positive(files: Path) -> None:
 
 
 def test_cli_dask_error_under_quiet_is_one_line(files: Path) -> None:
-    out = _cli(
+    out = run_cli(
         "encode", str(files / "m.safetensors"), str(files / "nan.npy"),
         "-o", str(files / "c.zarr"), "--local-cluster", "1", "--quiet",
     )  # fmt: skip

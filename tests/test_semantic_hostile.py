@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from viva_glyph import semantic
 from viva_glyph.io import ModelFormatError
-
-SRC = str(Path(semantic.__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +21,6 @@ def data():
     x = rng.normal(size=(300, 8)).astype(np.float32)
     ids = semantic.fit(x, levels=2, codebook_size=8, suffix_size=300)
     return x, ids, ids.unique(x)
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "viva_glyph", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
 
 
 # -- fit / model parameters ---------------------------------------------------------
@@ -209,15 +194,25 @@ def test_store_timeout_is_checked(tmp_path, timeout):
         semantic.IdStore(tmp_path / "s.sqlite", timeout=timeout)
 
 
-def test_store_refuses_a_foreign_database_with_the_same_table_names(tmp_path, data):
-    _x, _ids, _ = data
-    path = tmp_path / "f.sqlite"
+def foreign_sqlite(folder: Path, *statements: str) -> Path:
+    """A SQLite file made by running ``statements`` (not by viva-glyph)."""
+    path = folder / "f.sqlite"
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE meta (name, value)")
-    con.execute("CREATE TABLE ids (a)")
-    con.execute("INSERT INTO ids VALUES (42)")
+    for sql in statements:
+        con.execute(sql)
     con.commit()
     con.close()
+    return path
+
+
+def test_store_refuses_a_foreign_database_with_the_same_table_names(tmp_path, data):
+    _x, _ids, _ = data
+    path = foreign_sqlite(
+        tmp_path,
+        "CREATE TABLE meta (name, value)",
+        "CREATE TABLE ids (a)",
+        "INSERT INTO ids VALUES (42)",
+    )
     with pytest.raises(ValueError, match="not a viva-glyph ID store"):
         semantic.IdStore(path)
     con = sqlite3.connect(path)
@@ -227,13 +222,12 @@ def test_store_refuses_a_foreign_database_with_the_same_table_names(tmp_path, da
 
 def test_store_refuses_an_ids_table_without_the_uniqueness_constraints(tmp_path, data):
     _x, _ids, _ = data
-    path = tmp_path / "f.sqlite"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    con.execute("CREATE TABLE ids (glyph, suffix, key)")
-    con.execute("INSERT INTO meta VALUES ('format', 'viva-glyph-idstore'), ('version', '1')")
-    con.commit()
-    con.close()
+    path = foreign_sqlite(
+        tmp_path,
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE ids (glyph, suffix, key)",
+        "INSERT INTO meta VALUES ('format', 'viva-glyph-idstore'), ('version', '1')",
+    )
     with pytest.raises(ValueError, match="not a viva-glyph ID store"):
         semantic.IdStore(path)
 
