@@ -76,6 +76,29 @@ def test_reassign_takes_the_nearest_free_code_among_the_beam_candidates(candidat
     assert rep.suffixed == int((u[:, 2] > 0).sum())
 
 
+def test_reassign_computes_distances_in_bounded_blocks(monkeypatch):
+    """Blocks of REASSIGN_ROWS overflowing items (10,000,000 copies of one vector held
+    20 GB of distances at once): the same IDs as the item-by-item reference, and no call
+    for more rows than a block."""
+    from viva_glyph.semantic import _model, _unique
+
+    monkeypatch.setattr(_unique, "REASSIGN_ROWS", 7)
+    calls: list[int] = []
+    real = _model.SemanticIds._last_distances
+
+    def spy(self, x, final, rows):  # type: ignore[no-untyped-def]
+        calls.append(len(rows))
+        return real(self, x, final, rows)
+
+    monkeypatch.setattr(_model.SemanticIds, "_last_distances", spy)
+    x = blobs(1500, seed=1)
+    ids = semantic.fit(x, levels=2, codebook_size=16, suffix_size=1500)
+    expect, _ = reassign_reference(ids, x, 5)
+    u = ids.unique(x, resolve="reassign", candidates=5)
+    np.testing.assert_array_equal(u[:, :2], expect)
+    assert len(calls) > 1 and max(calls) <= 7
+
+
 def test_reassign_with_fewer_candidates_leaves_more_suffixes():
     x = blobs(800, seed=2)
     ids = semantic.fit(x, levels=2, codebook_size=32, suffix_size=800)

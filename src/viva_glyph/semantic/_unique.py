@@ -96,6 +96,11 @@ def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: i
         )
 
 
+#: Overflowing items whose last-level distances are computed at once by :func:`reassign`
+#: (10,000,000 copies of one vector held 20 GB of distances and as much of their order).
+REASSIGN_ROWS = 1 << 16
+
+
 def reassign(
     codes: NDArray[Any],
     rank: NDArray[np.int64],
@@ -140,11 +145,8 @@ def reassign(
     if over.size == 0:
         return out, over, np.zeros(0, dtype=np.int64)
     over = over[np.argsort(rank[over], kind="stable")]
-    dist = last_distances(over)
-    k = dist.shape[1]
+    k = radices[-1]
     width = min(candidates, k)
-    # each item's candidates, nearest first (ties to the lower code)
-    part = np.argsort(dist, axis=1, kind="stable")[:, :width]
     # occupancy (prefix, last code) of the prefixes that the overflowing items use
     pkey = _prefix_keys(out[:, : L - 1], radices[: L - 1])
     prefixes = np.unique(pkey[over])
@@ -156,16 +158,20 @@ def reassign(
     held[inverse[keep], out[keep, L - 1]] = True
     moved: list[int] = []
     cand: list[int] = []
-    for pos, i in enumerate(over):
-        p = inverse[i]
-        free = np.flatnonzero(~held[p, part[pos]])
-        if free.size == 0:
-            continue  # every candidate held: keeps its glyph and a suffix
-        c = int(part[pos, free[0]])
-        cand.append(int(free[0]))
-        out[i, L - 1] = c
-        held[p, c] = True
-        moved.append(int(i))
+    for start in range(0, over.size, REASSIGN_ROWS):  # (rows, K_L) distances per block
+        rows = over[start : start + REASSIGN_ROWS]
+        # each item's candidates, nearest first (ties to the lower code)
+        part = np.argsort(last_distances(rows), axis=1, kind="stable")[:, :width]
+        for pos, i in enumerate(rows):
+            p = inverse[i]
+            free = np.flatnonzero(~held[p, part[pos]])
+            if free.size == 0:
+                continue  # every candidate held: keeps its glyph and a suffix
+            c = int(part[pos, free[0]])
+            cand.append(int(free[0]))
+            out[i, L - 1] = c
+            held[p, c] = True
+            moved.append(int(i))
     return out, np.array(moved, dtype=np.intp), np.array(cand, dtype=np.int64)
 
 
