@@ -235,6 +235,23 @@ def test_help_has_an_example(capsys: Any, command: str) -> None:
     assert f"example:\n  viva-glyph {command}" in out
 
 
+@pytest.mark.parametrize(
+    ("group", "actions"),
+    [("ids", ("fit", "assign", "eval")), ("index", ("build", "search", "info"))],
+)
+def test_command_group_help_lists_every_actions_example(
+    capsys: Any, group: str, actions: tuple[str, ...]
+) -> None:
+    """README: every command has --help with an example; the groups had none."""
+    code, out, _ = run(capsys, group, "--help")
+    assert code == 0
+    assert "examples:" in out
+    for action in actions:
+        assert f"\n  viva-glyph {group} {action} " in out
+        own = run(capsys, group, action, "--help")[1]
+        assert own.count(f"example:\n  viva-glyph {group} {action} ") == 1
+
+
 def test_progress_bar_only_on_a_terminal(
     files: dict[str, Any], capsys: Any, monkeypatch: Any
 ) -> None:

@@ -85,10 +85,18 @@ def command_group(
 ) -> Callable[[str, str], argparse.ArgumentParser]:
     """Add ``viva-glyph NAME ACTION ...``; returns ``add(action, help)`` for its actions.
 
-    Each action's parser shows ``examples[action]`` below its help and takes
+    The group's help lists every action's example; each action's parser shows
+    ``examples[action]`` below its help and takes
     ``-q/--quiet``; the chosen action is stored as ``args.<name>_command``.
     """
-    top = subparsers.add_parser(name, help=help, description=description)
+    top = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n"  # every action's example, as each action shows its own
+        + "\n".join(ln for e in examples.values() for ln in e.splitlines() if ln != "example:"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = top.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
 
     def add(action: str, action_help: str) -> argparse.ArgumentParser:
