@@ -205,31 +205,31 @@ def foreign_sqlite(folder: Path, *statements: str) -> Path:
     return path
 
 
-def test_store_refuses_a_foreign_database_with_the_same_table_names(tmp_path, data):
-    _x, _ids, _ = data
-    path = foreign_sqlite(
-        tmp_path,
-        "CREATE TABLE meta (name, value)",
-        "CREATE TABLE ids (a)",
-        "INSERT INTO ids VALUES (42)",
-    )
+@pytest.mark.parametrize(
+    "statements",
+    [
+        (  # a foreign database whose tables have the store's names
+            "CREATE TABLE meta (name, value)",
+            "CREATE TABLE ids (a)",
+            "INSERT INTO ids VALUES (42)",
+        ),
+        (  # the store's format rows, but an ids table without the uniqueness constraints
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE ids (glyph, suffix, key)",
+            "INSERT INTO meta VALUES ('format', 'viva-glyph-idstore'), ('version', '1')",
+        ),
+    ],
+)
+def test_store_refuses_a_database_it_did_not_make(tmp_path, statements):
+    path = foreign_sqlite(tmp_path, *statements)
+    con = sqlite3.connect(path)
+    before = con.execute("SELECT * FROM meta").fetchall()
+    con.close()
     with pytest.raises(ValueError, match="not a viva-glyph ID store"):
         semantic.IdStore(path)
     con = sqlite3.connect(path)
-    assert con.execute("SELECT * FROM meta").fetchall() == []  # left as it was
+    assert con.execute("SELECT * FROM meta").fetchall() == before  # left as it was
     con.close()
-
-
-def test_store_refuses_an_ids_table_without_the_uniqueness_constraints(tmp_path, data):
-    _x, _ids, _ = data
-    path = foreign_sqlite(
-        tmp_path,
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE ids (glyph, suffix, key)",
-        "INSERT INTO meta VALUES ('format', 'viva-glyph-idstore'), ('version', '1')",
-    )
-    with pytest.raises(ValueError, match="not a viva-glyph ID store"):
-        semantic.IdStore(path)
 
 
 def _tampered(tmp_path, ids, x, sql):
@@ -325,21 +325,17 @@ def test_cli_store_that_cannot_be_opened_exits_2(cli_files, store):
     assert out.stderr.count("\n") == 1 and "cannot open the ID store" in out.stderr
 
 
+def assign_with_keys(folder: Path, keys: str, output: str):  # type: ignore[no-untyped-def]
+    """``viva-glyph ids assign m.safetensors x.npy -o OUTPUT --keys KEYS`` in ``folder``."""
+    args = ("ids", "assign", "m.safetensors", "x.npy", "-o", output, "--keys", keys)
+    return run_cli(*args, cwd=folder)
+
+
 def test_cli_keys_file_not_utf8_names_file_and_line(cli_files):
     lines = [b"%d" % i for i in range(300)]
     lines[41] = b"k\xff"
     (cli_files / "keys.txt").write_bytes(b"\n".join(lines) + b"\n")
-    out = run_cli(
-        "ids",
-        "assign",
-        "m.safetensors",
-        "x.npy",
-        "-o",
-        "o.csv",
-        "--keys",
-        "keys.txt",
-        cwd=cli_files,
-    )
+    out = assign_with_keys(cli_files, "keys.txt", "o.csv")
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1
     assert "keys.txt line 42 is not UTF-8" in out.stderr
@@ -541,17 +537,7 @@ def test_cli_keys_file_with_a_utf8_bom(cli_files):
     (cli_files / "bom.txt").write_bytes(
         b"\xef\xbb\xbf" + b"\n".join(b"k%d" % i for i in range(300)) + b"\n"
     )
-    out = run_cli(
-        "ids",
-        "assign",
-        "m.safetensors",
-        "x.npy",
-        "-o",
-        "bom.csv",
-        "--keys",
-        "bom.txt",
-        cwd=cli_files,
-    )
+    out = assign_with_keys(cli_files, "bom.txt", "bom.csv")
     assert out.returncode == 0, out.stderr
     with open(cli_files / "bom.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
