@@ -30,6 +30,19 @@ EXAMPLES = {
 }
 
 
+def _resolve_options(p: argparse.ArgumentParser) -> None:
+    """``--resolve`` and ``--candidates``, as ``assign`` and ``eval`` take them."""
+    p.add_argument(
+        "--resolve",
+        choices=("suffix", "reassign"),
+        default="suffix",
+        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
+    )
+    p.add_argument(
+        "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add the ``ids`` command (with ``fit``, ``assign``, ``eval``) to ``subparsers``."""
     group = command_group(
@@ -78,30 +91,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--store", help="SQLite ID store: keep stored keys' IDs, add new ones (needs --keys)"
     )
-    p.add_argument(
-        "--resolve",
-        choices=("suffix", "reassign"),
-        default="suffix",
-        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
-    )
-    p.add_argument(
-        "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
-    )
+    _resolve_options(p)
     p.add_argument("--trie", action="store_true", help="save the IDs' prefix trie in the model")
     p.set_defaults(func=cmd_assign)
 
     p = add("eval", "collisions, code usage, neighbour preservation and error of the IDs")
     p.add_argument("model", help="semantic-ID model (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument(
-        "--resolve",
-        choices=("suffix", "reassign"),
-        default="suffix",
-        help="unique IDs of colliding items: a suffix, or a free last-level code (suffix)",
-    )
-    p.add_argument(
-        "--candidates", type=positive, default=32, help="reassign: last-level codes tried (32)"
-    )
+    _resolve_options(p)
     p.add_argument("--sample", type=positive, default=2000, help="items for k-NN (2000)")
     p.add_argument("--k", type=positive, default=10, help="neighbours per item, < N (10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -81,9 +81,9 @@ def level_kmeans(
     and the core's progressive k-means, keeping the one with the lower squared
     error on all of ``x``.
     """
-    rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
     if level == 0:
         return _converged(x, k, rng)
+    rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
     full = _converged(_sample(x, COMPARE_SAMPLES_PER_CODE * k, rng), k, rng)
     prog, _ = progressive_kmeans(rows, k, PROGRESSIVE_ITERATIONS, rng)
     best = prog if inertia(rows, prog) < inertia(rows, full) else full
