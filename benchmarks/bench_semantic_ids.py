@@ -50,8 +50,8 @@ def clustered(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
 def clustered_subtopics(n: int, d: int = 384, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`clustered` (N, D) float32 and each row's subtopic (N,) int in [0, 1024).
 
-    Subtopic sizes are Zipf(1.6): at N = 50,000, seed 0, the largest holds 26,374
-    rows (53%) and the next ones 8,612, 3,431, 1,567.
+    Subtopic sizes are Zipf(1.6): at N = 50,000, seed 0, the largest holds 26,335
+    rows (53%) and the next ones 8,589, 3,475, 1,616.
     """
     rng = np.random.default_rng(seed)
     topics = rng.normal(size=(64, d))
