@@ -14,6 +14,12 @@ flip at these margins):
 - ``semantic-id`` 0.2.5 ``RQKMeans(n_init=1)``, the MSE reference (same seed);
 - FAISS RQ at its defaults (beam 5), ``cp.seed`` = the seed.
 
+The third set is real text: the docstrings of Python's standard library and
+of the installed numpy, scipy, scikit-learn and torch (distinct texts of over
+80 characters; the count depends on the installed versions, which the output
+names), as 384-D LSA embeddings (TF-IDF, truncated SVD, unit length): many
+near-duplicate texts, dense topics, no planted structure.
+
 On the clustered set it also prints, for the four largest subtopics, how many
 first-level codes each method spreads them over and the sum of squared code
 shares (the first-token share of an item of a noise ball, whose nearest
@@ -26,8 +32,15 @@ Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/semantic_s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import inspect
+import io
 import itertools
 import json
+import pkgutil
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -92,6 +105,70 @@ METHODS: dict[str, Callable[[int], Fit]] = {
 }
 
 
+DOC_PACKAGES = ("numpy", "scipy", "sklearn", "torch")
+
+
+def _collect(obj: object, where: str, docs: dict[str, str], depth: int = 0) -> None:
+    """Docstrings (over 80 characters) of the public classes and routines of ``obj``."""
+    try:
+        members = inspect.getmembers(obj)
+    except Exception:
+        return
+    for name, member in members:
+        if name.startswith("_") or not (inspect.isclass(member) or inspect.isroutine(member)):
+            continue
+        doc = inspect.getdoc(member)
+        if doc and len(doc) > 80:
+            docs.setdefault(doc, f"{where}.{name}")
+        if inspect.isclass(member) and depth == 0:
+            _collect(member, f"{where}.{name}", docs, 1)
+
+
+def docstrings(packages: tuple[str, ...] = DOC_PACKAGES) -> tuple[np.ndarray, str]:
+    """LSA embeddings (N, 384) float32 of the distinct docstrings of the standard library
+    and ``packages``, and a line naming the sources and their versions."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    names = [
+        n
+        for n in sorted(sys.stdlib_module_names)
+        if not n.startswith("_")
+        and n not in {"antigravity", "this", "idlelib", "tkinter"}
+        and not n.startswith("turtle")
+    ]
+    versions = [f"Python {sys.version.split()[0]}"]
+    for root in packages:
+        try:
+            pkg = importlib.import_module(root)
+        except ImportError:
+            continue
+        versions.append(f"{root} {getattr(pkg, '__version__', '?')}")
+        names.append(root)
+        for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), root + "."):
+            if not any(part.startswith(("_", "test")) for part in info.name.split(".")):
+                names.append(info.name)
+    docs: dict[str, str] = {}
+    sink = io.StringIO()
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        warnings.simplefilter("ignore")
+        for name in names:
+            try:
+                module = importlib.import_module(name)
+            except BaseException:
+                continue
+            _collect(module, name, docs)
+    texts = sorted(docs)
+    tfidf = TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english").fit_transform(texts)
+    x = TruncatedSVD(384, random_state=0).fit_transform(tfidf)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32), f"{len(texts):,} docstrings of " + ", ".join(versions)
+
+
 def allocation(x: np.ndarray, sub: np.ndarray, seed: int, top: int = 4) -> str:
     """Codes per large subtopic and share by subtopic size, seed ``seed``, each method."""
     n = x.shape[0]
@@ -135,6 +212,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20_000, help="rows of the clustered set (20000)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (3)")
+    ap.add_argument("--no-docstrings", action="store_true", help="skip the docstring set")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     results: dict[str, object] = {"args": vars(args)}
@@ -145,6 +223,13 @@ def main() -> None:
     spread = seed_spread(digits(), args.seeds, METHODS)
     results["digits"] = spread
     show(spread_table(f"load_digits 1797 x 64, seeds 0-{args.seeds - 1}", spread, SID))
+    if not args.no_docstrings:
+        text, sources = docstrings()
+        show(f"docstrings: {sources}")
+        spread = seed_spread(text, args.seeds, METHODS)
+        results["docstrings"] = {"sources": sources, **spread}
+        title = f"docstrings (LSA) {text.shape[0]} x 384, seeds 0-{args.seeds - 1}"
+        show(spread_table(title, spread, SID))
     show(allocation(x, sub, 0))
     if args.json:
         with open(args.json, "w") as fh:
