@@ -26,7 +26,7 @@ shares (the first-token share of an item of a noise ball, whose nearest
 neighbours are nearly random within it), and the share by subtopic size.
 
 Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/semantic_share.py
---n 50000 --seeds 5`` (about 10 minutes on 2 cores).
+--n 50000 --seeds 5`` (about half an hour on 2 cores; semantic-id takes most).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import io
 import itertools
 import json
 import pkgutil
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -106,6 +107,10 @@ METHODS: dict[str, Callable[[int], Fit]] = {
 
 
 DOC_PACKAGES = ("numpy", "scipy", "sklearn", "torch")
+#: What changes from run to run inside a docstring: memory addresses in object reprs and
+#: the decimals of examples drawn at import (scipy.stats).
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+DECIMAL = re.compile(r"\d+\.\d+(?:[eE][+-]?\d+)?")
 
 
 def _collect(obj: object, where: str, docs: dict[str, str], depth: int = 0) -> None:
@@ -118,6 +123,8 @@ def _collect(obj: object, where: str, docs: dict[str, str], depth: int = 0) -> N
         if name.startswith("_") or not (inspect.isclass(member) or inspect.isroutine(member)):
             continue
         doc = inspect.getdoc(member)
+        if doc:
+            doc = DECIMAL.sub("0.0", ADDRESS.sub("0x", doc))
         if doc and len(doc) > 80:
             docs.setdefault(doc, f"{where}.{name}")
         if inspect.isclass(member) and depth == 0:
@@ -129,6 +136,7 @@ def docstrings(packages: tuple[str, ...] = DOC_PACKAGES) -> tuple[np.ndarray, st
     and ``packages``, and a line naming the sources and their versions."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from threadpoolctl import threadpool_limits
 
     names = [
         n
@@ -138,16 +146,6 @@ def docstrings(packages: tuple[str, ...] = DOC_PACKAGES) -> tuple[np.ndarray, st
         and not n.startswith("turtle")
     ]
     versions = [f"Python {sys.version.split()[0]}"]
-    for root in packages:
-        try:
-            pkg = importlib.import_module(root)
-        except ImportError:
-            continue
-        versions.append(f"{root} {getattr(pkg, '__version__', '?')}")
-        names.append(root)
-        for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), root + "."):
-            if not any(part.startswith(("_", "test")) for part in info.name.split(".")):
-                names.append(info.name)
     docs: dict[str, str] = {}
     sink = io.StringIO()
     with (
@@ -156,15 +154,27 @@ def docstrings(packages: tuple[str, ...] = DOC_PACKAGES) -> tuple[np.ndarray, st
         contextlib.redirect_stderr(sink),
     ):
         warnings.simplefilter("ignore")
-        for name in names:
+        for root in packages:
             try:
+                pkg = importlib.import_module(root)
+            except ImportError:
+                continue
+            versions.append(f"{root} {getattr(pkg, '__version__', '?')}")
+            names.append(root)
+            path = getattr(pkg, "__path__", [])
+            for info in pkgutil.walk_packages(path, root + ".", onerror=lambda _: None):
+                if not any(part.startswith(("_", "test")) for part in info.name.split(".")):
+                    names.append(info.name)
+        for name in names:
+            try:  # optional parts of a package may fail to import, or exit
                 module = importlib.import_module(name)
-            except BaseException:
+            except (Exception, SystemExit):
                 continue
             _collect(module, name, docs)
     texts = sorted(docs)
     tfidf = TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english").fit_transform(texts)
-    x = TruncatedSVD(384, random_state=0).fit_transform(tfidf)
+    with threadpool_limits(1):  # one BLAS thread: the same embedding in every run
+        x = TruncatedSVD(384, random_state=0).fit_transform(tfidf)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x.astype(np.float32), f"{len(texts):,} docstrings of " + ", ".join(versions)
 
@@ -212,25 +222,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20_000, help="rows of the clustered set (20000)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (3)")
-    ap.add_argument("--no-docstrings", action="store_true", help="skip the docstring set")
+    ap.add_argument(
+        "--sets",
+        default="clustered,digits,docstrings,allocation",
+        help="comma-separated parts to run (default: clustered,digits,docstrings,allocation)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     results: dict[str, object] = {"args": vars(args)}
+    sets = set(args.sets.split(","))
     x, sub = clustered_subtopics(args.n)
-    spread = seed_spread(x, args.seeds, METHODS)
-    results["clustered"] = spread
-    show(spread_table(f"clustered {args.n} x 384, seeds 0-{args.seeds - 1}", spread, SID))
-    spread = seed_spread(digits(), args.seeds, METHODS)
-    results["digits"] = spread
-    show(spread_table(f"load_digits 1797 x 64, seeds 0-{args.seeds - 1}", spread, SID))
-    if not args.no_docstrings:
+    if "clustered" in sets:
+        spread = seed_spread(x, args.seeds, METHODS)
+        results["clustered"] = spread
+        show(spread_table(f"clustered {args.n} x 384, seeds 0-{args.seeds - 1}", spread, SID))
+    if "digits" in sets:
+        spread = seed_spread(digits(), args.seeds, METHODS)
+        results["digits"] = spread
+        show(spread_table(f"load_digits 1797 x 64, seeds 0-{args.seeds - 1}", spread, SID))
+    if "docstrings" in sets:
         text, sources = docstrings()
         show(f"docstrings: {sources}")
         spread = seed_spread(text, args.seeds, METHODS)
         results["docstrings"] = {"sources": sources, **spread}
         title = f"docstrings (LSA) {text.shape[0]} x 384, seeds 0-{args.seeds - 1}"
         show(spread_table(title, spread, SID))
-    show(allocation(x, sub, 0))
+    if "allocation" in sets:
+        show(allocation(x, sub, 0))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
