@@ -1,0 +1,131 @@
+"""Hostile inputs to the k-means engine and its callers: each test pins a defect that a
+hostile user found (it failed before its fix) or an edge that held, against an
+independent reference (brute force, a hand-computed case)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from viva_glyph import kmeans, semantic
+from viva_glyph._rows import ArrayRows
+
+
+def brute_sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(n,) float64 squared distance of each row to its nearest centroid, elementwise."""
+    x64, c64 = np.asarray(x, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    return ((x64[:, None, :] - c64[None, :, :]) ** 2).sum(-1).min(axis=1)
+
+
+def plus_plus_reference(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ on explicit float64 pairwise distances (elementwise), drawing as
+    :func:`kmeans.kmeans_plus_plus` does: the first pick, then (K - 1, 2 + log K) uniforms."""
+    n = x.shape[0]
+    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    picks = [int(rng.integers(n))]
+    closest = dist[picks[0]].copy()
+    for u in rng.random((k - 1, 2 + int(np.log(k)))):
+        cum = np.cumsum(closest)
+        cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), n - 1)
+        best = cand[int(np.argmin([np.minimum(closest, dist[c]).sum() for c in cand]))]
+        picks.append(int(best))
+        closest = np.minimum(closest, dist[best])
+    return x[picks]
+
+
+def use_backend(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    if backend == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("VIVA_GLYPH_NUMBA", "1" if backend == "numba" else "0")
+
+
+# -- k-means++ -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("d", [3, 40])  # numba: products in the kernel, a Gram matrix
+@pytest.mark.parametrize("exp", [-100, 70])  # |x| ~ 1e-30, 1e21
+def test_kmeans_plus_plus_at_extreme_magnitudes(
+    backend: str, d: int, exp: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaling the rows by a power of two scales every float64 distance exactly, so the
+    # seeds are the same rows. The numpy path's float32 products overflowed at 2^70
+    # (every distance 0: uniform picks, 2 distinct seeds of 10) and underflowed at
+    # 2^-100 (distances ||a||^2 + ||b||^2).
+    use_backend(monkeypatch, backend)
+    x = np.random.default_rng(7).standard_normal((400, d))
+    ref = plus_plus_reference(x, 25, np.random.default_rng(11))
+    scaled = np.ldexp(x, exp)
+    got = kmeans.kmeans_plus_plus(scaled, 25, np.random.default_rng(11))
+    np.testing.assert_array_equal(got, np.ldexp(ref, exp))
+    np.testing.assert_array_equal(
+        ref, plus_plus_reference(scaled, 25, np.random.default_rng(11)) / 2.0**exp
+    )
+
+
+# -- Lloyd's loop: a split in the last iteration ---------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e6])
+def test_lloyd_on_identical_rows_returns_their_value(scale: float) -> None:
+    # Every row equal: one cluster holds all and the others are re-seeded in every
+    # iteration, so the loop always ends on a split. The split moved the full cluster
+    # off its mean by a perturbation of absolute size 1/1024 (the spread is 0): at
+    # scale 1e-8 no centroid was within 1e-3 of the data.
+    x = np.full((100, 3), scale)
+    cent, _, _ = kmeans.lloyd(x, 4, iterations=3, rng=np.random.default_rng(0), dtype=np.float64)
+    # the mean of 100 equal floats is that float to within a few ulps
+    assert brute_sqdist(x, cent).max() <= 1e-24 * 3 * scale**2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lloyd_with_fewer_distinct_points_than_k_has_zero_inertia(dtype: type) -> None:
+    # 3 distinct points, K = 8: the means of the 3 clusters are the points; the
+    # split of the last iteration left every row off its centroid.
+    rng = np.random.default_rng(1)
+    pts = rng.standard_normal((3, 5))
+    x = np.repeat(pts, 40, axis=0)
+    cent, n_iter, _ = kmeans.lloyd(x, 8, iterations=5, rng=np.random.default_rng(2), dtype=dtype)
+    assert n_iter == 5  # never converged: empty clusters in every iteration
+    assert brute_sqdist(x, cent).max() <= 1e-24  # means of equal rows: a few ulps
+
+
+def test_lloyd_without_empty_clusters_is_unchanged_by_the_split_fix() -> None:
+    # Hand-checked step: two clusters, never empty, one iteration = the means.
+    x = np.array([[0.0], [1.0], [10.0], [12.0]])
+    cent, _, inertia = kmeans.lloyd(
+        x, 2, iterations=1, rng=np.random.default_rng(0), init=np.array([[0.0], [10.0]])
+    )
+    np.testing.assert_array_equal(cent, [[0.5], [11.0]])
+    assert inertia == pytest.approx(1.0 + 4.0)
+
+
+def test_progressive_kmeans_on_duplicates_reaches_zero_inertia() -> None:
+    rng = np.random.default_rng(3)
+    x = np.repeat(rng.standard_normal((5, 12)).astype(np.float32), 30, axis=0)
+    rows = ArrayRows.of(x, kmeans.leaf_rows(9, 12))
+    cent, _ = kmeans.progressive_kmeans(rows, 9, 4, np.random.default_rng(0))
+    assert brute_sqdist(x, cent).max() <= 1e-24
+
+
+# -- semantic.fit through the public API -----------------------------------------------
+
+
+def test_semantic_fit_of_heavy_duplicates_is_exact() -> None:
+    # 10,000 copies of each of 3 vectors with K = 8: every level can reconstruct exactly.
+    # Before the fix level 0 left MSE 6.7e-7 and level 1 did not remove it.
+    base = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    x = np.repeat(base, 10_000, axis=0)
+    ids = semantic.fit(x, levels=2, codebook_size=8, seed=0)
+    assert ids.training["level_mse"] == [0.0, 0.0]
+    np.testing.assert_array_equal(ids.decode(ids.codes(base)), base.astype(np.float64))
+
+
+@pytest.mark.parametrize(("n", "d"), [(16, 5), (256, 2)])
+def test_semantic_fit_levels_after_an_exact_level_stay_exact(n: int, d: int) -> None:
+    # N distinct rows, K = N: level 0 is exact, so every later level's residual is
+    # exactly zero. The later levels turned the zero residual into MSE 1e-6.
+    x = np.random.default_rng(4).standard_normal((n, d)).astype(np.float32)
+    x = np.repeat(x, 3, axis=0)
+    ids = semantic.fit(x, levels=3, codebook_size=n, seed=np.int64(7))
+    assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
