@@ -4,10 +4,16 @@ independent reference (brute force, a hand-computed case)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from viva_glyph import kmeans, semantic
+from viva_glyph._files import check_output
 from viva_glyph._rows import ArrayRows
 
 
@@ -129,3 +135,69 @@ def test_semantic_fit_levels_after_an_exact_level_stay_exact(n: int, d: int) -> 
     x = np.repeat(x, 3, axis=0)
     ids = semantic.fit(x, levels=3, codebook_size=n, seed=np.int64(7))
     assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
+
+
+# -- check_output ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Iterator[list[Path]]:
+    """Folders this process cannot create a file in: /proc/self (even for root) and a
+    mode-0o555 folder (not for root); only those where creating a file really fails."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    out = []
+    for folder in (Path("/proc/self"), ro):
+        try:
+            os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError:
+            out.append(folder)
+        else:
+            os.unlink(folder / "probe")
+    if not out:
+        pytest.skip("no folder here refuses a new file")
+    yield out
+    ro.chmod(0o755)
+
+
+def test_check_output_refuses_a_folder_it_cannot_write_in(unwritable: list[Path]) -> None:
+    # "Check, before any work": an unwritable folder passed, the work ran, and the write
+    # failed at the end naming the temporary file ("no such file: /proc/self/.m...tmp").
+    for folder in unwritable:
+        with pytest.raises(ValueError, match=f"output folder {folder} is not writable"):
+            check_output(folder / "model.safetensors")
+
+
+def test_cli_refuses_an_unwritable_output_folder_before_fitting(
+    unwritable: list[Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32))
+    out = unwritable[0] / "m.safetensors"
+    res = run_cli("fit", str(data), "-o", str(out), "--stages", "1", "--codebook-size", "4")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and ".tmp" not in lines[0]
+
+
+def test_check_output_follows_symlinks_to_what_it_refuses(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    for name, target in [
+        ("to-pipe", fifo),
+        ("to-null", Path(os.devnull)),
+        ("to-dir", tmp_path / "folder"),
+    ]:
+        (tmp_path / name).symlink_to(target)
+    for name in ("to-pipe", "to-null"):
+        with pytest.raises(ValueError, match="not a regular file"):
+            check_output(tmp_path / name)
+    with pytest.raises(ValueError, match="is a folder"):
+        check_output(tmp_path / "to-dir")
+    for missing in (tmp_path / "nothere" / "m.npy", tmp_path / "file" / "m.npy"):
+        with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+            check_output(missing)
+    assert check_output(tmp_path / "new.npy") == tmp_path / "new.npy"

@@ -185,7 +185,7 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
     ValueError
         For another suffix, an existing folder, device, pipe or socket in the
         place of a file, an existing file or non-zarr folder in the place of a
-        store.
+        store, a folder this process may not write in.
     FileNotFoundError
         When the destination's folder does not exist.
     """
@@ -195,6 +195,8 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
         raise ValueError(f"output {target} must end in {' or '.join(suffixes)}")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {target.parent}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):  # the temporary is made there
+        raise ValueError(f"output folder {target.parent} is not writable: cannot write {target}")
     if suffix == ".zarr":
         if target.exists() and not (target.is_dir() and _is_zarr_store(target)):
             raise ValueError(f"output {target} exists and is not a zarr store; not replacing it")
