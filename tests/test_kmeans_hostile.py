@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from viva_glyph import kmeans, semantic
 from viva_glyph._files import check_output
@@ -201,3 +203,64 @@ def test_check_output_follows_symlinks_to_what_it_refuses(tmp_path: Path) -> Non
         with pytest.raises(FileNotFoundError, match="output folder does not exist"):
             check_output(missing)
     assert check_output(tmp_path / "new.npy") == tmp_path / "new.npy"
+
+
+# -- reassign: blocks of REASSIGN_ROWS ---------------------------------------------------
+
+
+def reassign_brute(
+    codes: np.ndarray, rank: np.ndarray, dist: np.ndarray, candidates: int
+) -> tuple[np.ndarray, list[int]]:
+    """Item by item: rank 1 items first, then rank 2, ... (ties by row); each takes the
+    first of its `candidates` nearest last codes (ties to the lower code) whose glyph
+    no item holds."""
+    out = codes.astype(np.int64).copy()
+    held = {tuple(r) for r in out[rank == 0]}
+    moved = []
+    for i in sorted(np.flatnonzero(rank > 0).tolist(), key=lambda i: (rank[i], i)):
+        for c in sorted(range(dist.shape[1]), key=lambda c: (dist[i, c], c))[:candidates]:
+            glyph = (*out[i, :-1], c)
+            if glyph not in held:
+                held.add(glyph)
+                out[i, -1] = c
+                moved.append(i)
+                break
+    return out, moved
+
+
+@given(
+    n=st.integers(1, 60),
+    radices=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    block=st.integers(1, 9),
+    candidates=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=150, deadline=None)
+def test_reassign_in_blocks_matches_the_item_by_item_rule(
+    n: int, radices: list[int], block: int, candidates: int, seed: int
+) -> None:
+    # Few codes and distances in {0, 1, 2}: many collisions, ties, and items that
+    # collide with each other across a block boundary.
+    from viva_glyph.semantic import _unique
+
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, r, n) for r in radices], axis=1)
+    _, first = np.unique(codes, axis=0, return_index=True)
+    rank = np.ones(n, dtype=np.int64) + rng.integers(0, 3, n)
+    rank[first] = 0  # one keeper per glyph; the others ranked 1..3 in any order
+    dist = rng.integers(0, 3, (n, radices[-1])).astype(np.float64)
+    calls: list[int] = []
+
+    def last_distances(rows: np.ndarray) -> np.ndarray:
+        calls.append(rows.size)
+        return dist[rows]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_unique, "REASSIGN_ROWS", block)
+        out, moved, cand = _unique.reassign(codes, rank, last_distances, tuple(radices), candidates)
+    expect, expect_moved = reassign_brute(codes, rank, dist, candidates)
+    np.testing.assert_array_equal(out, expect)
+    assert sorted(moved.tolist()) == sorted(expect_moved)
+    assert max(calls, default=0) <= block
+    order = np.argsort(dist[moved], axis=1, kind="stable")
+    np.testing.assert_array_equal(order[np.arange(moved.size), cand], out[moved, -1])
