@@ -264,3 +264,22 @@ def test_reassign_in_blocks_matches_the_item_by_item_rule(
     assert max(calls, default=0) <= block
     order = np.argsort(dist[moved], axis=1, kind="stable")
     np.testing.assert_array_equal(order[np.arange(moved.size), cand], out[moved, -1])
+
+
+def test_semantic_fit_normalized_residuals_that_are_all_zero(tmp_path: Path) -> None:
+    # cosine + normalize_residuals where level 0 is exact (3 directions, K = 8): the mean
+    # residual norm of level 1 is 0, and fit raised "residual_scales must be 3 finite
+    # positive floats, got [1.0, 0.0, 0.0]" (the model's own check of its scales).
+    base = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    x = np.repeat(base, 700, axis=0)
+    ids = semantic.fit(
+        x, levels=3, codebook_size=8, metric="cosine", normalize_residuals=True, seed=0
+    )
+    assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
+    unit = base.astype(np.float64) / np.linalg.norm(base.astype(np.float64), axis=1)[:, None]
+    np.testing.assert_allclose(ids.decode(ids.codes(base)), unit, rtol=0, atol=1e-7)
+    path = tmp_path / "ids.vgsem"
+    ids.save(path)
+    again = semantic.load(path)
+    np.testing.assert_array_equal(again.codes(x), ids.codes(x))
+    np.testing.assert_array_equal(again.decode(again.codes(base)), ids.decode(ids.codes(base)))
