@@ -71,6 +71,74 @@ def test_kmeans_plus_plus_at_extreme_magnitudes(
     )
 
 
+def plus_plus_exact_reference(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`plus_plus_reference` with the rule for covered points: once every squared
+    distance is 0, the pick is row ``min(int(u_0 * n), n - 1)`` of the pick's uniforms."""
+    n = x.shape[0]
+    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    picks = [int(rng.integers(n))]
+    closest = dist[picks[0]].copy()
+    for u in rng.random((k - 1, 2 + int(np.log(k)))):
+        if closest.sum() == 0:
+            picks.append(min(int(u[0] * n), n - 1))
+            continue
+        cum = np.cumsum(closest)
+        cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), n - 1)
+        best = cand[int(np.argmin([np.minimum(closest, dist[c]).sum() for c in cand]))]
+        picks.append(int(best))
+        closest = np.minimum(closest, dist[best])
+    return x[picks]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@given(
+    n=st.integers(1, 60),
+    d=st.integers(1, 12),  # numba: products in the kernel up to 8, then a Gram matrix
+    k_frac=st.floats(0, 1),
+    values=st.integers(1, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=80, deadline=None)
+def test_kmeans_plus_plus_on_small_integers_equals_the_reference(
+    backend: str, n: int, d: int, k_frac: float, values: int, seed: int
+) -> None:
+    # Small integer coordinates: every product and sum is exact in float32 and float64,
+    # so both paths must pick exactly the reference's rows, whatever the ties (values=1:
+    # all rows identical; few values: fewer distinct rows than K; K = 1 and K = N).
+    if backend == "numba":
+        pytest.importorskip("numba")
+    k = 1 + int(k_frac * (n - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(values // 2), values - values // 2, (n, d)).astype(np.float64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIVA_GLYPH_NUMBA", "1" if backend == "numba" else "0")
+        got = kmeans.kmeans_plus_plus(x, k, np.random.default_rng(seed))
+    np.testing.assert_array_equal(got, plus_plus_exact_reference(x, k, np.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("d", [3, 12])
+def test_kmeans_plus_plus_reads_any_layout_and_dtype(
+    backend: str, d: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_backend(monkeypatch, backend)
+    x = np.random.default_rng(8).integers(-50, 50, (300, d)).astype(np.int16)
+    np.save(tmp_path / "x.npy", x)
+    ref = plus_plus_exact_reference(x.astype(np.float64), 20, np.random.default_rng(3))
+    wide = np.zeros((300, 2 * d), dtype=np.float32)
+    wide[:, ::2] = x
+    for view in (
+        x,
+        x.astype(np.float16),
+        np.asfortranarray(x.astype(np.float32)),
+        wide[:, ::2],
+        np.load(tmp_path / "x.npy", mmap_mode="r"),
+    ):
+        got = kmeans.kmeans_plus_plus(view, 20, np.random.default_rng(3))
+        assert got.dtype == np.float64 and type(got) is np.ndarray
+        np.testing.assert_array_equal(got, ref)
+
+
 # -- Lloyd's loop: a split in the last iteration ---------------------------------------
 
 
