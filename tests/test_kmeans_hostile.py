@@ -14,8 +14,7 @@ from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from viva_glyph import kmeans, semantic
-from viva_glyph._files import check_output
+from viva_glyph import _files, kmeans, semantic
 from viva_glyph._rows import ArrayRows
 
 
@@ -236,7 +235,7 @@ def test_check_output_refuses_a_folder_it_cannot_write_in(unwritable: list[Path]
     # failed at the end naming the temporary file ("no such file: /proc/self/.m...tmp").
     for folder in unwritable:
         with pytest.raises(ValueError, match=f"output folder {folder} is not writable"):
-            check_output(folder / "model.safetensors")
+            _files.check_output(folder / "model.safetensors")
 
 
 def test_cli_refuses_an_unwritable_output_folder_before_fitting(
@@ -264,13 +263,13 @@ def test_check_output_follows_symlinks_to_what_it_refuses(tmp_path: Path) -> Non
         (tmp_path / name).symlink_to(target)
     for name in ("to-pipe", "to-null"):
         with pytest.raises(ValueError, match="not a regular file"):
-            check_output(tmp_path / name)
+            _files.check_output(tmp_path / name)
     with pytest.raises(ValueError, match="is a folder"):
-        check_output(tmp_path / "to-dir")
+        _files.check_output(tmp_path / "to-dir")
     for missing in (tmp_path / "nothere" / "m.npy", tmp_path / "file" / "m.npy"):
         with pytest.raises(FileNotFoundError, match="output folder does not exist"):
-            check_output(missing)
-    assert check_output(tmp_path / "new.npy") == tmp_path / "new.npy"
+            _files.check_output(missing)
+    assert _files.check_output(tmp_path / "new.npy") == tmp_path / "new.npy"
 
 
 # -- reassign: blocks of REASSIGN_ROWS ---------------------------------------------------
@@ -351,3 +350,26 @@ def test_semantic_fit_normalized_residuals_that_are_all_zero(tmp_path: Path) -> 
     again = semantic.load(path)
     np.testing.assert_array_equal(again.codes(x), ids.codes(x))
     np.testing.assert_array_equal(again.decode(again.codes(base)), ids.decode(ids.codes(base)))
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_atomic_folder_replaces_a_symlink_in_the_place_of_a_store(
+    tmp_path: Path, dangling: bool
+) -> None:
+    # check_output let a link to a zarr store (or a dangling link) pass; the work ran and
+    # the final rename failed: "NotADirectoryError: ... .link.zarr.viva-glyph-...tmp ->
+    # link.zarr". Now the link is replaced, as atomic_output replaces a link to a file.
+    real = tmp_path / "real.zarr"
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    if not dangling:
+        real.mkdir()
+        (real / "zarr.json").write_text("old")
+    with _files.atomic_folder(link) as tmp:
+        tmp.mkdir()
+        (tmp / "zarr.json").write_text("new")
+    assert not link.is_symlink() and (link / "zarr.json").read_text() == "new"
+    assert dangling or (real / "zarr.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr"] + ["real.zarr"] * (
+        not dangling
+    )

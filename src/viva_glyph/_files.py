@@ -270,7 +270,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
 
     Yields the path of a temporary folder to fill (not yet created); on success
     every file in it is fsynced and it replaces ``path`` (an existing store is
-    moved aside first, then removed).
+    moved aside first, then removed; a symbolic link there is replaced, as
+    :func:`atomic_output` replaces one, and what it points to is left alone).
     """
     target = check_output(path)
     remove_stale_temps(target.parent)
@@ -281,11 +282,14 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         yield tmp
         fsync_tree(tmp)
         _refuse_if_signalled()
-        if target.is_dir() and not target.is_symlink():
+        if target.is_symlink() or target.is_dir():  # a folder cannot be renamed over a link
             trash = _temp_name(target, ".old")
             os.replace(target, trash)
             os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            if trash.is_symlink():
+                trash.unlink()
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except BaseException:
