@@ -134,9 +134,10 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
     # neither overflowing (|x| ~ 1e20 made every distance 0) nor underflowing (|x| ~ 1e-30
     # made them ||a||^2 + ||b||^2) where it does not.
     x32, two = x, 2.0
-    if x.shape[1] > DIRECT_DIMS:
-        exp = math.frexp(float(np.abs(x).max(initial=0.0)))[1]  # 0 for 0, inf or NaN
-        x32, two = np.ldexp(x, -exp).astype(np.float32), math.ldexp(2.0, 2 * exp)
+    if x.shape[1] > DIRECT_DIMS:  # (no float64 temporaries of the sample's size)
+        exp = math.frexp(max(float(x.max()), -float(x.min())))[1]  # 0 for 0, inf or NaN
+        x32 = np.ldexp(x, -exp, out=np.empty(x.shape, np.float32), casting="same_kind")
+        two = float(np.ldexp(2.0, 2 * exp))
     picks = np.empty(K, dtype=np.intp)
     picks[0] = first
     products = (x32 @ x32[first]).astype(np.float64)
