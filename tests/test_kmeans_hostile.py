@@ -5,6 +5,8 @@ independent reference (brute force, a hand-computed case)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -373,3 +375,38 @@ def test_atomic_folder_replaces_a_symlink_in_the_place_of_a_store(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr"] + ["real.zarr"] * (
         not dangling
     )
+
+
+# -- numba without a cache folder --------------------------------------------------------
+
+
+def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
+    # A read-only install without a writable user cache folder: numba's cache=True raised
+    # "RuntimeError: cannot cache function '_kernel': no locator available" when
+    # viva_glyph._numba was imported, so every k-means call failed (numba_kernels only
+    # falls back on ImportError). NUMBA_CACHE_LOCATOR_CLASSES (numba >= 0.61) with a
+    # locator that never applies outside IPython stands in for that machine.
+    numba = pytest.importorskip("numba")
+    if tuple(int(v) for v in numba.__version__.split(".")[:2]) < (0, 61):
+        pytest.skip("NUMBA_CACHE_LOCATOR_CLASSES needs numba >= 0.61")
+    script = (
+        "import numpy as np\n"
+        "from viva_glyph import kmeans\n"
+        "from viva_glyph._kernels import numba_kernels\n"
+        "assert numba_kernels() is not None\n"
+        "x = np.arange(120.0).reshape(40, 3) % 7\n"
+        "print(kmeans.kmeans_plus_plus(x, 5, np.random.default_rng(1)).tolist())\n"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(sys.path),
+        NUMBA_CACHE_LOCATOR_CLASSES="IPythonCacheLocator",
+        VIVA_GLYPH_NUMBA="1",
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    x = np.arange(120.0).reshape(40, 3) % 7
+    expect = plus_plus_exact_reference(x, 5, np.random.default_rng(1))
+    assert res.stdout.strip() == str(expect.tolist())
