@@ -13,7 +13,7 @@ with identical results:
   summed in its own order, which moves only the bounds, never a decision);
 - :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
   the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
-  of each cluster in row order, so the sums are bit-identical);
+  of each cluster in row order, in the same pieces, so the sums are bit-identical);
 - :func:`plus_plus_kernel`, the whole greedy k-means++ loop, replaces
   :func:`viva_glyph.kmeans.kmeans_plus_plus`'s loop of one GEMM per pick (the
   same draws and rules; the products come from a Gram matrix or scalar loops,
