@@ -435,3 +435,28 @@ def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
     x = np.arange(120.0).reshape(40, 3) % 7
     expect = plus_plus_exact_reference(x, 5, np.random.default_rng(1))
     assert res.stdout.strip() == str(expect.tolist())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["b" * 246 + ".npy", "é" * 123 + ".npy", "c" * 251 + ".npy"],
+    ids=["ascii-250", "utf8-250", "ascii-255"],
+)
+def test_atomic_output_writes_a_name_of_up_to_255_bytes(tmp_path: Path, name: str) -> None:
+    # The temporary ".<name>.viva-glyph-<host>-<pid>-<start>-<random>.tmp" is ~45 bytes
+    # longer than the name: a valid 250-byte name passed check_output, the work ran, and
+    # the write failed with "File name too long: .../.bbb...tmp".
+    assert len(os.fsencode(name)) <= 255
+    target = tmp_path / name
+    with _files.atomic_output(target, suffix=".npy") as tmp:
+        assert tmp.name.endswith(".npy.tmp") and _files._TEMP.match(tmp.name)
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.arange(3))
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_check_output_refuses_a_nul_character(tmp_path: Path) -> None:
+    # passed, and the write failed at the end ("embedded null byte")
+    with pytest.raises(ValueError, match="NUL character"):
+        _files.check_output(str(tmp_path / "out\0.npy"))

@@ -190,6 +190,8 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
         When the destination's folder does not exist.
     """
     target = Path(path)
+    if "\0" in str(target):
+        raise ValueError(f"output {str(target)!r} holds a NUL character")
     suffix = target.suffix.lower()
     if suffixes and suffix not in suffixes:
         raise ValueError(f"output {target} must end in {' or '.join(suffixes)}")
@@ -211,9 +213,17 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
     return target
 
 
+#: Longest file name (bytes) of common file systems: a temporary's copy of the
+#: destination's name is cut to fit (a 250-byte name made a 295-byte temporary).
+NAME_MAX = 255
+
+
 def _temp_name(target: Path, suffix: str) -> Path:
-    name = f".{target.name}.{_TAG}-{_owner()}-{secrets.token_hex(4)}{suffix}.tmp"
-    return target.with_name(name)
+    tail = f".{_TAG}-{_owner()}-{secrets.token_hex(4)}{suffix}.tmp"
+    head = target.name
+    while len(os.fsencode(f".{head}{tail}")) > NAME_MAX and len(head) > 1:
+        head = head[:-1]
+    return target.with_name(f".{head}{tail}")
 
 
 def _forget(tmp: Path) -> None:
