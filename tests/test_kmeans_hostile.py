@@ -117,6 +117,22 @@ def test_kmeans_plus_plus_on_small_integers_equals_the_reference(
     np.testing.assert_array_equal(got, plus_plus_exact_reference(x, k, np.random.default_rng(seed)))
 
 
+@pytest.mark.parametrize("d", [8, 9])  # DIRECT_DIMS = 8: products in the kernel up to 8
+@pytest.mark.parametrize("spare", [0, -1])  # Gram matrix of exactly GRAM_BYTES; 1 byte over
+def test_kmeans_plus_plus_at_the_route_boundaries(
+    d: int, spare: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_backend(monkeypatch, "numba")
+    n = 45
+    monkeypatch.setattr(kmeans, "GRAM_BYTES", n * n * 8 + spare)
+    x = np.random.default_rng(d).integers(-3, 4, (n, d)).astype(np.float64)
+    for k in (1, 7, n):
+        got = kmeans.kmeans_plus_plus(x, k, np.random.default_rng(k))
+        np.testing.assert_array_equal(
+            got, plus_plus_exact_reference(x, k, np.random.default_rng(k))
+        )
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("d", [3, 12])
 def test_kmeans_plus_plus_reads_any_layout_and_dtype(
