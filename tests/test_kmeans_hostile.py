@@ -125,12 +125,24 @@ def test_kmeans_plus_plus_at_the_route_boundaries(
     use_backend(monkeypatch, "numba")
     n = 45
     monkeypatch.setattr(kmeans, "GRAM_BYTES", n * n * 8 + spare)
+    from viva_glyph import _numba
+
+    routes: list[str] = []
+    real = _numba.plus_plus_kernel
+
+    def spy(x, sq, gram, first, draws):  # type: ignore[no-untyped-def]
+        routes.append("direct" if gram is None else "gram")
+        return real(x, sq, gram, first, draws)
+
+    monkeypatch.setattr(_numba, "plus_plus_kernel", spy)
     x = np.random.default_rng(d).integers(-3, 4, (n, d)).astype(np.float64)
     for k in (1, 7, n):
         got = kmeans.kmeans_plus_plus(x, k, np.random.default_rng(k))
         np.testing.assert_array_equal(
             got, plus_plus_exact_reference(x, k, np.random.default_rng(k))
         )
+    expect = "direct" if d <= 8 else ("gram" if spare == 0 else None)
+    assert routes == ([] if expect is None else [expect] * 3)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
