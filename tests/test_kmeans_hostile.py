@@ -238,6 +238,20 @@ def test_progressive_kmeans_on_duplicates_reaches_zero_inertia() -> None:
     assert brute_sqdist(x, cent).max() <= 1e-24
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_core_fit_of_duplicates_reconstructs_them(beam: int) -> None:
+    # viva_glyph.fit runs the same Lloyd loop: 5 distinct rows, K = 16, one stage
+    # left every row 1e-6 off (the last iteration's split).
+    import viva_glyph
+
+    base = np.random.default_rng(9).standard_normal((5, 40)).astype(np.float32)
+    x = np.repeat(base, 40, axis=0)
+    enc = viva_glyph.fit(x, num_stages=2, codebook_size=16, beam_size=beam, seed=1)
+    rec = enc.decode(enc.encode(base))
+    np.testing.assert_allclose(rec, base, rtol=0, atol=1e-6)
+    assert brute_sqdist(base, enc.codebooks[0].vectors).max() <= 1e-12
+
+
 # -- semantic.fit through the public API -----------------------------------------------
 
 
