@@ -252,6 +252,30 @@ def test_core_fit_of_duplicates_reconstructs_them(beam: int) -> None:
     assert brute_sqdist(base, enc.codebooks[0].vectors).max() <= 1e-12
 
 
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 70),  # 1-D first steps (D < 58 at 10 steps) and wider ones
+    plus_plus=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_progressive_kmeans_with_as_many_centroids_as_distinct_rows(
+    n: int, d: int, plus_plus: bool, seed: int
+) -> None:
+    # K = N distinct rows (then K = the number of distinct rows of duplicated data):
+    # every row ends on a centroid of its own.
+    rng = np.random.default_rng(seed)
+    x = np.unique(rng.integers(-20, 21, (n, d)).astype(np.float32), axis=0)
+    k = x.shape[0]
+    for data in (x, np.repeat(x, 3, axis=0)):
+        rows = ArrayRows.of(data, kmeans.leaf_rows(k, d))
+        cent, _ = kmeans.progressive_kmeans(
+            rows, k, 10, np.random.default_rng(seed), plus_plus=plus_plus
+        )
+        assert cent.shape == (k, d)
+        assert brute_sqdist(data, cent).max() == 0.0
+
+
 # -- semantic.fit through the public API -----------------------------------------------
 
 
