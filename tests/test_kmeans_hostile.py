@@ -526,3 +526,33 @@ def test_check_output_refuses_a_nul_character(tmp_path: Path) -> None:
     # passed, and the write failed at the end ("embedded null byte")
     with pytest.raises(ValueError, match="NUL character"):
         _files.check_output(str(tmp_path / "out\0.npy"))
+
+
+def test_reassign_bounds_the_bytes_of_a_block_for_large_last_levels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Blocks of REASSIGN_ROWS rows whatever K_L: 65,536 rows of 65,536 last-level codes
+    # held 32 GB of distances and as much of their order. Scaled down: K_L = 64 and a
+    # budget of 5 rows' distances and order.
+    from viva_glyph.semantic import _unique
+
+    k = 64
+    monkeypatch.setattr(_unique, "REASSIGN_BYTES", 5 * 16 * k, raising=False)
+    rng = np.random.default_rng(2)
+    codes = np.stack([rng.integers(0, 3, 400), rng.integers(0, k, 400)], axis=1)
+    _, first = np.unique(codes, axis=0, return_index=True)
+    codes = np.concatenate([codes[first], np.repeat(codes[first][:4], 30, axis=0)])
+    rank = np.zeros(codes.shape[0], dtype=np.int64)
+    rank[first.size :] = np.tile(np.arange(1, 31), 4)
+    dist = rng.random((codes.shape[0], k))
+    calls: list[int] = []
+
+    def last_distances(rows: np.ndarray) -> np.ndarray:
+        calls.append(rows.size)
+        return dist[rows]
+
+    out, moved, _ = _unique.reassign(codes, rank, last_distances, (3, k), 8)
+    assert max(calls) <= 5 and sum(calls) == 120
+    expect, expect_moved = reassign_brute(codes, rank, dist, 8)
+    np.testing.assert_array_equal(out, expect)
+    assert sorted(moved.tolist()) == sorted(expect_moved)

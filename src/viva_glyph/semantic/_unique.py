@@ -99,6 +99,9 @@ def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: i
 #: Overflowing items whose last-level distances are computed at once by :func:`reassign`
 #: (10,000,000 copies of one vector held 20 GB of distances and as much of their order).
 REASSIGN_ROWS = 1 << 16
+#: Bytes of those distances (float64) and their order (int64) at once: fewer rows than
+#: REASSIGN_ROWS past 256 last-level codes (65,536 rows of 65,536 codes held 64 GB).
+REASSIGN_BYTES = 256 << 20
 
 
 def reassign(
@@ -158,8 +161,9 @@ def reassign(
     held[inverse[keep], out[keep, L - 1]] = True
     moved: list[int] = []
     cand: list[int] = []
-    for start in range(0, over.size, REASSIGN_ROWS):  # (rows, K_L) distances per block
-        rows = over[start : start + REASSIGN_ROWS]
+    block = max(1, min(REASSIGN_ROWS, REASSIGN_BYTES // (16 * k)))
+    for start in range(0, over.size, block):  # (rows, K_L) distances per block
+        rows = over[start : start + block]
         # each item's candidates, nearest first (ties to the lower code)
         part = np.argsort(last_distances(rows), axis=1, kind="stable")[:, :width]
         for pos, i in enumerate(rows):
