@@ -556,3 +556,41 @@ def test_reassign_bounds_the_bytes_of_a_block_for_large_last_levels(
     expect, expect_moved = reassign_brute(codes, rank, dist, 8)
     np.testing.assert_array_equal(out, expect)
     assert sorted(moved.tolist()) == sorted(expect_moved)
+
+
+def test_reassign_holds_no_table_of_every_prefix_and_last_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The occupancy was a dense bool table (prefixes in use, K_L): 65,536 prefixes of a
+    # 65,536-code last level held 4 GB. Scaled down: 1,000 prefixes x 2^14 codes (16 MB)
+    # must not be allocated for 2,000 items (distances in blocks of 4 rows).
+    import tracemalloc
+
+    from viva_glyph.semantic import _unique
+
+    k = 1 << 14
+    monkeypatch.setattr(_unique, "REASSIGN_BYTES", 4 * 16 * k, raising=False)
+    prefix = np.repeat(np.arange(1000), 2)
+    codes = np.stack([prefix, (prefix * 7) % k], axis=1)  # pairs: one glyph each
+    rank = np.tile([0, 1], 1000)
+    rows_seen: list[int] = []
+
+    def last_distances(rows: np.ndarray) -> np.ndarray:
+        rows_seen.append(rows.size)
+        return np.abs(np.arange(k)[None, :] - codes[rows, 1:]).astype(np.float64)
+
+    tracemalloc.start()
+    try:
+        out, moved, cand = _unique.reassign(codes, rank, last_distances, (1000, k), 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    # each second item takes the code one below its own (distance 1, ties to the lower
+    # code; code 0: code 1)
+    np.testing.assert_array_equal(moved, np.arange(1, 2000, 2))
+    np.testing.assert_array_equal(cand, np.ones(1000, dtype=np.int64))
+    expect = codes[1::2, 1] - 1
+    expect[expect < 0] = 1
+    np.testing.assert_array_equal(out[1::2, 1], expect)
+    assert max(rows_seen) <= 4
