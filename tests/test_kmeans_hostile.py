@@ -426,6 +426,31 @@ def test_reassign_in_blocks_matches_the_item_by_item_rule(
     np.testing.assert_array_equal(order[np.arange(moved.size), cand], out[moved, -1])
 
 
+@pytest.mark.parametrize("d", [1, 2])
+def test_semantic_fit_with_a_one_code_level_and_n_equal_to_k(d: int) -> None:
+    # sizes (1, 256, 2) and N = 256: level 0 is the mean, level 1 exact, level 2 adds
+    # nothing; numpy integer seeds give the same model as Python ints.
+    x = np.random.default_rng(d).standard_normal((256, d)).astype(np.float32)
+    ids = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=np.uint16(3))
+    same = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=3)
+    for a, b in zip(ids.codebooks, same.codebooks, strict=True):
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+    mean = x.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(ids.codebooks[0].vectors64[0], mean, rtol=1e-6, atol=1e-7)
+    level0 = ((x - ids.codebooks[0].vectors64[0]) ** 2).mean()
+    assert ids.training["level_mse"][0] == pytest.approx(level0, rel=1e-9)
+    # exact up to the float32 rounding of the float64 residuals that level 1 clusters
+    assert max(ids.training["level_mse"][1:]) < 1e-14
+
+
+def test_semantic_fit_balance_zero_with_n_not_divisible_by_k() -> None:
+    x = np.random.default_rng(3).standard_normal((1001, 6)).astype(np.float32)
+    ids = semantic.fit(x, levels=2, codebook_size=16, balance=0.0, seed=np.int64(1))
+    assert ids.training["largest_cluster"] == [63, 63]  # ceil(1001 / 16)
+    codes = ids.codes(x, balanced=True)
+    assert max(np.bincount(codes[:, j]).max() for j in range(2)) <= 63
+
+
 def test_semantic_fit_normalized_residuals_that_are_all_zero(tmp_path: Path) -> None:
     # cosine + normalize_residuals where level 0 is exact (3 directions, K = 8): the mean
     # residual norm of level 1 is 0, and fit raised "residual_scales must be 3 finite
