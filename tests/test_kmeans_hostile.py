@@ -28,12 +28,17 @@ def brute_sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def plus_plus_reference(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ on explicit float64 pairwise distances (elementwise), drawing as
-    :func:`kmeans.kmeans_plus_plus` does: the first pick, then (K - 1, 2 + log K) uniforms."""
+    :func:`kmeans.kmeans_plus_plus` does (the first pick, then (K - 1, 2 + log K)
+    uniforms u); once every squared distance is 0, the pick is row ``min(int(u_0 * n),
+    n - 1)``."""
     n = x.shape[0]
     dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     picks = [int(rng.integers(n))]
     closest = dist[picks[0]].copy()
     for u in rng.random((k - 1, 2 + int(np.log(k)))):
+        if closest.sum() == 0:
+            picks.append(min(int(u[0] * n), n - 1))
+            continue
         cum = np.cumsum(closest)
         cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), n - 1)
         best = cand[int(np.argmin([np.minimum(closest, dist[c]).sum() for c in cand]))]
@@ -72,25 +77,6 @@ def test_kmeans_plus_plus_at_extreme_magnitudes(
     )
 
 
-def plus_plus_exact_reference(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """:func:`plus_plus_reference` with the rule for covered points: once every squared
-    distance is 0, the pick is row ``min(int(u_0 * n), n - 1)`` of the pick's uniforms."""
-    n = x.shape[0]
-    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    picks = [int(rng.integers(n))]
-    closest = dist[picks[0]].copy()
-    for u in rng.random((k - 1, 2 + int(np.log(k)))):
-        if closest.sum() == 0:
-            picks.append(min(int(u[0] * n), n - 1))
-            continue
-        cum = np.cumsum(closest)
-        cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), n - 1)
-        best = cand[int(np.argmin([np.minimum(closest, dist[c]).sum() for c in cand]))]
-        picks.append(int(best))
-        closest = np.minimum(closest, dist[best])
-    return x[picks]
-
-
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @given(
     n=st.integers(1, 60),
@@ -114,7 +100,7 @@ def test_kmeans_plus_plus_on_small_integers_equals_the_reference(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VIVA_GLYPH_NUMBA", "1" if backend == "numba" else "0")
         got = kmeans.kmeans_plus_plus(x, k, np.random.default_rng(seed))
-    np.testing.assert_array_equal(got, plus_plus_exact_reference(x, k, np.random.default_rng(seed)))
+    np.testing.assert_array_equal(got, plus_plus_reference(x, k, np.random.default_rng(seed)))
 
 
 @pytest.mark.parametrize("d", [8, 9])  # DIRECT_DIMS = 8: products in the kernel up to 8
@@ -138,9 +124,7 @@ def test_kmeans_plus_plus_at_the_route_boundaries(
     x = np.random.default_rng(d).integers(-3, 4, (n, d)).astype(np.float64)
     for k in (1, 7, n):
         got = kmeans.kmeans_plus_plus(x, k, np.random.default_rng(k))
-        np.testing.assert_array_equal(
-            got, plus_plus_exact_reference(x, k, np.random.default_rng(k))
-        )
+        np.testing.assert_array_equal(got, plus_plus_reference(x, k, np.random.default_rng(k)))
     expect = "direct" if d <= 8 else ("gram" if spare == 0 else None)
     assert routes == ([] if expect is None else [expect] * 3)
 
@@ -153,7 +137,7 @@ def test_kmeans_plus_plus_reads_any_layout_and_dtype(
     use_backend(monkeypatch, backend)
     x = np.random.default_rng(8).integers(-50, 50, (300, d)).astype(np.int16)
     np.save(tmp_path / "x.npy", x)
-    ref = plus_plus_exact_reference(x.astype(np.float64), 20, np.random.default_rng(3))
+    ref = plus_plus_reference(x.astype(np.float64), 20, np.random.default_rng(3))
     wide = np.zeros((300, 2 * d), dtype=np.float32)
     wide[:, ::2] = x
     for view in (
@@ -168,7 +152,39 @@ def test_kmeans_plus_plus_reads_any_layout_and_dtype(
         np.testing.assert_array_equal(got, ref)
 
 
-# -- accumulate: numba and bincount ------------------------------------------------------
+def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
+    # A read-only install without a writable user cache folder: numba's cache=True raised
+    # "RuntimeError: cannot cache function '_kernel': no locator available" when
+    # viva_glyph._numba was imported, so every k-means call failed (numba_kernels only
+    # falls back on ImportError). NUMBA_CACHE_LOCATOR_CLASSES (numba >= 0.61) with a
+    # locator that never applies outside IPython stands in for that machine.
+    numba = pytest.importorskip("numba")
+    if tuple(int(v) for v in numba.__version__.split(".")[:2]) < (0, 61):
+        pytest.skip("NUMBA_CACHE_LOCATOR_CLASSES needs numba >= 0.61")
+    script = (
+        "import numpy as np\n"
+        "from viva_glyph import kmeans\n"
+        "from viva_glyph._kernels import numba_kernels\n"
+        "assert numba_kernels() is not None\n"
+        "x = np.arange(120.0).reshape(40, 3) % 7\n"
+        "print(kmeans.kmeans_plus_plus(x, 5, np.random.default_rng(1)).tolist())\n"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(sys.path),
+        NUMBA_CACHE_LOCATOR_CLASSES="IPythonCacheLocator",
+        VIVA_GLYPH_NUMBA="1",
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    x = np.arange(120.0).reshape(40, 3) % 7
+    expect = plus_plus_reference(x, 5, np.random.default_rng(1))
+    assert res.stdout.strip() == str(expect.tolist())
+
+
+# -- accumulate: numba and bincount ----------------------------------------------------
 
 
 def test_accumulate_gives_the_same_bits_with_and_without_numba() -> None:
@@ -299,7 +315,51 @@ def test_semantic_fit_levels_after_an_exact_level_stay_exact(n: int, d: int) -> 
     assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
 
 
-# -- check_output ----------------------------------------------------------------------
+def test_semantic_fit_normalized_residuals_that_are_all_zero(tmp_path: Path) -> None:
+    # cosine + normalize_residuals where level 0 is exact (3 directions, K = 8): the mean
+    # residual norm of level 1 is 0, and fit raised "residual_scales must be 3 finite
+    # positive floats, got [1.0, 0.0, 0.0]" (the model's own check of its scales).
+    base = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    x = np.repeat(base, 700, axis=0)
+    ids = semantic.fit(
+        x, levels=3, codebook_size=8, metric="cosine", normalize_residuals=True, seed=0
+    )
+    assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
+    unit = base.astype(np.float64) / np.linalg.norm(base.astype(np.float64), axis=1)[:, None]
+    np.testing.assert_allclose(ids.decode(ids.codes(base)), unit, rtol=0, atol=1e-7)
+    path = tmp_path / "ids.vgsem"
+    ids.save(path)
+    again = semantic.load(path)
+    np.testing.assert_array_equal(again.codes(x), ids.codes(x))
+    np.testing.assert_array_equal(again.decode(again.codes(base)), ids.decode(ids.codes(base)))
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_semantic_fit_with_a_one_code_level_and_n_equal_to_k(d: int) -> None:
+    # sizes (1, 256, 2) and N = 256: level 0 is the mean, level 1 exact, level 2 adds
+    # nothing; numpy integer seeds give the same model as Python ints.
+    x = np.random.default_rng(d).standard_normal((256, d)).astype(np.float32)
+    ids = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=np.uint16(3))
+    same = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=3)
+    for a, b in zip(ids.codebooks, same.codebooks, strict=True):
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+    mean = x.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(ids.codebooks[0].vectors64[0], mean, rtol=1e-6, atol=1e-7)
+    level0 = ((x - ids.codebooks[0].vectors64[0]) ** 2).mean()
+    assert ids.training["level_mse"][0] == pytest.approx(level0, rel=1e-9)
+    # exact up to the float32 rounding of the float64 residuals that level 1 clusters
+    assert max(ids.training["level_mse"][1:]) < 1e-14
+
+
+def test_semantic_fit_balance_zero_with_n_not_divisible_by_k() -> None:
+    x = np.random.default_rng(3).standard_normal((1001, 6)).astype(np.float32)
+    ids = semantic.fit(x, levels=2, codebook_size=16, balance=0.0, seed=np.int64(1))
+    assert ids.training["largest_cluster"] == [63, 63]  # ceil(1001 / 16)
+    codes = ids.codes(x, balanced=True)
+    assert max(np.bincount(codes[:, j]).max() for j in range(2)) <= 63
+
+
+# -- outputs: check_output and atomic writes -------------------------------------------
 
 
 @pytest.fixture
@@ -365,7 +425,55 @@ def test_check_output_follows_symlinks_to_what_it_refuses(tmp_path: Path) -> Non
     assert _files.check_output(tmp_path / "new.npy") == tmp_path / "new.npy"
 
 
-# -- reassign: blocks of REASSIGN_ROWS ---------------------------------------------------
+def test_check_output_refuses_a_nul_character(tmp_path: Path) -> None:
+    # passed, and the write failed at the end ("embedded null byte")
+    with pytest.raises(ValueError, match="NUL character"):
+        _files.check_output(str(tmp_path / "out\0.npy"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["b" * 246 + ".npy", "é" * 123 + ".npy", "c" * 251 + ".npy"],
+    ids=["ascii-250", "utf8-250", "ascii-255"],
+)
+def test_atomic_output_writes_a_name_of_up_to_255_bytes(tmp_path: Path, name: str) -> None:
+    # The temporary ".<name>.viva-glyph-<host>-<pid>-<start>-<random>.tmp" is ~45 bytes
+    # longer than the name: a valid 250-byte name passed check_output, the work ran, and
+    # the write failed with "File name too long: .../.bbb...tmp".
+    assert len(os.fsencode(name)) <= 255
+    target = tmp_path / name
+    with _files.atomic_output(target, suffix=".npy") as tmp:
+        assert tmp.name.endswith(".npy.tmp") and _files._TEMP.match(tmp.name)
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.arange(3))
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_atomic_folder_replaces_a_symlink_in_the_place_of_a_store(
+    tmp_path: Path, dangling: bool
+) -> None:
+    # check_output let a link to a zarr store (or a dangling link) pass; the work ran and
+    # the final rename failed: "NotADirectoryError: ... .link.zarr.viva-glyph-...tmp ->
+    # link.zarr". Now the link is replaced, as atomic_output replaces a link to a file.
+    real = tmp_path / "real.zarr"
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    if not dangling:
+        real.mkdir()
+        (real / "zarr.json").write_text("old")
+    with _files.atomic_folder(link) as tmp:
+        tmp.mkdir()
+        (tmp / "zarr.json").write_text("new")
+    assert not link.is_symlink() and (link / "zarr.json").read_text() == "new"
+    assert dangling or (real / "zarr.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr"] + ["real.zarr"] * (
+        not dangling
+    )
+
+
+# -- reassign: blocks and occupancy ----------------------------------------------------
 
 
 def reassign_brute(
@@ -424,133 +532,6 @@ def test_reassign_in_blocks_matches_the_item_by_item_rule(
     assert max(calls, default=0) <= block
     order = np.argsort(dist[moved], axis=1, kind="stable")
     np.testing.assert_array_equal(order[np.arange(moved.size), cand], out[moved, -1])
-
-
-@pytest.mark.parametrize("d", [1, 2])
-def test_semantic_fit_with_a_one_code_level_and_n_equal_to_k(d: int) -> None:
-    # sizes (1, 256, 2) and N = 256: level 0 is the mean, level 1 exact, level 2 adds
-    # nothing; numpy integer seeds give the same model as Python ints.
-    x = np.random.default_rng(d).standard_normal((256, d)).astype(np.float32)
-    ids = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=np.uint16(3))
-    same = semantic.fit(x, levels=3, codebook_size=(1, 256, 2), seed=3)
-    for a, b in zip(ids.codebooks, same.codebooks, strict=True):
-        np.testing.assert_array_equal(a.vectors, b.vectors)
-    mean = x.astype(np.float64).mean(axis=0)
-    np.testing.assert_allclose(ids.codebooks[0].vectors64[0], mean, rtol=1e-6, atol=1e-7)
-    level0 = ((x - ids.codebooks[0].vectors64[0]) ** 2).mean()
-    assert ids.training["level_mse"][0] == pytest.approx(level0, rel=1e-9)
-    # exact up to the float32 rounding of the float64 residuals that level 1 clusters
-    assert max(ids.training["level_mse"][1:]) < 1e-14
-
-
-def test_semantic_fit_balance_zero_with_n_not_divisible_by_k() -> None:
-    x = np.random.default_rng(3).standard_normal((1001, 6)).astype(np.float32)
-    ids = semantic.fit(x, levels=2, codebook_size=16, balance=0.0, seed=np.int64(1))
-    assert ids.training["largest_cluster"] == [63, 63]  # ceil(1001 / 16)
-    codes = ids.codes(x, balanced=True)
-    assert max(np.bincount(codes[:, j]).max() for j in range(2)) <= 63
-
-
-def test_semantic_fit_normalized_residuals_that_are_all_zero(tmp_path: Path) -> None:
-    # cosine + normalize_residuals where level 0 is exact (3 directions, K = 8): the mean
-    # residual norm of level 1 is 0, and fit raised "residual_scales must be 3 finite
-    # positive floats, got [1.0, 0.0, 0.0]" (the model's own check of its scales).
-    base = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
-    x = np.repeat(base, 700, axis=0)
-    ids = semantic.fit(
-        x, levels=3, codebook_size=8, metric="cosine", normalize_residuals=True, seed=0
-    )
-    assert ids.training["level_mse"] == [0.0, 0.0, 0.0]
-    unit = base.astype(np.float64) / np.linalg.norm(base.astype(np.float64), axis=1)[:, None]
-    np.testing.assert_allclose(ids.decode(ids.codes(base)), unit, rtol=0, atol=1e-7)
-    path = tmp_path / "ids.vgsem"
-    ids.save(path)
-    again = semantic.load(path)
-    np.testing.assert_array_equal(again.codes(x), ids.codes(x))
-    np.testing.assert_array_equal(again.decode(again.codes(base)), ids.decode(ids.codes(base)))
-
-
-@pytest.mark.parametrize("dangling", [False, True])
-def test_atomic_folder_replaces_a_symlink_in_the_place_of_a_store(
-    tmp_path: Path, dangling: bool
-) -> None:
-    # check_output let a link to a zarr store (or a dangling link) pass; the work ran and
-    # the final rename failed: "NotADirectoryError: ... .link.zarr.viva-glyph-...tmp ->
-    # link.zarr". Now the link is replaced, as atomic_output replaces a link to a file.
-    real = tmp_path / "real.zarr"
-    link = tmp_path / "link.zarr"
-    link.symlink_to(real)
-    if not dangling:
-        real.mkdir()
-        (real / "zarr.json").write_text("old")
-    with _files.atomic_folder(link) as tmp:
-        tmp.mkdir()
-        (tmp / "zarr.json").write_text("new")
-    assert not link.is_symlink() and (link / "zarr.json").read_text() == "new"
-    assert dangling or (real / "zarr.json").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr"] + ["real.zarr"] * (
-        not dangling
-    )
-
-
-# -- numba without a cache folder --------------------------------------------------------
-
-
-def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
-    # A read-only install without a writable user cache folder: numba's cache=True raised
-    # "RuntimeError: cannot cache function '_kernel': no locator available" when
-    # viva_glyph._numba was imported, so every k-means call failed (numba_kernels only
-    # falls back on ImportError). NUMBA_CACHE_LOCATOR_CLASSES (numba >= 0.61) with a
-    # locator that never applies outside IPython stands in for that machine.
-    numba = pytest.importorskip("numba")
-    if tuple(int(v) for v in numba.__version__.split(".")[:2]) < (0, 61):
-        pytest.skip("NUMBA_CACHE_LOCATOR_CLASSES needs numba >= 0.61")
-    script = (
-        "import numpy as np\n"
-        "from viva_glyph import kmeans\n"
-        "from viva_glyph._kernels import numba_kernels\n"
-        "assert numba_kernels() is not None\n"
-        "x = np.arange(120.0).reshape(40, 3) % 7\n"
-        "print(kmeans.kmeans_plus_plus(x, 5, np.random.default_rng(1)).tolist())\n"
-    )
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(sys.path),
-        NUMBA_CACHE_LOCATOR_CLASSES="IPythonCacheLocator",
-        VIVA_GLYPH_NUMBA="1",
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert res.returncode == 0, res.stderr
-    x = np.arange(120.0).reshape(40, 3) % 7
-    expect = plus_plus_exact_reference(x, 5, np.random.default_rng(1))
-    assert res.stdout.strip() == str(expect.tolist())
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["b" * 246 + ".npy", "é" * 123 + ".npy", "c" * 251 + ".npy"],
-    ids=["ascii-250", "utf8-250", "ascii-255"],
-)
-def test_atomic_output_writes_a_name_of_up_to_255_bytes(tmp_path: Path, name: str) -> None:
-    # The temporary ".<name>.viva-glyph-<host>-<pid>-<start>-<random>.tmp" is ~45 bytes
-    # longer than the name: a valid 250-byte name passed check_output, the work ran, and
-    # the write failed with "File name too long: .../.bbb...tmp".
-    assert len(os.fsencode(name)) <= 255
-    target = tmp_path / name
-    with _files.atomic_output(target, suffix=".npy") as tmp:
-        assert tmp.name.endswith(".npy.tmp") and _files._TEMP.match(tmp.name)
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.arange(3))
-    np.testing.assert_array_equal(np.load(target), np.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == [name]
-
-
-def test_check_output_refuses_a_nul_character(tmp_path: Path) -> None:
-    # passed, and the write failed at the end ("embedded null byte")
-    with pytest.raises(ValueError, match="NUL character"):
-        _files.check_output(str(tmp_path / "out\0.npy"))
 
 
 def test_reassign_bounds_the_bytes_of_a_block_for_large_last_levels(
