@@ -128,14 +128,15 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
         return seeds
     # Products in float32 (half the memory traffic of each pick's GEMM; seeds only need
     # the distances to a few digits), distances and sums in float64; in few dimensions
-    # float64, as the kernel (in one dimension both then pick the same seeds). The float32
-    # rows are scaled by a power of two to max |x| in [0.5, 1) and ``two`` scales the
-    # products back: exact, so the same as unscaled where float32 holds the products, and
-    # neither overflowing (|x| ~ 1e20 made every distance 0) nor underflowing (|x| ~ 1e-30
-    # made them ||a||^2 + ||b||^2) where it does not.
+    # float64, as the kernel (in one dimension both then pick the same seeds). Beyond
+    # max |x| in [2^-40, 2^40) the float32 rows are scaled by a power of two to [0.5, 1)
+    # and ``two`` scales the products back (exact): |x| ~ 1e20 overflowed float32 (every
+    # distance 0) and |x| ~ 1e-30 underflowed (distances ||a||^2 + ||b||^2).
     x32, two = x, 2.0
-    if x.shape[1] > DIRECT_DIMS:  # (no float64 temporaries of the sample's size)
+    if x.shape[1] > DIRECT_DIMS:
         exp = math.frexp(max(float(x.max()), -float(x.min())))[1]  # 0 for 0, inf or NaN
+        exp = exp if abs(exp) > 40 else 0
+        # (written as float32 directly: no float64 temporary of the sample's size)
         x32 = np.ldexp(x, -exp, out=np.empty(x.shape, np.float32), casting="same_kind")
         two = float(np.ldexp(2.0, 2 * exp))
     picks = np.empty(K, dtype=np.intp)
