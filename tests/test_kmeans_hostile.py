@@ -359,6 +359,23 @@ def test_semantic_fit_balance_zero_with_n_not_divisible_by_k() -> None:
     assert max(np.bincount(codes[:, j]).max() for j in range(2)) <= 63
 
 
+def test_semantic_fit_is_the_same_for_any_layout_of_the_rows(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((3000, 24)).astype(np.float32)
+    ref = semantic.fit(x, levels=2, codebook_size=32, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    wide = np.zeros((3000, 48), dtype=np.float32)
+    wide[:, ::2] = x
+    for view in (
+        np.asfortranarray(x),
+        wide[:, ::2],
+        np.load(tmp_path / "x.npy", mmap_mode="r"),
+        x.astype(np.float64),
+    ):
+        ids = semantic.fit(view, levels=2, codebook_size=32, seed=4)
+        for a, b in zip(ids.codebooks, ref.codebooks, strict=True):
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
 # -- outputs: check_output and atomic writes -------------------------------------------
 
 
