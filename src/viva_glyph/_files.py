@@ -185,16 +185,20 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
     ValueError
         For another suffix, an existing folder, device, pipe or socket in the
         place of a file, an existing file or non-zarr folder in the place of a
-        store.
+        store, a folder this process may not write in.
     FileNotFoundError
         When the destination's folder does not exist.
     """
     target = Path(path)
+    if "\0" in str(target):
+        raise ValueError(f"output {str(target)!r} holds a NUL character")
     suffix = target.suffix.lower()
     if suffixes and suffix not in suffixes:
         raise ValueError(f"output {target} must end in {' or '.join(suffixes)}")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {target.parent}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):  # the temporary is made there
+        raise ValueError(f"output folder {target.parent} is not writable: cannot write {target}")
     if suffix == ".zarr":
         if target.exists() and not (target.is_dir() and _is_zarr_store(target)):
             raise ValueError(f"output {target} exists and is not a zarr store; not replacing it")
@@ -209,9 +213,17 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
     return target
 
 
+#: Longest file name (bytes) of common file systems: a temporary's copy of the
+#: destination's name is cut to fit (a 250-byte name made a 295-byte temporary).
+NAME_MAX = 255
+
+
 def _temp_name(target: Path, suffix: str) -> Path:
-    name = f".{target.name}.{_TAG}-{_owner()}-{secrets.token_hex(4)}{suffix}.tmp"
-    return target.with_name(name)
+    tail = f".{_TAG}-{_owner()}-{secrets.token_hex(4)}{suffix}.tmp"
+    head = target.name
+    while len(os.fsencode(f".{head}{tail}")) > NAME_MAX and len(head) > 1:
+        head = head[:-1]
+    return target.with_name(f".{head}{tail}")
 
 
 def _forget(tmp: Path) -> None:
@@ -268,7 +280,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
 
     Yields the path of a temporary folder to fill (not yet created); on success
     every file in it is fsynced and it replaces ``path`` (an existing store is
-    moved aside first, then removed).
+    moved aside first, then removed; a symbolic link there is replaced, as
+    :func:`atomic_output` replaces one, and what it points to is left alone).
     """
     target = check_output(path)
     remove_stale_temps(target.parent)
@@ -279,11 +292,14 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         yield tmp
         fsync_tree(tmp)
         _refuse_if_signalled()
-        if target.is_dir() and not target.is_symlink():
+        if target.is_symlink() or target.is_dir():  # a folder cannot be renamed over a link
             trash = _temp_name(target, ".old")
             os.replace(target, trash)
             os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            if trash.is_symlink():
+                trash.unlink()
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except BaseException:

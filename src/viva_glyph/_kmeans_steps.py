@@ -35,6 +35,10 @@ Accumulation = tuple[NDArray[np.float64], NDArray[np.int64], float]
 #: Working-set budget of one distance GEMM in :func:`assign` (few large BLAS calls).
 ASSIGN_BYTES = 4 << 20
 
+#: Entries (rows x D) that :func:`accumulate` sums at once, from zero, before adding them
+#: to its total (a leaf of :func:`viva_glyph.kmeans.leaf_rows` rows is at most one piece).
+ACCUMULATE_ENTRIES = 1 << 20
+
 #: Relative size of the perturbation that splits a cluster to re-seed an empty one.
 SPLIT_EPS = 1.0 / 1024.0
 
@@ -100,6 +104,10 @@ def accumulate(
 ) -> Accumulation:
     """Per-cluster sums and counts of one chunk, in float64.
 
+    The rows of each cluster are added in row order, in pieces of
+    :data:`ACCUMULATE_ENTRIES` entries, by numba or by ``bincount`` alike, so
+    both give the same bits.
+
     Parameters
     ----------
     X_chunk : ndarray, shape (n, D)
@@ -125,18 +133,22 @@ def accumulate(
     if counts.shape[0] != K:
         raise ValueError(f"labels must be in [0, {K}), got max {int(lab.max())}")
     fast = numba_kernels()
-    if fast is not None:  # same additions in the same order, without temporaries
-        sums = np.zeros((K, d), dtype=np.float64)
-        fast.accumulate_sums(X_chunk, lab, sums)
-    else:  # one bincount over all n*D entries: entry (i, j) goes to bin labels[i]*D + j
-        step = max(1, (1 << 20) // d)
-        flat = np.zeros(K * d, dtype=np.float64)
-        cols = np.arange(d, dtype=np.int64)
-        for start in range(0, n, step):
-            part = X_chunk[start : start + step]
-            bins = (lab[start : start + step, None] * d + cols).ravel()
-            flat += np.bincount(bins, weights=part.astype(np.float64).ravel(), minlength=K * d)
-        sums = flat.reshape(K, d)
+    # Pieces of ACCUMULATE_ENTRIES entries (a leaf is one piece), each summed in row order
+    # from zero and added to the total: the same additions in the same order either way.
+    step = max(1, ACCUMULATE_ENTRIES // d)
+    sums = np.zeros((K, d), dtype=np.float64)
+    cols = np.arange(d, dtype=np.int64)
+    for start in range(0, n, step):
+        part, part_lab = X_chunk[start : start + step], lab[start : start + step]
+        piece: NDArray[Any]
+        if fast is not None:  # without the bins and weights temporaries
+            piece = np.zeros((K, d), dtype=np.float64)
+            fast.accumulate_sums(part, part_lab, piece)
+        else:  # one bincount over the piece's entries: entry (i, j) to bin labels[i]*D + j
+            bins = (part_lab[:, None] * d + cols).ravel()
+            weights = part.astype(np.float64).ravel()
+            piece = np.bincount(bins, weights=weights, minlength=K * d).reshape(K, d)
+        sums += piece
     inertia = float(np.sum(sqdist, dtype=np.float64)) if sqdist is not None else 0.0
     return sums, counts, inertia
 

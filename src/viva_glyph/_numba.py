@@ -13,7 +13,7 @@ with identical results:
   summed in its own order, which moves only the bounds, never a decision);
 - :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
   the ``bincount`` of :func:`viva_glyph.kmeans.accumulate` (both add the rows
-  of each cluster in row order, so the sums are bit-identical);
+  of each cluster in row order, in the same pieces, so the sums are bit-identical);
 - :func:`plus_plus_kernel`, the whole greedy k-means++ loop, replaces
   :func:`viva_glyph.kmeans.kmeans_plus_plus`'s loop of one GEMM per pick (the
   same draws and rules; the products come from a Gram matrix or scalar loops,
@@ -41,7 +41,21 @@ from viva_glyph._kernels import float64_tie_slack
 __all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel", "plus_plus_kernel"]
 
 
-@numba.njit(cache=True, nogil=True)
+def _njit(**options: Any) -> Any:
+    """``numba.njit(nogil=True, cache=True)``; without the on-disk cache where numba has
+    nowhere to write it (a read-only install and no writable user cache folder: numba
+    raises RuntimeError when decorating, which made every k-means call fail)."""
+
+    def wrap(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, **options)(fn)
+
+    return wrap
+
+
+@_njit()
 def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignore[no-untyped-def]
     n, b, m = codes.shape
     k = base.shape[1]
@@ -107,7 +121,7 @@ def lut_step_kernel(
     return out_dist, out_codes
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit()
 def _accumulate(x, labels, sums):  # type: ignore[no-untyped-def]
     n, d = x.shape
     for i in range(n):
@@ -124,7 +138,7 @@ def accumulate_sums(x: NDArray[Any], labels: NDArray[np.int64], sums: NDArray[np
     _accumulate(np.ascontiguousarray(x), np.ascontiguousarray(labels), sums)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@_njit(fastmath={"reassoc", "contract"})
 def _sum_squares(v):  # type: ignore[no-untyped-def]
     s = 0.0
     for t in range(v.shape[0]):
@@ -132,7 +146,7 @@ def _sum_squares(v):  # type: ignore[no-untyped-def]
     return s
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@_njit(fastmath={"reassoc", "contract"})
 def _subtract_row(row, v):  # type: ignore[no-untyped-def]
     s = 0.0
     for t in range(v.shape[0]):
@@ -142,7 +156,7 @@ def _subtract_row(row, v):  # type: ignore[no-untyped-def]
     return s
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit()
 def _greedy_running(  # type: ignore[no-untyped-def]
     scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
 ):
@@ -204,7 +218,7 @@ def greedy_running_kernel(
     return codes, ambiguous[:count]
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit()
 def _distances_to(x, sq, gram, a, out):  # type: ignore[no-untyped-def]
     """``out[j] = max((sq_j + sq_a) - 2 <x_a, x_j>, 0)``: squared distances to row a."""
     n, d = x.shape
@@ -221,7 +235,7 @@ def _distances_to(x, sq, gram, a, out):  # type: ignore[no-untyped-def]
             out[j] = max((sq[j] + sq[a]) - 2.0 * dot, 0.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@_njit()
 def _plus_plus(x, sq, gram, first, draws, picks):  # type: ignore[no-untyped-def]
     n = x.shape[0]
     trials = draws.shape[1]

@@ -128,11 +128,21 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
         return seeds
     # Products in float32 (half the memory traffic of each pick's GEMM; seeds only need
     # the distances to a few digits), distances and sums in float64; in few dimensions
-    # float64, as the kernel (in one dimension both then pick the same seeds).
-    x32 = x if x.shape[1] <= DIRECT_DIMS else x.astype(np.float32)
+    # float64, as the kernel (in one dimension both then pick the same seeds). Beyond
+    # max |x| in [2^-40, 2^40) the float32 rows are scaled by a power of two to [0.5, 1)
+    # and ``two`` scales the products back (exact): |x| ~ 1e20 overflowed float32 (every
+    # distance 0) and |x| ~ 1e-30 underflowed (distances ||a||^2 + ||b||^2).
+    x32, two = x, 2.0
+    if x.shape[1] > DIRECT_DIMS:
+        exp = math.frexp(max(float(x.max()), -float(x.min())))[1]  # 0 for 0, inf or NaN
+        exp = exp if abs(exp) > 40 else 0
+        # (written as float32 directly: no float64 temporary of the sample's size)
+        x32 = np.ldexp(x, -exp, out=np.empty(x.shape, np.float32), casting="same_kind")
+        two = float(np.ldexp(2.0, 2 * exp))
     picks = np.empty(K, dtype=np.intp)
     picks[0] = first
-    closest = np.maximum((sq + sq[first]) - 2.0 * (x32 @ x32[first]), 0.0)  # the kernel's order
+    products = (x32 @ x32[first]).astype(np.float64)
+    closest = np.maximum((sq + sq[first]) - two * products, 0.0)  # the kernel's order
     for c in range(1, K):
         cum = np.cumsum(closest)
         pot = float(cum[-1])
@@ -140,7 +150,8 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
             picks[c] = min(int(draws[c - 1, 0] * n), n - 1)
             continue
         cand = np.minimum(np.searchsorted(cum, draws[c - 1] * pot, side="right"), n - 1)
-        d = np.maximum((sq[:, None] + sq[cand]) - 2.0 * (x32 @ x32[cand].T), 0.0)
+        products = (x32 @ x32[cand].T).astype(np.float64)
+        d = np.maximum((sq[:, None] + sq[cand]) - two * products, 0.0)
         np.minimum(d, closest[:, None], out=d)
         best = int(np.argmin(np.cumsum(d, axis=0)[-1]))  # summed in row order, as the kernel
         picks[c] = cand[best]
@@ -201,13 +212,16 @@ def lloyd_rows(
     Returns
     -------
     centroids : ndarray, shape (K, D), float64
+        Means of the last assignment's clusters; a cluster it left empty is
+        returned where :func:`update` re-seeded it (its split partner stays at
+        its mean: rows are never left off their cluster's mean by a split).
     n_iter : int
     inertia : float
         Sum of squared distances of the last assignment.
     """
     cent = np.array(init, dtype=np.float64, copy=True)
     prev = inertia = math.inf
-    n_iter = 0
+    n_iter = n_empty = 0
     for it in range(iterations):
         step = functools.partial(_leaf_step, cent.astype(dtype))
         sums, counts, inertia = rows.reduce(step, combine_all)
@@ -220,6 +234,9 @@ def lloyd_rows(
         if n_empty == 0 and math.isfinite(prev) and prev - inertia <= tol * prev:
             break
         prev = inertia
+    if n_empty:  # the last split moved clusters that hold rows off their means: undo that
+        full = counts > 0
+        cent[full] = sums[full] / counts[full, None]
     return cent, n_iter, inertia
 
 

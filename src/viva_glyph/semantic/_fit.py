@@ -69,6 +69,7 @@ COMPARE_SAMPLES_PER_CODE = 16
 #: Relative inertia change that ends the Lloyd iterations on all rows after a later
 #: level's choice (the progressive k-means stops at the core's 1e-3).
 POLISH_TOL = 5e-5
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 def level_kmeans(
@@ -139,7 +140,8 @@ def train_levels(
         Largest cluster of each level on the training rows.
     scales : list of float
         Mean norm of each level's input residuals before normalising (1.0 for
-        level 0, and for every level without ``normalize``).
+        level 0, and for every level without ``normalize``; at least the
+        smallest positive normal float, where every residual is zero).
     """
     residual = x.astype(np.float64)
     books: list[Codebook] = []
@@ -150,7 +152,9 @@ def train_levels(
     for level, k in enumerate(sizes):
         if normalize and level > 0:
             residual, norms = unit_rows(residual)
-            scales.append(float(norms.mean()))
+            # where every residual is zero, the smallest positive normal float (the model
+            # holds positive scales): the later levels then add nothing, as measured
+            scales.append(max(float(norms.mean()), _TINY))
         else:
             scales.append(1.0)
         cent = level_kmeans(residual.astype(np.float32), k, rng, level)

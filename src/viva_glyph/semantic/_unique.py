@@ -99,6 +99,9 @@ def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: i
 #: Overflowing items whose last-level distances are computed at once by :func:`reassign`
 #: (10,000,000 copies of one vector held 20 GB of distances and as much of their order).
 REASSIGN_ROWS = 1 << 16
+#: Bytes of those distances (float64) and their order (int64) at once: fewer rows than
+#: REASSIGN_ROWS past 256 last-level codes (65,536 rows of 65,536 codes held 64 GB).
+REASSIGN_BYTES = 256 << 20
 
 
 def reassign(
@@ -153,25 +156,30 @@ def reassign(
     inverse = np.searchsorted(prefixes, pkey)
     inside = inverse < prefixes.size
     inside[inside] = prefixes[inverse[inside]] == pkey[inside]
-    held = np.zeros((prefixes.size, k), dtype=bool)
+    # as sorted keys (prefix number) * K_L + last code after a -1 sentinel, 8 bytes an item
+    # (a dense (prefixes, K_L) table held 4 GB at 65,536 prefixes of 65,536 codes), and
+    # the glyphs that moved items take
     keep = (rank == 0) & inside
-    held[inverse[keep], out[keep, L - 1]] = True
+    held = np.concatenate(([-1], np.unique(inverse[keep] * k + out[keep, L - 1])))
+    taken: set[int] = set()
     moved: list[int] = []
     cand: list[int] = []
-    for start in range(0, over.size, REASSIGN_ROWS):  # (rows, K_L) distances per block
-        rows = over[start : start + REASSIGN_ROWS]
+    block = max(1, min(REASSIGN_ROWS, REASSIGN_BYTES // (16 * k)))
+    for start in range(0, over.size, block):  # (rows, K_L) distances per block
+        rows = over[start : start + block]
         # each item's candidates, nearest first (ties to the lower code)
         part = np.argsort(last_distances(rows), axis=1, kind="stable")[:, :width]
-        for pos, i in enumerate(rows):
-            p = inverse[i]
-            free = np.flatnonzero(~held[p, part[pos]])
-            if free.size == 0:
-                continue  # every candidate held: keeps its glyph and a suffix
-            c = int(part[pos, free[0]])
-            cand.append(int(free[0]))
-            out[i, L - 1] = c
-            held[p, c] = True
-            moved.append(int(i))
+        keys = inverse[rows, None] * k + part
+        free = held[np.minimum(np.searchsorted(held, keys), held.size - 1)] != keys
+        # the first candidate neither held nor taken; with none the item keeps its glyph
+        for i, row_keys, row_free in zip(rows.tolist(), keys.tolist(), free.tolist(), strict=True):
+            for j, (key, ok) in enumerate(zip(row_keys, row_free, strict=True)):
+                if ok and key not in taken:
+                    taken.add(key)
+                    out[i, L - 1] = key % k
+                    cand.append(j)
+                    moved.append(i)
+                    break
     return out, np.array(moved, dtype=np.intp), np.array(cand, dtype=np.int64)
 
 
