@@ -598,3 +598,27 @@ def test_cli_eval_of_a_few_items_with_k(cli_files, data):
     assert rep["k"] == 2 and rep["first_token_share"] == want.first_token_share
     out = run_cli("ids", "eval", "m.safetensors", "x5.npy", cwd=cli_files)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--k" in out.stderr
+
+
+@pytest.mark.parametrize("scale", [2.0**700, 2.0**-700])
+def test_cosine_codes_do_not_depend_on_a_row_s_scale(scale):
+    """Cosine is scale-free: rows scaled by 2^700 (squared norm overflows: every code was
+    the same) or 2^-700 (it underflows to 0: 'row is all zeros') get the unscaled codes
+    (a power of two scales exactly, so the directions are the same bits)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 8))
+    ids = semantic.fit(x, levels=2, codebook_size=8, metric="cosine", seed=0, suffix_size=300)
+    scaled = x * scale
+    assert np.isfinite(scaled).all() and (np.abs(scaled).max(axis=1) > 0).all()
+    np.testing.assert_array_equal(ids.codes(scaled), ids.codes(x))
+    np.testing.assert_array_equal(ids.unique(scaled), ids.unique(x))
+
+
+@pytest.mark.parametrize("scale", [2.0**700, 2.0**-700])
+def test_cosine_fit_does_not_depend_on_the_data_s_scale(scale):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 8))
+    a = semantic.fit(x, levels=2, codebook_size=8, metric="cosine", seed=0)
+    b = semantic.fit(x * scale, levels=2, codebook_size=8, metric="cosine", seed=0)
+    for p, q in zip(a.codebooks, b.codebooks, strict=True):
+        np.testing.assert_array_equal(p.vectors64, q.vectors64)
