@@ -146,3 +146,24 @@ def run_cli(
         env=env,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Iterator[list[Path]]:
+    """Folders this process cannot create a file in: /proc/self (even for root) and a
+    mode-0o555 folder (not for root); only those where creating a file really fails."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    out = []
+    for folder in (Path("/proc/self"), ro):
+        try:
+            os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError:
+            out.append(folder)
+        else:
+            os.unlink(folder / "probe")
+    if not out:
+        pytest.skip("no folder here refuses a new file")
+    yield out
+    ro.chmod(0o755)

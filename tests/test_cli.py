@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import viva_glyph as vg
 from viva_glyph import cli
@@ -312,3 +313,27 @@ def test_python_dash_m(files: dict[str, Any]) -> None:
         check=False,
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ids", "fit", "{missing}", "-o", "{out}/m.safetensors"],
+        ["ids", "assign", "{missing}", "{missing}", "-o", "{out}/ids.csv"],
+        ["ids", "eval", "{missing}", "{missing}", "--plot", "{out}/p.png"],
+        ["index", "build", "{missing}", "{missing}", "-o", "{out}/i.vgindex"],
+        ["index", "search", "{missing}", "{missing}", "-o", "{out}/r.npz"],
+    ],
+)
+def test_an_unwritable_output_is_refused_before_any_input_is_read(
+    command: list[str], unwritable: list[Path], tmp_path: Path
+) -> None:
+    # The ids and index commands had their own output checks (suffix and folder only):
+    # the work ran and the write failed at the end. Inputs that do not exist show which
+    # check came first.
+    missing = str(tmp_path / "missing.npy")
+    args = [a.format(missing=missing, out=unwritable[0]) for a in command]
+    res = run_cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0], res.stderr

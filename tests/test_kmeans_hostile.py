@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -375,27 +374,6 @@ def test_semantic_fit_is_the_same_for_any_layout_of_the_rows(tmp_path: Path) -> 
 
 
 # -- outputs: check_output and atomic writes -------------------------------------------
-
-
-@pytest.fixture
-def unwritable(tmp_path: Path) -> Iterator[list[Path]]:
-    """Folders this process cannot create a file in: /proc/self (even for root) and a
-    mode-0o555 folder (not for root); only those where creating a file really fails."""
-    ro = tmp_path / "read-only"
-    ro.mkdir()
-    ro.chmod(0o555)
-    out = []
-    for folder in (Path("/proc/self"), ro):
-        try:
-            os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError:
-            out.append(folder)
-        else:
-            os.unlink(folder / "probe")
-    if not out:
-        pytest.skip("no folder here refuses a new file")
-    yield out
-    ro.chmod(0o755)
 
 
 def test_check_output_refuses_a_folder_it_cannot_write_in(unwritable: list[Path]) -> None:

@@ -19,6 +19,7 @@ from viva_glyph._cli_args import (
     non_negative_number,
     positive,
 )
+from viva_glyph._files import check_output
 
 __all__ = ["register"]
 
@@ -106,13 +107,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _output(path: str, suffixes: tuple[str, ...]) -> None:
-    if Path(path).suffix.lower() not in suffixes:
-        raise ValueError(f"output {path} must end in {' or '.join(suffixes)}")
-    if not Path(path).parent.is_dir():
-        raise ValueError(f"output folder {Path(path).parent} does not exist")
-
-
 def _data(path: str, key: str | None) -> Any:
     from viva_glyph.data import open_vectors
 
@@ -123,7 +117,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """``ids fit``."""
     from viva_glyph import semantic
 
-    _output(args.output, (".safetensors",))
+    check_output(args.output, (".safetensors",))
     ids = semantic.fit(
         _data(args.data, args.key),
         levels=args.levels,
@@ -163,7 +157,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     """``ids assign``."""
     from viva_glyph import semantic
 
-    _output(args.output, (".parquet", ".csv"))
+    check_output(args.output, (".parquet", ".csv"))
     if args.store is not None and args.keys is None:
         # row numbers as keys would give another file's rows the stored rows' IDs
         raise ValueError("--store keeps IDs by key: give --keys (a file of one key per line)")
@@ -219,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from viva_glyph import semantic
 
     if args.plot is not None:
-        _output(args.plot, (".png",))
+        check_output(args.plot, (".png",))
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
     if args.k >= x.shape[0]:

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph._cli_args import DATA_HELP, command_group, positive
+from viva_glyph._files import check_output
 
 __all__ = ["register"]
 
@@ -33,13 +34,6 @@ def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
     from viva_glyph.metrics import progress_bar
 
     return progress_bar(total, not args.quiet and sys.stderr.isatty(), desc)
-
-
-def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
-    if Path(path).suffix.lower() not in suffixes:
-        raise ValueError(f"output {path} must end in {' or '.join(suffixes)}")
-    if not Path(path).parent.is_dir():
-        raise ValueError(f"output folder {Path(path).parent} does not exist")
 
 
 def _open(path: str, key: str | None, dimension: int) -> NDArray[Any]:
@@ -68,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from viva_glyph.index import RvqIndex
     from viva_glyph.io import load
 
-    _check_output(args.output, (".vgindex",))
+    check_output(args.output, (".vgindex",))
     encoder = load(args.model)
     index = RvqIndex(
         encoder, metric=args.metric, norm=args.norm, beam_size=args.beam, nlist=args.nlist
@@ -107,7 +101,7 @@ def _describe(index: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from viva_glyph.index import load
 
-    _check_output(args.output, (".parquet", ".npz"))
+    check_output(args.output, (".parquet", ".npz"))
     index = load(args.index)
     Q = np.asarray(_open(args.queries, args.key, index.dimension))
     if args.vectors is not None and args.rerank is None:
