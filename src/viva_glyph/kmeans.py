@@ -194,7 +194,8 @@ def lloyd_rows(
     Each iteration is one reduction over the leaves (:func:`partial_step`,
     :func:`combine_all`) and one :func:`update`. It stops after ``iterations``
     or when an iteration without empty clusters lowers the inertia by at most
-    ``tol`` relative to the iteration before.
+    ``tol`` relative to the iteration before, or when a re-seed gained no
+    cluster and no error (its splits held identical rows, which move together).
 
     Parameters
     ----------
@@ -222,18 +223,22 @@ def lloyd_rows(
     cent = np.array(init, dtype=np.float64, copy=True)
     prev = inertia = math.inf
     n_iter = n_empty = 0
+    held = -1  # clusters holding rows before the last re-seed (-1: none then)
     for it in range(iterations):
         step = functools.partial(_leaf_step, cent.astype(dtype))
         sums, counts, inertia = rows.reduce(step, combine_all)
+        # a re-seed that gained no cluster and no error split clusters of identical rows
+        futile = held >= 0 and int(np.count_nonzero(counts)) <= held and inertia >= prev
         cent, n_empty = update(sums, counts, cent, rng)
         n_iter = it + 1
         if n_empty:
             _log.debug("k-means iteration %d: re-seeded %d empty clusters", n_iter, n_empty)
         if callback is not None:
             callback(n_iter, inertia)
-        if n_empty == 0 and math.isfinite(prev) and prev - inertia <= tol * prev:
+        if futile or (n_empty == 0 and math.isfinite(prev) and prev - inertia <= tol * prev):
             break
         prev = inertia
+        held = int(np.count_nonzero(counts)) if n_empty else -1
     if n_empty:  # the last split moved clusters that hold rows off their means: undo that
         full = counts > 0
         cent[full] = sums[full] / counts[full, None]
