@@ -622,3 +622,17 @@ def test_cosine_fit_does_not_depend_on_the_data_s_scale(scale):
     b = semantic.fit(x * scale, levels=2, codebook_size=8, metric="cosine", seed=0)
     for p, q in zip(a.codebooks, b.codebooks, strict=True):
         np.testing.assert_array_equal(p.vectors64, q.vectors64)
+
+
+@pytest.mark.parametrize("scale", [2.0**700, 2.0**-700, 1.0])
+def test_row_norms_neither_overflow_nor_underflow(scale):
+    from viva_glyph.semantic._levels import row_norms, unit_rows
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(50, 7))
+    x[3] = 0.0
+    ref = np.sqrt(np.einsum("nd,nd->n", x, x))  # of the unscaled rows: no overflow
+    np.testing.assert_array_equal(row_norms(x * scale), ref * scale)
+    unit, norms = unit_rows(x * scale)
+    np.testing.assert_array_equal(unit, unit_rows(x)[0])
+    np.testing.assert_array_equal(norms, ref * scale)

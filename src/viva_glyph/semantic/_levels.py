@@ -23,12 +23,36 @@ from numpy.typing import NDArray
 
 from viva_glyph.codebook import Codebook
 
-__all__ = ["decode_levels", "encode_levels", "last_input", "level_factors", "unit_rows"]
+__all__ = [
+    "decode_levels",
+    "encode_levels",
+    "last_input",
+    "level_factors",
+    "row_norms",
+    "unit_rows",
+]
+
+
+def row_norms(r: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Euclidean norms (N,) of rows (N, D) float64, without overflow or underflow.
+
+    A row whose largest entry is beyond 2^+-500 is scaled by a power of two for its
+    sum of squares (exact): squared, 1e200 overflows and 1e-200 underflows to 0.
+    """
+    exp = np.frexp(np.abs(r).max(axis=1, initial=0.0))[1]
+    far = np.abs(exp) > 500
+    if not far.any():
+        norms: NDArray[np.float64] = np.sqrt(np.einsum("nd,nd->n", r, r))
+        return norms
+    shift = np.where(far, exp, 0)
+    scaled = np.ldexp(r, -shift[:, None])
+    out: NDArray[np.float64] = np.ldexp(np.sqrt(np.einsum("nd,nd->n", scaled, scaled)), shift)
+    return out
 
 
 def unit_rows(r: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Rows scaled to unit length (zero rows stay zero) and the norms (float64)."""
-    norms = np.sqrt(np.einsum("nd,nd->n", r, r))
+    norms = row_norms(r)
     safe = np.where(norms > 0, norms, 1.0)
     out: NDArray[np.float64] = r / safe[:, None]
     return out, norms

@@ -23,7 +23,13 @@ from viva_glyph.semantic._checks import (
     check_normalize,
     check_suffix_size,
 )
-from viva_glyph.semantic._levels import decode_levels, encode_levels, last_input, unit_rows
+from viva_glyph.semantic._levels import (
+    decode_levels,
+    encode_levels,
+    last_input,
+    row_norms,
+    unit_rows,
+)
 from viva_glyph.semantic._tokens import PrefixTrie, format_tokens, parse_tokens, vocabulary
 from viva_glyph.semantic._unique import (
     ResolveReport,
@@ -61,23 +67,12 @@ def rows_source(X: Any, dim: int | None) -> Any:
 
 
 def normalize_rows(x: NDArray[Any], start: int) -> NDArray[np.float64]:
-    """Rows scaled to unit length (float64); a zero row is an error naming it.
-
-    A row whose largest entry is beyond 2^+-500 is first scaled by a power of two
-    (exact, so its direction keeps its bits): its squared norm would overflow (1e200)
-    or underflow to 0 (1e-200).
-    """
+    """Rows scaled to unit length (float64); a zero row is an error naming it."""
     out = np.asarray(x, dtype=np.float64)
-    peak = np.abs(out).max(axis=1, initial=0.0)
-    if (peak == 0).any():
-        row = start + int(np.flatnonzero(peak == 0)[0])
+    norms = row_norms(out)
+    if (norms == 0).any():
+        row = start + int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"X row {row} is all zeros: it has no direction for metric='cosine'")
-    exp = np.frexp(peak)[1]
-    far = np.abs(exp) > 500
-    if far.any():
-        out = out.copy()
-        out[far] = np.ldexp(out[far], -exp[far, None])
-    norms = np.sqrt(np.einsum("nd,nd->n", out, out))
     normalized: NDArray[np.float64] = out / norms[:, None]
     return normalized
 
