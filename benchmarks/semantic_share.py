@@ -59,8 +59,7 @@ from bench_semantic_ids import (
 )
 
 import viva_glyph.semantic._fit as semantic_fit
-from viva_glyph._rows import ArrayRows
-from viva_glyph.kmeans import leaf_rows, lloyd_rows
+from viva_glyph.kmeans import lloyd
 
 SID = "semantic-id n_init=1"
 RANDOM = "viva-glyph, level 0 random-row seeds (non-default)"
@@ -74,10 +73,9 @@ def random_level0() -> Iterator[None]:
     def level_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, level: int) -> np.ndarray:
         if level > 0:
             return default(x, k, rng, level)
-        init = x[np.sort(rng.choice(x.shape[0], k, replace=False))].astype(np.float64)
-        rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
-        cent, _, _ = lloyd_rows(
-            rows, init, iterations=semantic_fit.ITERATIONS, tol=semantic_fit.TOL, rng=rng
+        init = x[np.sort(rng.choice(x.shape[0], k, replace=False))]
+        cent, _, _ = lloyd(
+            x, k, iterations=semantic_fit.ITERATIONS, tol=semantic_fit.TOL, rng=rng, init=init
         )
         return cent
 

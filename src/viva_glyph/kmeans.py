@@ -227,8 +227,9 @@ def lloyd_rows(
     for it in range(iterations):
         step = functools.partial(_leaf_step, cent.astype(dtype))
         sums, counts, inertia = rows.reduce(step, combine_all)
+        occupied = int(np.count_nonzero(counts))
         # a re-seed that gained no cluster and no error split clusters of identical rows
-        futile = held >= 0 and int(np.count_nonzero(counts)) <= held and inertia >= prev
+        futile = held >= 0 and occupied <= held and inertia >= prev
         cent, n_empty = update(sums, counts, cent, rng)
         n_iter = it + 1
         if n_empty:
@@ -238,7 +239,7 @@ def lloyd_rows(
         if futile or (n_empty == 0 and math.isfinite(prev) and prev - inertia <= tol * prev):
             break
         prev = inertia
-        held = int(np.count_nonzero(counts)) if n_empty else -1
+        held = occupied if n_empty else -1
     if n_empty:  # the last split moved clusters that hold rows off their means: undo that
         full = counts > 0
         cent[full] = sums[full] / counts[full, None]

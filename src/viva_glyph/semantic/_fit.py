@@ -1,10 +1,10 @@
 """Training the level codebooks of a semantic-ID model.
 
 Level 0 (the first token: the coarse partition that embedding neighbours
-should share) is a k-means run to convergence in all dimensions: greedy
-k-means++ seeding (:func:`viva_glyph.kmeans.kmeans_plus_plus`, on at most
-``SEED_SAMPLES_PER_CODE * K`` rows, one BLAS thread: its products are small)
-and Lloyd's iterations (:func:`viva_glyph.kmeans.lloyd_rows`) until one lowers
+should share) is a k-means run to convergence in all dimensions
+(:func:`viva_glyph.kmeans.lloyd`: greedy k-means++ seeding on at most
+``SEED_SAMPLES_PER_CODE * K`` rows, one BLAS thread: its products are small,
+and Lloyd's iterations on all rows) until one lowers
 the inertia by at most :data:`TOL` relative (at most :data:`ITERATIONS`), as
 ``semantic-id``'s RQ-KMeans does with scikit-learn. Every later level is
 trained twice, by that (on :data:`COMPARE_SAMPLES_PER_CODE` rows per code)
@@ -41,14 +41,7 @@ from numpy.typing import NDArray
 from viva_glyph._rows import ArrayRows
 from viva_glyph._threads import single_blas_thread
 from viva_glyph.codebook import Codebook
-from viva_glyph.kmeans import (
-    SEED_SAMPLES_PER_CODE,
-    inertia,
-    kmeans_plus_plus,
-    leaf_rows,
-    lloyd_rows,
-    progressive_kmeans,
-)
+from viva_glyph.kmeans import inertia, leaf_rows, lloyd, lloyd_rows, progressive_kmeans
 from viva_glyph.semantic._balance import balanced_assign, capacity
 from viva_glyph.semantic._levels import unit_rows
 from viva_glyph.training import ITERATIONS as PROGRESSIVE_ITERATIONS
@@ -99,11 +92,11 @@ def _sample(x: NDArray[np.float32], m: int, rng: np.random.Generator) -> NDArray
 
 
 def _converged(x: NDArray[np.float32], k: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    """k-means++ on a sample, then Lloyd on all of x to convergence: centroids (k, D)."""
+    """:func:`viva_glyph.kmeans.lloyd` to convergence (k-means++ on a sample, then Lloyd
+    on all of x) on one BLAS thread (the seeding's products are small; Lloyd's leaf
+    steps hold BLAS to one thread anyway): centroids (k, D)."""
     with single_blas_thread():
-        init = kmeans_plus_plus(_sample(x, SEED_SAMPLES_PER_CODE * k, rng), k, rng)
-    rows = ArrayRows.of(x, leaf_rows(k, x.shape[1]))
-    cent, _, _ = lloyd_rows(rows, init, iterations=ITERATIONS, tol=TOL, rng=rng)
+        cent, _, _ = lloyd(x, k, iterations=ITERATIONS, tol=TOL, rng=rng)
     return cent
 
 
