@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,14 +58,6 @@ def _open_data(args: argparse.Namespace, path: str, dimension: int | None) -> An
     return source
 
 
-def _check_output(path: str, suffixes: Sequence[str]) -> None:
-    """Refuse a bad output before any work: suffix, missing folder, a folder in its place."""
-    try:
-        check_output(path, suffixes)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _stream(
     args: argparse.Namespace,
     source: Any,
@@ -104,7 +96,7 @@ def _dask_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
-    _check_output(args.output, (".safetensors",))
+    check_output(args.output, (".safetensors",))
     kwargs: dict[str, Any] = {
         "num_stages": args.stages,
         "codebook_size": args.codebook_size,
@@ -160,7 +152,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if dask is not None:
         from viva_glyph.dask import run_encode
 
-        _check_output(args.output, (".npy", ".zarr"))
+        check_output(args.output, (".npy", ".zarr"))
         run_encode(
             encoder,
             args.data,
@@ -173,7 +165,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {args.output}: {m} codes per vector ({encoder.code_dtype})")
         return 0
-    _check_output(args.output, (".npy", ".parquet", ".zarr"))
+    check_output(args.output, (".npy", ".parquet", ".zarr"))
     source = _open_data(args, args.data, encoder.config.dimension)
 
     def step(start: int, block: NDArray[Any]) -> NDArray[Any]:
@@ -188,7 +180,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     encoder = _load_model(args.model)
-    _check_output(args.output, (".npy", ".zarr"))
+    check_output(args.output, (".npy", ".zarr"))
     source = _open_data(args, args.codes, None)
     c = encoder.config
     if source.shape[1] > c.num_stages:
@@ -221,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     encoder = _load_model(args.model)
     if args.plot is not None:
-        _check_output(args.plot, (".png",))
+        check_output(args.plot, (".png",))
     source = _open_data(args, args.data, encoder.config.dimension)
     report = evaluate(
         encoder,
