@@ -104,3 +104,28 @@ def test_bad_codebook_arguments() -> None:
         Codebook(np.zeros((2, 2))).lookup([2])
     with pytest.raises(TypeError, match="RvqConfig"):
         vg.new((4, 6, 256))  # type: ignore[arg-type]
+
+
+def _seeded_calls() -> list:
+    from viva_glyph import semantic
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    ids = semantic.fit(x, levels=1, codebook_size=4)
+    return [
+        lambda s: vg.fit(x, num_stages=1, codebook_size=4, seed=s),
+        lambda s: semantic.fit(x, levels=1, codebook_size=4, seed=s),
+        lambda s: Codebook.random(4, 3, seed=s),
+        lambda s: semantic.evaluate(x, ids.codes(x), ids, seed=s),
+    ]
+
+
+@pytest.mark.parametrize("call", range(4))
+def test_every_seed_is_checked_alike(call: int) -> None:
+    # one check (non_negative_int) for every seed: a non-int is a TypeError, a negative
+    # int a ValueError (fit raised ValueError for both, evaluate a TypeError for 1.5)
+    fn = _seeded_calls()[call]
+    for bad in (1.5, True, "3"):
+        with pytest.raises(TypeError, match="seed must be a non-negative int"):
+            fn(bad)
+    with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
+        fn(-1)

@@ -20,6 +20,7 @@ __all__ = [
     "check_code_shape",
     "check_codes",
     "check_matrix",
+    "non_negative_int",
     "positive_int",
     "require_finite",
 ]
@@ -31,6 +32,15 @@ def positive_int(value: object, name: str) -> int:
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
+    return operator.index(value)
+
+
+def non_negative_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is an integer >= 0 (a seed, a count), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
     return operator.index(value)
 
 

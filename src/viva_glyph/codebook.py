@@ -18,7 +18,13 @@ from viva_glyph._kernels import (
     over_norm_limit,
     rounding_factor,
 )
-from viva_glyph._validate import as_matrix, as_vector, positive_int, require_finite
+from viva_glyph._validate import (
+    as_matrix,
+    as_vector,
+    non_negative_int,
+    positive_int,
+    require_finite,
+)
 
 __all__ = ["Codebook", "codebooks_of_stages"]
 
@@ -103,11 +109,10 @@ class Codebook:
         """
         size = positive_int(size, "size")
         dimension = positive_int(dimension, "dimension")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        seed = non_negative_int(seed, "seed")
         if not np.isfinite(scale) or scale < 0:
             raise ValueError(f"scale must be finite and >= 0, got {scale!r}")
-        rng = np.random.Generator(np.random.PCG64(int(seed)))
+        rng = np.random.Generator(np.random.PCG64(seed))
         unit = rng.random((size, dimension))  # float64 in [0, 1)
         return cls((2.0 * unit - 1.0) * float(scale), dtype=dtype)
 

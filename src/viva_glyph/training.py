@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph._stagewise import LocalRows, run_stages
-from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph._validate import as_matrix, non_negative_int, positive_int, require_finite
 from viva_glyph.beam import use_lut
 from viva_glyph.config import RvqConfig, default_config, stage_sizes
 from viva_glyph.encoder import RvqEncoder
@@ -44,12 +44,6 @@ MAX_MAGNITUDE = 1e15
 #: Smallest largest-magnitude of the data: below it float32 squared distances
 #: between nearby vectors underflow (float32's smallest normal is 1.2e-38).
 MIN_MAGNITUDE = 1e-15
-
-
-def _nonneg_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
 
 
 def _resolve_config(
@@ -156,7 +150,7 @@ def _fit_args(
         cfg,
         beam,
         positive_int(iterations, "iterations"),
-        _nonneg_int(seed, "seed"),
+        non_negative_int(seed, "seed"),
         min(limit, n),
     )
 
@@ -281,7 +275,7 @@ def fit(
     cfg, beam, iters, seed, limit = _fit_args(
         n, dim, config, num_stages, codebook_size, beam_size, iterations, seed, max_samples
     )
-    rounds = _nonneg_int(refine, "refine")
+    rounds = non_negative_int(refine, "refine")
     k = cfg.codebook_size
     if rounds and not cfg.uniform:
         raise ValueError(

@@ -41,6 +41,7 @@ from viva_glyph._stagewise import (
     run_stages,
 )
 from viva_glyph._threads import single_blas_thread
+from viva_glyph._validate import non_negative_int
 from viva_glyph.beam import use_lut
 from viva_glyph.codebook import Codebook
 from viva_glyph.config import RvqConfig
@@ -52,7 +53,6 @@ from viva_glyph.summary import TrainingSummary
 from viva_glyph.training import (
     ITERATIONS,
     _fit_args,
-    _nonneg_int,
     check_magnitude,
     check_scale,
     size_param,
@@ -335,7 +335,7 @@ def fit(
     cfg, beam, iters, seed, limit = _fit_args(
         n, dim, config, num_stages, codebook_size, beam_size, iterations, seed, max_samples
     )
-    if _nonneg_int(refine, "refine"):
+    if non_negative_int(refine, "refine"):
         raise ValueError(
             "refine > 0 is not supported on dask arrays; fit without it, or refine "
             "in memory with viva_glyph.fit on a sample"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from viva_glyph._validate import as_matrix, positive_int
+from viva_glyph._validate import as_matrix, non_negative_int, positive_int
 from viva_glyph.codebook import Codebook
 from viva_glyph.semantic._checks import check_flag, check_levels, check_normalize, check_suffix_size
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
@@ -117,15 +117,14 @@ def fit(
         raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
     progress = check_flag(progress, "progress")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = non_negative_int(seed, "seed")
     if suffix_size is not None:
         check_suffix_size(suffix_size)
     n = x.shape[0]
     if n < max(sizes):
         raise ValueError(f"fit needs at least max(codebook_size) = {max(sizes)} rows, got N = {n}")
-    rng = np.random.default_rng(int(seed))
-    training: dict[str, Any] = {"seed": int(seed), "rows": n}
+    rng = np.random.default_rng(seed)
+    training: dict[str, Any] = {"seed": seed, "rows": n}
     scales: list[float] | None = None
     if beam > 1 and metric == "l2":  # beam-aware training of the core fit
         enc = rvq_fit(
@@ -133,7 +132,7 @@ def fit(
             num_stages=levels,
             codebook_size=list(sizes),
             beam_size=beam,
-            seed=int(seed),
+            seed=seed,
             progress=progress,
         )
         books = list(enc.codebooks)
@@ -165,7 +164,7 @@ def fit(
                     num_stages=levels,
                     codebook_size=list(sizes),
                     beam_size=beam,
-                    seed=int(seed),
+                    seed=seed,
                 )
                 books = list(enc.codebooks)
                 training["level_mse"] = _level_mse(sample, books)

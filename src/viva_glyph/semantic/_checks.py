@@ -74,16 +74,24 @@ def check_balance(balance: object) -> float | None:
     return value
 
 
-def check_codes(arr: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.intp]:
+def check_codes(codes: Any, radices: Sequence[int]) -> NDArray[np.int64]:
+    """Codes (N, P) as int64 (one row may come as (P,)), each column within its radix,
+    P <= len(radices); an error names the first bad row and its value."""
+    arr = np.asarray(codes)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] > len(radices):
+        raise ValueError(f"codes must have shape (N, P) with P <= {len(radices)}, got {arr.shape}")
     for j in range(arr.shape[1]):
-        if arr.size and (arr[:, j].min() < 0 or arr[:, j].max() >= sizes[j]):
-            row = int(np.flatnonzero((arr[:, j] < 0) | (arr[:, j] >= sizes[j]))[0])
+        col = arr[:, j]  # the input's dtype: uint64 beyond int64 is not wrapped
+        if col.size and (col.min() < 0 or col.max() >= radices[j]):
+            row = int(np.flatnonzero((col < 0) | (col >= radices[j]))[0])
             raise ValueError(
-                f"codes column {j} must be in [0, {sizes[j]}), got {arr[row, j]} at row {row}"
+                f"codes column {j} must be in [0, {radices[j]}), got {col[row]} at row {row}"
             )
-    return arr.astype(np.intp)
+    return arr.astype(np.int64, copy=False)
 
 
 def check_keys(keys: Sequence[Any] | NDArray[Any] | None, n: int) -> NDArray[Any] | None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph._validate import as_matrix, non_negative_int, positive_int, require_finite
 from viva_glyph.semantic._checks import check_codes
 from viva_glyph.semantic._levels import level_factors
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
@@ -167,10 +167,7 @@ def evaluate(
     codes = check_codes(u, ids.radices)[:, :L].astype(np.int64)  # dtype and range, every row
     k = positive_int(k, "k")
     sample = positive_int(sample, "sample")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise (TypeError if not isinstance(seed, (int, np.integer)) else ValueError)(
-            f"seed must be a non-negative int, got {seed!r}"
-        )
+    seed = non_negative_int(seed, "seed")
     if k > MAX_K:
         raise ValueError(f"k must be at most {MAX_K}, got {k}")
     if k >= n:

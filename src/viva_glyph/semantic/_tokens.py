@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from viva_glyph.semantic._checks import check_codes
+
 __all__ = ["MAX_VOCABULARY", "PrefixTrie", "format_tokens", "parse_tokens", "vocabulary"]
 
 #: Most token strings :func:`vocabulary` lists (a tokenizer's vocabulary, not an ID space).
@@ -101,25 +103,6 @@ def parse_tokens(texts: Sequence[str], radices: Sequence[int]) -> NDArray[np.int
     out = np.array(rows, dtype=np.int64)
     check_codes(out, radices)
     return out
-
-
-def check_codes(codes: ArrayLike, radices: Sequence[int]) -> NDArray[np.int64]:
-    """Codes (N, P) as int64, each column within its radix; P <= len(radices)."""
-    arr = np.asarray(codes)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] > len(radices):
-        raise ValueError(f"codes must have shape (N, P) with P <= {len(radices)}, got {arr.shape}")
-    for j in range(arr.shape[1]):
-        col = arr[:, j]  # the input's dtype: uint64 beyond int64 is not wrapped
-        if col.size and (col.min() < 0 or col.max() >= radices[j]):
-            raise ValueError(
-                f"codes column {j} must be in [0, {radices[j]}), "
-                f"got min {col.min()} max {col.max()}"
-            )
-    return arr.astype(np.int64, copy=False)
 
 
 class PrefixTrie:
