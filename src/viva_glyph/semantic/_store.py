@@ -36,14 +36,12 @@ from viva_glyph.semantic._storeparts import (
     VERSION,
     busy,
     check_model,
-    digits,
-    glyphs,
     keys_text,
     locked,
     model_fingerprint,
     same_sql,
 )
-from viva_glyph.semantic._unique import SuffixRangeError
+from viva_glyph.semantic._unique import SuffixRangeError, glyph_keys, key_digits
 
 __all__ = ["IdStore", "model_fingerprint"]
 
@@ -237,10 +235,10 @@ class IdStore:
         n = x.shape[0]
         names = keys_text(keys, n)
         codes, err = ids.codes_and_errors(x, balanced=balanced)
-        glyph = glyphs(codes, ids.codebook_sizes)
+        glyph = glyph_keys(codes, ids.codebook_sizes, "the ID store (SQLite)")
         out_glyph, out_suffix = self._assign(ids, names, glyph, err)
         result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
-        result[:, : ids.levels] = digits(out_glyph, ids.codebook_sizes)
+        result[:, : ids.levels] = key_digits(out_glyph, ids.codebook_sizes)
         result[:, ids.levels] = out_suffix
         return result
 
@@ -343,7 +341,8 @@ class IdStore:
             if row is None:
                 raise KeyError(f"key {name!r} is not in {self.path}")
             self._stored(ids, name, *row)
-            out[i, : ids.levels] = digits(np.array([row[0]], dtype=np.int64), ids.codebook_sizes)[0]
+            glyph = np.array([row[0]], dtype=np.int64)
+            out[i, : ids.levels] = key_digits(glyph, ids.codebook_sizes)[0]
             out[i, ids.levels] = row[1]
         return out
 

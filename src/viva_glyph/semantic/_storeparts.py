@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from viva_glyph.semantic._model import SemanticIds
 
@@ -20,8 +19,6 @@ __all__ = [
     "VERSION",
     "busy",
     "check_model",
-    "digits",
-    "glyphs",
     "keys_text",
     "locked",
     "model_fingerprint",
@@ -61,26 +58,6 @@ def model_fingerprint(ids: SemanticIds) -> str:
     for book in ids.codebooks:
         h.update(np.ascontiguousarray(book.vectors, dtype="<f4").tobytes())
     return h.hexdigest()
-
-
-def glyphs(codes: NDArray[Any], sizes: tuple[int, ...]) -> NDArray[np.int64]:
-    total = 1
-    out = np.zeros(codes.shape[0], dtype=np.int64)
-    for j, k in enumerate(sizes):
-        total *= k
-        if total >= 1 << 63:
-            raise ValueError(f"the glyph space {sizes} does not fit in SQLite's 63-bit integers")
-        out = out * k + codes[:, j].astype(np.int64)
-    return out
-
-
-def digits(glyphs: NDArray[np.int64], sizes: tuple[int, ...]) -> NDArray[np.int64]:
-    out = np.empty((glyphs.shape[0], len(sizes)), dtype=np.int64)
-    rest = glyphs.copy()
-    for j in range(len(sizes) - 1, -1, -1):
-        out[:, j] = rest % sizes[j]
-        rest //= sizes[j]
-    return out
 
 
 def busy(exc: sqlite3.OperationalError) -> bool:

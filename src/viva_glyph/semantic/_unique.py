@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ResolveReport", "SuffixRangeError", "reassign", "suffix_ranks"]
+__all__ = [
+    "ResolveReport",
+    "SuffixRangeError",
+    "glyph_keys",
+    "key_digits",
+    "reassign",
+    "suffix_ranks",
+]
 
 
 class SuffixRangeError(ValueError):
@@ -151,7 +158,7 @@ def reassign(
     k = radices[-1]
     width = min(candidates, k)
     # occupancy (prefix, last code) of the prefixes that the overflowing items use
-    pkey = _prefix_keys(out[:, : L - 1], radices[: L - 1])
+    pkey = glyph_keys(out[:, : L - 1], radices[: L - 1], "'reassign'")
     prefixes = np.unique(pkey[over])
     inverse = np.searchsorted(prefixes, pkey)
     inside = inverse < prefixes.size
@@ -183,13 +190,24 @@ def reassign(
     return out, np.array(moved, dtype=np.intp), np.array(cand, dtype=np.int64)
 
 
-def _prefix_keys(prefix: NDArray[np.int64], radices: tuple[int, ...]) -> NDArray[np.int64]:
-    """One int64 per row of ``prefix`` (mixed radix); all zeros for an empty prefix."""
-    key = np.zeros(prefix.shape[0], dtype=np.int64)
+def glyph_keys(codes: NDArray[Any], radices: tuple[int, ...], use: str) -> NDArray[np.int64]:
+    """One int64 per row of ``codes`` (N, P): its mixed-radix number (all zeros for P = 0);
+    ``use`` names what needs it in the error when the space passes 63 bits."""
+    key = np.zeros(codes.shape[0], dtype=np.int64)
     total = 1
     for j, r in enumerate(radices):
         total *= r
         if total >= 1 << 63:
-            raise ValueError(f"prefix space {radices} does not fit in 63 bits for 'reassign'")
-        key = key * r + prefix[:, j]
+            raise ValueError(f"the glyph space {radices} does not fit in 63 bits for {use}")
+        key = key * r + codes[:, j].astype(np.int64)
     return key
+
+
+def key_digits(keys: NDArray[np.int64], radices: tuple[int, ...]) -> NDArray[np.int64]:
+    """Codes (N, P) of mixed-radix numbers: the inverse of :func:`glyph_keys`."""
+    out = np.empty((keys.shape[0], len(radices)), dtype=np.int64)
+    rest = keys.copy()
+    for j in range(len(radices) - 1, -1, -1):
+        out[:, j] = rest % radices[j]
+        rest //= radices[j]
+    return out
