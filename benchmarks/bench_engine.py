@@ -144,9 +144,9 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def calibrate(n: int = 4000, d: int = 128, m: int = 8, k: int = 256, beam: int = 5) -> None:
-    """Measure the constants of :func:`viva_glyph.beam.path_costs` on this machine."""
+    """Measure the constants of :func:`viva_glyph.core.search.path_costs` on this machine."""
     import viva_glyph as vg
-    from viva_glyph.beam import beam_search
+    from viva_glyph.core.search import beam_search
 
     rng = np.random.default_rng(0)
     books = rng.standard_normal((m, k, d)) * 0.7 ** np.arange(m)[:, None, None]

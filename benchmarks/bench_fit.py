@@ -147,7 +147,7 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def sweep(name: str, args: argparse.Namespace) -> None:
     """viva fit over (iterations, tolerance, dimension steps) settings, for the defaults."""
-    from viva_glyph import kmeans
+    from viva_glyph.train import kmeans
 
     xt, xh, m = dataset(name, args.train, args.test)
     print(f"\n== sweep {name}: D={xt.shape[1]} M={m}, train {len(xt)}")

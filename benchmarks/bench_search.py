@@ -44,7 +44,7 @@ import numpy as np
 
 import viva_glyph as vg
 from viva_glyph.index import RvqIndex
-from viva_glyph.kmeans import assign, lloyd
+from viva_glyph.train.kmeans import assign, lloyd
 
 FAISS_NORMS = {
     "float": "ST_norm_float",

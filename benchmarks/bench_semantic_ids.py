@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from viva_glyph import semantic
-from viva_glyph.codebook import Codebook
+from viva_glyph.core.codebook import Codebook
 from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
 from viva_glyph.semantic._unique import check_range, suffix_ranks
 

@@ -59,7 +59,7 @@ from bench_semantic_ids import (
 )
 
 import viva_glyph.semantic._fit as semantic_fit
-from viva_glyph.kmeans import lloyd
+from viva_glyph.train.kmeans import lloyd
 
 SID = "semantic-id n_init=1"
 RANDOM = "viva-glyph, level 0 random-row seeds (non-default)"

@@ -1,4 +1,4 @@
-"""The one-way layer stack (issue 10): no module imports from a layer above it.
+"""The one-way layer stack: no module imports from a layer above it.
 
 Every module under ``src/viva_glyph`` is parsed with ``ast``; every import in it
 counts, wherever it stands (module level, inside a function, under
@@ -15,25 +15,23 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "viva_glyph"
 
-#: Layer of each top-level module or subpackage of viva_glyph (README, "Architecture").
+#: Layer of each top-level module or subpackage (folder) of viva_glyph (README,
+#: "Architecture"). A folder is one unit: every module inside it has its layer.
 LAYERS: dict[str, int] = {
-    # L0 base
-    "_validate": 0, "_kernels": 0, "_numba": 0, "_threads": 0, "_files": 0, "_modelfile": 0,
-    "_rows": 0, "_tables": 0, "_writers": 0, "_version": 0, "config": 0, "glyph": 0,
-    "summary": 0, "_safetensors": 0, "_binary": 0,
-    # L1
-    "codebook": 1,
-    # L2 engine and k-means
-    "beam": 2, "stages": 2, "kmeans": 2, "_kmeans_steps": 2,
-    # L3
-    "encoder": 3,
-    # L4 training
-    "training": 4, "_stagewise": 4, "refine": 4,
-    # L5 files, data, metrics
-    "io": 5, "data": 5, "metrics": 5, "_report": 5,
-    # L6 applications and integrations
-    "demo": 6, "cli": 6, "_cli_index": 6, "index": 6, "_cli_ids": 6, "_cli_args": 6, "semantic": 6,
-    "dask": 6, "torch": 6, "_cli_commands": 6,
+    # 0 base: validation, threads
+    "checks": 0, "threads": 0, "_version": 0,
+    # 1 files: atomic writes, safetensors, vector readers and writers
+    "files": 1,
+    # 2 the engine: config, codebook, glyph ids, nearest-code search, encoder, model file
+    "core": 2,
+    # 3 training
+    "train": 3,
+    # 4 evaluation
+    "metrics": 4,
+    # 5 add-ons
+    "index": 5, "semantic": 5, "dask": 5, "torch": 5,
+    # 6 applications
+    "demo": 6, "cli": 6,
     # top: the spec facade and the package root; nothing inside imports them
     "rvq": 7, "__init__": 7, "__main__": 7,
 }  # fmt: skip
@@ -130,24 +128,36 @@ def test_no_module_imports_from_a_higher_layer() -> None:
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
-        ("viva_glyph.kmeans", "from viva_glyph.training import fit", "kmeans:1 (L2) imports"),
-        ("viva_glyph.kmeans", "def f():\n    import viva_glyph.io\n", "kmeans:2 (L2) imports"),
         (
-            "viva_glyph.encoder",
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-            "    from viva_glyph.training import TrainingSummary\n",
-            "encoder:3 (L3) imports viva_glyph.training",
+            "viva_glyph.train.kmeans",
+            "from viva_glyph.metrics import evaluate",
+            "kmeans:1 (L3) imports",
         ),
-        ("viva_glyph.beam", "from viva_glyph.rvq import RvqEncoder", "rvq or the package root"),
-        ("viva_glyph.training", "from viva_glyph import fit", "rvq or the package root"),
-        ("viva_glyph.codebook", "from . import kmeans", "codebook:1 (L1) imports"),
+        (
+            "viva_glyph.train.kmeans",
+            "def f():\n    import viva_glyph.cli\n",
+            "kmeans:2 (L3) imports",
+        ),
+        (
+            "viva_glyph.core.encoder",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from viva_glyph.train import fit\n",
+            "encoder:3 (L2) imports viva_glyph.train",
+        ),
+        (
+            "viva_glyph.core.search",
+            "from viva_glyph.rvq import RvqEncoder",
+            "rvq or the package root",
+        ),
+        ("viva_glyph.train._fit", "from viva_glyph import fit", "rvq or the package root"),
+        ("viva_glyph.core.codebook", "from ..train import kmeans", "codebook:1 (L2) imports"),
         ("viva_glyph.dask._fit", "from ..rvq import RvqEncoder", "rvq or the package root"),
         (
-            "viva_glyph.glyph",
+            "viva_glyph.core.glyph",
             "import importlib\nimportlib.import_module('viva_glyph.dask')",
-            "glyph:2 (L0) imports viva_glyph.dask",
+            "glyph:2 (L2) imports viva_glyph.dask",
         ),
-        ("viva_glyph.data", "import viva_glyph.wizard", "has no layer"),
+        ("viva_glyph.files._vectors", "import viva_glyph.wizard", "has no layer"),
         ("viva_glyph.wizard", "import numpy", "not in the layer table"),
     ],
 )
@@ -158,13 +168,13 @@ def test_checker_finds_every_kind_of_import(module: str, source: str, expected: 
 
 def test_checker_allows_same_and_lower_layers() -> None:
     ok = (
-        "from viva_glyph import _numba, glyph\nimport numpy\n"
-        "from viva_glyph.codebook import Codebook\nfrom viva_glyph.kmeans import lloyd\n"
-        "def f():\n    from viva_glyph.beam import beam_search\n"
+        "from viva_glyph.core import _numba, glyph\nimport numpy\n"
+        "from viva_glyph.core.codebook import Codebook\nfrom viva_glyph.train.kmeans import lloyd\n"
+        "def f():\n    from viva_glyph.core.search import beam_search\n"
     )
-    assert violations(ok, "viva_glyph.kmeans") == []
+    assert violations(ok, "viva_glyph.train._fit") == []
     assert (
-        violations("from ._compute import compute\nfrom ..io import load", "viva_glyph.dask._fit")
+        violations("from ._compute import compute\nfrom ..core import load", "viva_glyph.dask._fit")
         == []
     )
     assert violations("from . import _ops", "viva_glyph.torch", is_package=True) == []

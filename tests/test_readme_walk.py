@@ -121,7 +121,7 @@ def test_ids_assign_store_needs_keys(tmp_path: Path, capsys: Any) -> None:
 )
 def test_every_data_argument_lists_every_readable_format(command: list[str], capsys: Any) -> None:
     # README "Input formats": one reader per format, shared by every command (.zarr too).
-    from viva_glyph.data import READ_FORMATS
+    from viva_glyph.files._vectors import READ_FORMATS
 
     with contextlib.suppress(SystemExit):  # argparse's --help exits, main may catch it
         cli.main([*command, "--help"])

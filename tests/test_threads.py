@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import viva_glyph as vg
-from viva_glyph import kmeans
-from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
-from viva_glyph.beam import PIECE_ROWS, beam_search
+from viva_glyph.core.search import PIECE_ROWS, beam_search
+from viva_glyph.threads import default_threads, parallel_map, single_blas_thread
+from viva_glyph.train import kmeans
 
 
 def test_parallel_map_keeps_order_and_raises() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from viva_glyph import codebook, glyph, rvq
+from viva_glyph import rvq
 from viva_glyph._version import __version__
-from viva_glyph.codebook import Codebook
+from viva_glyph.core import codebook, glyph
+from viva_glyph.core.codebook import Codebook
 from viva_glyph.rvq import (
     RvqConfig,
     RvqEncoder,
@@ -24,16 +25,16 @@ from viva_glyph.rvq import (
 
 # Parts with optional dependencies or heavier imports load on first use.
 _LAZY = {
-    "fit": "viva_glyph.training",
-    "TrainingSummary": "viva_glyph.training",
-    "load": "viva_glyph.io",
-    "save": "viva_glyph.io",
-    "ModelFormatError": "viva_glyph.io",
+    "fit": "viva_glyph.train",
+    "TrainingSummary": "viva_glyph.core",
+    "load": "viva_glyph.core",
+    "save": "viva_glyph.core",
+    "ModelFormatError": "viva_glyph.core",
 }
 
 if TYPE_CHECKING:
-    from viva_glyph.io import ModelFormatError, load, save
-    from viva_glyph.training import TrainingSummary, fit
+    from viva_glyph.core import ModelFormatError, TrainingSummary, load, save
+    from viva_glyph.train import fit
 
 
 def __getattr__(name: str) -> Any:

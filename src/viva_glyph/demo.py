@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.config import default_config
-from viva_glyph.encoder import RvqEncoder
-from viva_glyph.glyph import codes_to_glyph_ids
+from viva_glyph.core.config import default_config
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.glyph import codes_to_glyph_ids
 
 __all__ = [
     "SEED",
@@ -135,9 +135,9 @@ def run(
     write : callable
         Receives the text to show, line by line (``print`` by default).
     """
-    from viva_glyph.data import save_array
-    from viva_glyph.metrics import evaluate
-    from viva_glyph.training import fit
+    from viva_glyph.files._vectors import save_array
+    from viva_glyph.metrics._evaluate import evaluate
+    from viva_glyph.train._fit import fit
 
     t0 = time.perf_counter()
     folder = _folder(out, force)
@@ -196,7 +196,7 @@ def _folder(out: str | os.PathLike[str] | None, force: bool) -> Path:
 
 
 def _write_states(path: Path, pad: NDArray[np.float64], labels: list[str]) -> None:
-    from viva_glyph.io import atomic_output
+    from viva_glyph.core.io import atomic_output
 
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -9,7 +9,7 @@ al. 2021)::
     x' = sum_i codebook_i[q_i]
 
 The module-level functions mirror the spec one to one (lists in, lists out);
-:class:`RvqEncoder` (:mod:`viva_glyph.encoder`) does the same on (N, D)
+:class:`RvqEncoder` (:mod:`viva_glyph.core.encoder`) does the same on (N, D)
 arrays, streamed in cache-sized chunks.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from viva_glyph import glyph
-from viva_glyph._validate import as_vector
-from viva_glyph.codebook import Codebook, codebooks_of_stages
-from viva_glyph.config import RvqConfig, default_config
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.checks import as_vector
+from viva_glyph.core import glyph
+from viva_glyph.core.codebook import Codebook, codebooks_of_stages
+from viva_glyph.core.config import RvqConfig, default_config
+from viva_glyph.core.encoder import RvqEncoder
 
 __all__ = [
     "RvqConfig",
@@ -72,7 +72,7 @@ class RvqTokens:
         object.__setattr__(self, "total_error", float(self.total_error))
 
     def to_glyph_id(self, codebook_size: int | Sequence[int]) -> int:
-        """Mixed-radix glyph id, stage 1 most significant (see :mod:`viva_glyph.glyph`)."""
+        """Mixed-radix glyph id, stage 1 most significant (see :mod:`viva_glyph.core.glyph`)."""
         return glyph.glyph_id(self.indices, codebook_size)
 
     @classmethod

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import chunk_rows
-from viva_glyph._validate import check_code_shape, check_matrix, positive_int
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.checks import check_code_shape, check_matrix, positive_int
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.nearest import chunk_rows
 
 if TYPE_CHECKING:
     import dask.array as da

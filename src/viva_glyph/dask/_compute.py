@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from viva_glyph._validate import positive_int
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.checks import positive_int
+from viva_glyph.core.encoder import RvqEncoder
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -2,11 +2,11 @@
 # (dask and distributed ship without complete type hints.)
 """Distributed residual k-means: :func:`viva_glyph.fit` on a dask array.
 
-The same training as :func:`viva_glyph.training.fit`, run by the same code:
-the stage loop (:func:`viva_glyph._stagewise.run_stages`), the progressive
-k-means and Lloyd loop of :mod:`viva_glyph.kmeans`, and the same leaf
+The same training as :func:`viva_glyph.train.fit`, run by the same code:
+the stage loop (:func:`viva_glyph.train._stages.run_stages`), the progressive
+k-means and Lloyd loop of :mod:`viva_glyph.train.kmeans`, and the same leaf
 functions, with the executor below plugged in. The sampled rows are cut into
-the same leaves as in memory (:func:`viva_glyph.kmeans.leaf_rows` rows); a
+the same leaves as in memory (:func:`viva_glyph.train.kmeans.leaf_rows` rows); a
 dask block holds ``FANIN**j`` whole leaves, runs the leaf functions on each
 and reduces their results as the lower levels of the fan-in-8 tree; the
 client builds the upper levels as a graph. So every GEMM has the same shape
@@ -30,8 +30,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._rows import FANIN, add_all, tree_reduce
-from viva_glyph._stagewise import (
+from viva_glyph.checks import non_negative_int
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.config import RvqConfig
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.search import use_lut
+from viva_glyph.core.summary import TrainingSummary
+from viva_glyph.dask._arrays import as_dask_matrix
+from viva_glyph.dask._compute import compute, current_client
+from viva_glyph.threads import single_blas_thread
+from viva_glyph.train._fit import (
+    ITERATIONS,
+    _fit_args,
+    check_magnitude,
+    check_scale,
+    size_param,
+)
+from viva_glyph.train._rows import FANIN, add_all, tree_reduce
+from viva_glyph.train._stages import (
     Piece,
     crosses,
     leaf_encode,
@@ -40,23 +56,7 @@ from viva_glyph._stagewise import (
     leaf_sq_error,
     run_stages,
 )
-from viva_glyph._threads import single_blas_thread
-from viva_glyph._validate import non_negative_int
-from viva_glyph.beam import use_lut
-from viva_glyph.codebook import Codebook
-from viva_glyph.config import RvqConfig
-from viva_glyph.dask._arrays import as_dask_matrix
-from viva_glyph.dask._compute import compute, current_client
-from viva_glyph.encoder import RvqEncoder
-from viva_glyph.kmeans import leaf_rows
-from viva_glyph.summary import TrainingSummary
-from viva_glyph.training import (
-    ITERATIONS,
-    _fit_args,
-    check_magnitude,
-    check_scale,
-    size_param,
-)
+from viva_glyph.train.kmeans import leaf_rows
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -164,7 +164,7 @@ def _aligned(x: da.Array, leaf: int) -> da.Array:
 
 
 class _DaskRows:
-    """:class:`viva_glyph._rows.Rows` on a dask array of aligned blocks."""
+    """:class:`viva_glyph.train._rows.Rows` on a dask array of aligned blocks."""
 
     def __init__(self, arr: da.Array, leaf: int, keep: bool) -> None:
         self.arr, self.leaf, self.keep = arr, leaf, keep
@@ -197,7 +197,7 @@ class _DaskRows:
 
 
 class _DaskTraining:
-    """:class:`viva_glyph._stagewise.TrainingRows` on the workers: leaves re-encoded per pass."""
+    """:class:`viva_glyph.train._stages.TrainingRows` on the workers: leaves re-encoded per pass."""
 
     def __init__(self, x: da.Array, k: int, beam: int, lut: bool, keep: bool) -> None:
         self.leaf = leaf_rows(k, int(x.shape[1]))

@@ -1,8 +1,8 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return"
 # (dask and distributed ship without complete type hints.)
-"""Sources (every format of :mod:`viva_glyph.data`) and sinks (zarr, ``.npy``) for dask arrays.
+"""Sources (every format of :mod:`viva_glyph.files`) and sinks (zarr, ``.npy``) for dask arrays.
 
-Sources are the :class:`viva_glyph.data.VectorFile` readers of the command
+Sources are the :class:`viva_glyph.files.VectorFile` readers of the command
 line and the evaluation, with the same rules and messages: small picklable
 array-likes that open the file inside the task that reads a block, so a graph
 never carries data and workers read straight from (shared) storage. Sinks
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._files import atomic_folder, atomic_output, check_output
-from viva_glyph._validate import check_code_shape, positive_int
-from viva_glyph._writers import create_zarr
-from viva_glyph.data import VectorFile, open_parquet, open_vectors, open_zarr
+from viva_glyph.checks import check_code_shape, positive_int
+from viva_glyph.files._atomic import atomic_folder, atomic_output, check_output
+from viva_glyph.files._vectors import VectorFile, open_parquet, open_vectors, open_zarr
+from viva_glyph.files._writers import create_zarr
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -43,9 +43,9 @@ def _rows_per_block(row_bytes: int, chunk_rows: int | None) -> int:
     return max(1, BLOCK_BYTES // max(row_bytes, 1))
 
 
-# -- sources: viva_glyph.data's readers, one task per block --------------------------------
+# -- sources: the readers of viva_glyph.files, one task per block ------------------------
 def _from_file(src: VectorFile, rows: int | tuple[int, ...], kind: str) -> da.Array:
-    """Dask array over a :class:`~viva_glyph.data.VectorFile` (picklable; the binary and
+    """Dask array over a :class:`~viva_glyph.files.VectorFile` (picklable; the binary and
     table formats hold only paths, so a task reads its own rows)."""
     import dask.array as da
     from dask.base import tokenize
@@ -138,13 +138,13 @@ def open_array(
     key: str | None = None,
     header: bool | None = None,
 ) -> da.Array:
-    """Dask array over any data file :func:`viva_glyph.data.open_vectors` reads.
+    """Dask array over any data file :func:`viva_glyph.files.open_vectors` reads.
 
     ``.npy``, ``.fvecs`` / ``.bvecs`` and Parquet are read block by block on the
     workers, ``.zarr`` chunk by chunk; ``.npz`` and CSV/TSV are read whole here
     (the graph then carries their data). A folder holding ``*.parquet`` files is
     read as Parquet. ``key`` and ``header`` are those of
-    :func:`viva_glyph.data.open_vectors`.
+    :func:`viva_glyph.files.open_vectors`.
     """
     src = open_vectors(path, key=key, header=header)
     rows = src.natural_rows
@@ -189,7 +189,7 @@ def write_codes(codes: da.Array, path: str | os.PathLike[str], *, progress: bool
     row block, default compression). Each block is written by the worker that
     computed it into a temporary file or store in the destination's folder (so
     that folder must be shared by all workers); the finished file is then
-    moved into place with :func:`os.replace` (see :mod:`viva_glyph._files`).
+    moved into place with :func:`os.replace` (see :mod:`viva_glyph.files._atomic`).
 
     Parameters
     ----------

@@ -10,7 +10,7 @@ Tensors, in this order (a tensor appears only when the index has it):
 String metadata: ``format`` (``"viva-glyph-index"``), ``format_version``
 (``"1"``), ``config`` (JSON num_stages/dimension/codebook_size), ``metric``,
 ``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
-``library_version``. :func:`load` reads it with :mod:`viva_glyph._safetensors`
+``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
 (anything but a regular file refused, the header and every dtype, shape and
 offset checked against the metadata and the file size before any tensor data
 is read) and memory-maps codes, norms and ids.
@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._kernels import code_dtype
-from viva_glyph._safetensors import FileKind, open_file
 from viva_glyph._version import __version__
-from viva_glyph.codebook import Codebook
-from viva_glyph.config import RvqConfig
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.config import RvqConfig
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.io import ModelFormatError, atomic_output
+from viva_glyph.core.nearest import code_dtype
+from viva_glyph.files._safetensors import FileKind, open_file
 from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES, stored_dtype
-from viva_glyph.io import ModelFormatError, atomic_output
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "IndexFormatError", "load", "save"]
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._kernels import norm_limit, over_norm_limit
-from viva_glyph._validate import as_matrix, positive_int, require_finite
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.checks import as_matrix, positive_int, require_finite
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.nearest import norm_limit, over_norm_limit
 from viva_glyph.index import _norms
 from viva_glyph.index._pages import drop_pages
 from viva_glyph.index._query import rerank_source, scan_input, vector_terms
@@ -150,7 +150,7 @@ class RvqIndex:
 
     # -- building ---------------------------------------------------------------------
     def train(self, X: ArrayLike, *, seed: int = 0) -> None:
-        """Fit the IVF coarse centroids (k-means, :func:`viva_glyph.kmeans.lloyd`) on X.
+        """Fit the IVF coarse centroids (k-means, :func:`viva_glyph.train.kmeans.lloyd`) on X.
 
         Parameters
         ----------
@@ -160,7 +160,7 @@ class RvqIndex:
         """
         if self.nlist is None:
             raise ValueError("train() is for IVF indexes; this one has no nlist")
-        from viva_glyph.kmeans import lloyd
+        from viva_glyph.train.kmeans import lloyd
 
         x = as_matrix(X, self.dimension)
         n = x.shape[0]
@@ -204,7 +204,7 @@ class RvqIndex:
             lists = None
             base = None
             if self.store.centroids is not None:
-                from viva_glyph.kmeans import assign
+                from viva_glyph.train.kmeans import assign
 
                 lists, _ = assign(chunk, self.store.centroids)
                 base = self.store.centroids[lists].astype(np.float64)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._threads import single_blas_thread
-from viva_glyph._validate import as_matrix
+from viva_glyph.checks import as_matrix
 from viva_glyph.index import _norms
 from viva_glyph.index._rerank import gather_rows
 from viva_glyph.index._scan import MODE_ADD, MODE_PLAIN, MODE_SCALE, ScanInput, scan_kernels
+from viva_glyph.threads import single_blas_thread
 
 if TYPE_CHECKING:
     from viva_glyph.index._index import RvqIndex

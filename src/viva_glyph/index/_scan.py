@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._threads import default_threads, parallel_map, single_blas_thread
+from viva_glyph.threads import default_threads, parallel_map, single_blas_thread
 
 __all__ = ["MODE_ADD", "MODE_PLAIN", "MODE_SCALE", "ScanInput", "lookup_tables", "scan"]
 
@@ -228,7 +228,7 @@ def scan(
     s : ScanInput
     k : int
     threads : int, optional
-        Default :func:`viva_glyph._threads.default_threads`.
+        Default :func:`viva_glyph.threads.default_threads`.
 
     Returns
     -------

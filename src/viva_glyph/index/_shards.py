@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._validate import as_matrix, positive_int, require_finite
+from viva_glyph.checks import as_matrix, positive_int, require_finite
 
 __all__ = ["merge_results", "search_shards"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.index import _norms
 
 __all__ = ["Store"]

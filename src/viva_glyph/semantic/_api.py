@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from viva_glyph._validate import as_matrix, non_negative_int, positive_int
-from viva_glyph.codebook import Codebook
+from viva_glyph.checks import as_matrix, non_negative_int, positive_int
+from viva_glyph.core.codebook import Codebook
 from viva_glyph.semantic._checks import check_flag, check_levels, check_normalize, check_suffix_size
 from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
 from viva_glyph.semantic._model import (
@@ -19,8 +19,8 @@ from viva_glyph.semantic._model import (
     check_balance,
     normalize_rows,
 )
-from viva_glyph.training import MAX_MAGNITUDE, check_magnitude, check_scale
-from viva_glyph.training import fit as rvq_fit
+from viva_glyph.train._fit import MAX_MAGNITUDE, check_magnitude, check_scale
+from viva_glyph.train._fit import fit as rvq_fit
 
 __all__ = ["fit"]
 

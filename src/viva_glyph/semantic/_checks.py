@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._validate import positive_int
+from viva_glyph.checks import positive_int
 
 __all__ = [
     "MAX_LEVELS",

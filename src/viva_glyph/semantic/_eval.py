@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._validate import as_matrix, non_negative_int, positive_int, require_finite
+from viva_glyph.checks import as_matrix, non_negative_int, positive_int, require_finite
 from viva_glyph.semantic._checks import check_codes
 from viva_glyph.semantic._levels import level_factors
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
@@ -100,7 +100,7 @@ class SemanticReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from viva_glyph.io import atomic_output
+        from viva_glyph.core.io import atomic_output
 
         levels = np.arange(1, self.levels + 1)
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))

@@ -8,11 +8,11 @@ Layout: tensors ``level_0`` .. ``level_{L-1}`` (K_l, D) F32, optionally
 metric, balance, beam_size, suffix_size, normalize_residuals, residual_scales,
 training; files without the two normalisation keys load as not normalised).
 :func:`load` reads it
-with :mod:`viva_glyph._safetensors`: anything but a regular file is refused
+with :mod:`viva_glyph.files._safetensors`: anything but a regular file is refused
 without blocking, and the header (length, JSON, tensor names, dtypes, shapes
 against the metadata, offsets against the file size) is checked before any
 tensor is read, so a malformed file raises
-:class:`viva_glyph.io.ModelFormatError` without a large allocation.
+:class:`viva_glyph.core.io.ModelFormatError` without a large allocation.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from viva_glyph._safetensors import Expect, FileKind, open_file
-from viva_glyph.codebook import Codebook
-from viva_glyph.io import ModelFormatError, atomic_output
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.io import ModelFormatError, atomic_output
+from viva_glyph.files._safetensors import Expect, FileKind, open_file
 from viva_glyph.semantic._checks import MAX_LEVELS
 from viva_glyph.semantic._model import METRICS, SemanticIds, check_balance
 from viva_glyph.semantic._tokens import PrefixTrie

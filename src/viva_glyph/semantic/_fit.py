@@ -2,14 +2,14 @@
 
 Level 0 (the first token: the coarse partition that embedding neighbours
 should share) is a k-means run to convergence in all dimensions
-(:func:`viva_glyph.kmeans.lloyd`: greedy k-means++ seeding on at most
+(:func:`viva_glyph.train.kmeans.lloyd`: greedy k-means++ seeding on at most
 ``SEED_SAMPLES_PER_CODE * K`` rows, one BLAS thread: its products are small,
 and Lloyd's iterations on all rows) until one lowers
 the inertia by at most :data:`TOL` relative (at most :data:`ITERATIONS`), as
 ``semantic-id``'s RQ-KMeans does with scikit-learn. Every later level is
 trained twice, by that (on :data:`COMPARE_SAMPLES_PER_CODE` rows per code)
 and by the core's progressive-dimension k-means
-(:func:`viva_glyph.kmeans.progressive_kmeans`, as :func:`viva_glyph.fit`
+(:func:`viva_glyph.train.kmeans.progressive_kmeans`, as :func:`viva_glyph.fit`
 trains a stage), keeps the centroids with the lower squared error on all the
 level's residuals and polishes them by Lloyd's iterations on all of them to
 :data:`POLISH_TOL` (the progressive k-means stops at the core's 1e-3, which
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph._rows import ArrayRows
-from viva_glyph._threads import single_blas_thread
-from viva_glyph.codebook import Codebook
-from viva_glyph.kmeans import inertia, leaf_rows, lloyd, lloyd_rows, progressive_kmeans
+from viva_glyph.core.codebook import Codebook
 from viva_glyph.semantic._balance import balanced_assign, capacity
 from viva_glyph.semantic._levels import unit_rows
-from viva_glyph.training import ITERATIONS as PROGRESSIVE_ITERATIONS
+from viva_glyph.threads import single_blas_thread
+from viva_glyph.train._fit import ITERATIONS as PROGRESSIVE_ITERATIONS
+from viva_glyph.train._rows import ArrayRows
+from viva_glyph.train.kmeans import inertia, leaf_rows, lloyd, lloyd_rows, progressive_kmeans
 
 __all__ = ["BALANCED_ROUNDS", "ITERATIONS", "SAMPLES_PER_CODE", "TOL", "train_levels"]
 
@@ -92,7 +92,7 @@ def _sample(x: NDArray[np.float32], m: int, rng: np.random.Generator) -> NDArray
 
 
 def _converged(x: NDArray[np.float32], k: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    """:func:`viva_glyph.kmeans.lloyd` to convergence (k-means++ on a sample, then Lloyd
+    """:func:`viva_glyph.train.kmeans.lloyd` to convergence (k-means++ on a sample, then Lloyd
     on all of x) on one BLAS thread (the seeding's products are small; Lloyd's leaf
     steps hold BLAS to one thread anyway): centroids (k, D)."""
     with single_blas_thread():

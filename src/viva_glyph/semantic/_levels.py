@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.codebook import Codebook
+from viva_glyph.core.codebook import Codebook
 
 __all__ = [
     "decode_levels",

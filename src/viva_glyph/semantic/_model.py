@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._kernels import code_dtype
-from viva_glyph._validate import as_matrix, check_matrix, positive_int, require_finite
-from viva_glyph.codebook import Codebook
-from viva_glyph.encoder import RvqEncoder
+from viva_glyph.checks import as_matrix, check_matrix, positive_int, require_finite
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.core.nearest import code_dtype
 from viva_glyph.semantic._balance import balanced_assign, capacity, sq_distances
 from viva_glyph.semantic._checks import (
     check_balance,

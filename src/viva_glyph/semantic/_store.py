@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph._kernels import code_dtype
+from viva_glyph.core.nearest import code_dtype
 from viva_glyph.semantic._checks import str_keys
 from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._storeparts import (

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from viva_glyph._validate import positive_int
-from viva_glyph.config import stage_sizes
+from viva_glyph.checks import positive_int
+from viva_glyph.core.config import stage_sizes
 
 __all__ = [
     "MAX_ABS",

@@ -1,6 +1,6 @@
 """Codebook initialisation: numpy's k-means on each stage's residuals, rows gathered first.
 
-Each stage is fitted by :func:`viva_glyph.kmeans.progressive_kmeans`, the
+Each stage is fitted by :func:`viva_glyph.train.kmeans.progressive_kmeans`, the
 k-means of :func:`viva_glyph.fit` (principal axes, k-means++ seeds on the
 leading axes, Lloyd on a growing number of them, empty clusters split from the
 largest): one k-means for the whole library. It runs in numpy on the CPU, on at
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from viva_glyph._rows import ArrayRows
-from viva_glyph.kmeans import leaf_rows, progressive_kmeans
 from viva_glyph.torch import _distributed as ddp
 from viva_glyph.torch._ops import augmented_tables, nearest, with_ones
+from viva_glyph.train._rows import ArrayRows
+from viva_glyph.train.kmeans import leaf_rows, progressive_kmeans
 
 __all__ = ["INIT_ROWS_PER_CODE", "Gatherer", "init_stages", "random_rows"]
 

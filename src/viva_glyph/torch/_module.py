@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viva_glyph._validate import positive_int
+from viva_glyph.checks import positive_int
 from viva_glyph.torch import _distributed as ddp
 from viva_glyph.torch._checks import (
     bad_row,
@@ -36,7 +36,7 @@ from viva_glyph.torch._pass import Pass, run_stages
 from viva_glyph.torch._step import NEEDS_COUNTS, NEEDS_KMEANS, initialize, train_step
 
 if TYPE_CHECKING:
-    from viva_glyph.encoder import RvqEncoder
+    from viva_glyph.core.encoder import RvqEncoder
 
 __all__ = ["ResidualVQ", "RvqOutput"]
 
@@ -247,7 +247,7 @@ class ResidualVQ(nn.Module):
             Other :class:`ResidualVQ` options. The first training batch only
             counts code use to seed the EMA state; no k-means runs.
         """
-        from viva_glyph.encoder import RvqEncoder
+        from viva_glyph.core.encoder import RvqEncoder
 
         if not isinstance(encoder, RvqEncoder):
             raise TypeError(
@@ -270,8 +270,8 @@ class ResidualVQ(nn.Module):
         It gives the same codes as :meth:`encode` on the same float32 inputs,
         up to ties within float rounding.
         """
-        from viva_glyph.codebook import Codebook
-        from viva_glyph.encoder import RvqEncoder
+        from viva_glyph.core.codebook import Codebook
+        from viva_glyph.core.encoder import RvqEncoder
 
         books = self.codebook.detach().float().cpu().numpy().copy()
         return RvqEncoder(

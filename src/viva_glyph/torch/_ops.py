@@ -1,7 +1,7 @@
 """Tensor kernels of the quantizer: nearest code, usage statistics, the loss.
 
 The nearest code of each row is found with one matrix product per stage, as in
-the numpy core (:mod:`viva_glyph._kernels`): ``||r - c||^2 = ||r||^2 - 2 r.c +
+the numpy core (:mod:`viva_glyph.core.nearest`): ``||r - c||^2 = ||r||^2 - 2 r.c +
 ||c||^2`` and the row constant ``||r||^2`` cannot change the argmin, so rows
 carrying a ones column times the table ``[-2 C^T ; ||c||^2]`` followed by
 ``argmin`` picks it (ties to the lowest index, like the numpy encoder). No

@@ -1,0 +1,258 @@
+"""Index files: round trip, layout, atomic writes, corrupted and truncated files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.index import IndexFormatError, RvqIndex, _file, load
+
+M, K, D = 3, 16, 6
+
+
+@pytest.fixture(scope="module")
+def enc() -> RvqEncoder:
+    rng = np.random.default_rng(0)
+    return RvqEncoder([Codebook(rng.standard_normal((K, D)) * 0.5**s) for s in range(M)])
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((300, D)).astype(np.float32)
+
+
+def built(enc, X, **kw) -> RvqIndex:
+    index = RvqIndex(enc, **kw)
+    index.add(X, ids=np.arange(len(X)) * 2 + 5)
+    return index
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"norm": "float"},
+        {"norm": "qint8"},
+        {"norm": "cqint8", "metric": "cosine"},
+        {"norm": "lut"},
+        {"norm": "none", "metric": "ip", "beam_size": 3},
+        {"norm": "float", "nlist": 5},
+        {"norm": "qint8", "nlist": 5, "metric": "ip"},
+    ],
+)
+def test_round_trip_searches_the_same(enc, X, kw, tmp_path) -> None:
+    index = built(enc, X, **kw)
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    back = load(path)
+    assert isinstance(back.store.codes, np.memmap) and isinstance(back.store.ids, np.memmap)
+    assert (back.metric, back.norm, back.beam_size, back.nlist) == (
+        index.metric,
+        index.norm,
+        index.beam_size,
+        index.nlist,
+    )
+    assert back.encoder == enc
+    q = np.random.default_rng(2).standard_normal((7, D))
+    extra = {"nprobe": 3} if index.nlist else {}
+    for a, b in zip(index.search(q, 6, **extra), back.search(q, 6, **extra), strict=True):
+        np.testing.assert_array_equal(a, b)
+    back.remove(back.ids[:10])  # a loaded (read-only, mapped) index can still change
+    back.add(X[:4])
+    assert len(back) == len(X) - 6
+
+
+def test_file_is_codes_norms_ids_codebooks_and_safetensors(enc, X, tmp_path) -> None:
+    from safetensors.numpy import load_file
+
+    index = built(enc, X)
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+    payload = M * K * D * enc.dtype.itemsize + len(X) * M * 1 + len(X) * 4 + len(X) * 8
+    assert os.path.getsize(path) == 8 + n + payload
+    tensors = load_file(path)  # the reference reader accepts it
+    assert sorted(tensors) == ["codebooks", "codes", "ids", "norms"]
+    np.testing.assert_array_equal(tensors["codes"], enc.encode(X))
+    np.testing.assert_array_equal(tensors["ids"], np.arange(len(X)) * 2 + 5)
+    dec = enc.decode(enc.encode(X)).astype(np.float64)
+    np.testing.assert_allclose(tensors["norms"], (dec * dec).sum(1), rtol=1e-6)
+
+
+def test_failed_write_leaves_the_old_file(enc, X, tmp_path, monkeypatch) -> None:
+    index = built(enc, X)
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    before = path.read_bytes()
+
+    class Boom:
+        shape, size, dtype = (4,), 4, np.dtype(np.int64)
+
+        def __getitem__(self, item: object) -> None:
+            raise OSError("disk full")
+
+    def tensors(idx):
+        yield "codebooks", enc.codebook_array
+        yield "ids", Boom()
+
+    monkeypatch.setattr(_file, "_tensors", tensors)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.vgindex"]
+
+
+def _rewrite_header(path, edit) -> None:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda h: h["__metadata__"].update(format="viva-glyph-rvq"), "format is"),
+        (lambda h: h["__metadata__"].update(format_version="9"), "version '9'"),
+        (lambda h: h["__metadata__"].update(count="299"), "shape"),
+        (lambda h: h["__metadata__"].update(count="-1"), "count"),
+        (lambda h: h["__metadata__"].update(norm="none"), 'norm "none"'),
+        (lambda h: h["__metadata__"].update(metric="hamming"), "metric 'hamming'"),
+        (lambda h: h["codes"].update(dtype="U16"), "dtype 'U16'"),
+        (lambda h: h["codes"].update(shape=[300, 4]), "shape"),
+        (lambda h: h["ids"].update(data_offsets=[0, 2400]), "offsets"),
+        (lambda h: h.pop("norms"), "tensors"),
+        (
+            lambda h: h.update(extra={"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}),
+            "tensors",
+        ),
+        (lambda h: h.update(norms=[1, 2]), "not a JSON object"),
+        (lambda h: h.pop("__metadata__"), "metadata missing"),
+    ],
+)
+def test_bad_header(enc, X, tmp_path, edit, match) -> None:
+    path = tmp_path / "a.vgindex"
+    built(enc, X).save(path)
+    _rewrite_header(path, edit)
+    with pytest.raises(IndexFormatError, match=match):
+        load(path)
+
+
+def test_truncated_and_garbage_files(enc, X, tmp_path) -> None:
+    path = tmp_path / "a.vgindex"
+    built(enc, X).save(path)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    for cut in (0, 5, 8, 8 + n // 2, 8 + n, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(IndexFormatError, match=r"a\.vgindex is not a valid viva-glyph index"):
+            load(path)
+    path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(IndexFormatError, match="header length"):
+        load(path)
+    path.write_bytes(struct.pack("<Q", 6) + b"{nope}")
+    with pytest.raises(IndexFormatError, match="not valid JSON"):
+        load(path)
+    path.write_bytes(data + b"\0" * 8)
+    with pytest.raises(IndexFormatError, match="expected"):
+        load(path)
+
+
+def test_bad_values_in_data(enc, X, tmp_path) -> None:
+    path = tmp_path / "a.vgindex"
+    built(enc, X).save(path)
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    codes_at = 8 + n + M * K * D * enc.dtype.itemsize
+    bad = data.copy()
+    bad[codes_at + 7] = K  # a code out of [0, K)
+    path.write_bytes(bytes(bad))
+    with pytest.raises(IndexFormatError, match=r"codes outside \[0, 16\)"):
+        load(path)
+    bad = data.copy()
+    norms_at = codes_at + len(X) * M
+    bad[norms_at : norms_at + 4] = np.array([np.nan], np.float32).tobytes()
+    path.write_bytes(bytes(bad))
+    with pytest.raises(IndexFormatError, match="norms hold NaN"):
+        load(path)
+
+
+def test_not_a_regular_file(tmp_path, enc) -> None:
+    with pytest.raises(IndexFormatError, match="not a regular file"):
+        load(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(IndexFormatError, match="not a regular file"):
+        load(fifo)  # would block forever if it were opened
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.vgindex")
+    untrained = RvqIndex(enc, nlist=3)
+    with pytest.raises(ValueError, match="untrained IVF"):
+        untrained.save(tmp_path / "b.vgindex")
+
+
+@given(pos=st.integers(0, 10_000), value=st.integers(0, 255))
+def test_any_header_byte_flip_loads_or_raises_format_error(tmp_path_factory, pos, value) -> None:
+    folder = tmp_path_factory.mktemp("flip")
+    rng = np.random.default_rng(0)
+    enc = RvqEncoder([Codebook(rng.standard_normal((4, 2))) for _ in range(2)])
+    index = RvqIndex(enc)
+    index.add(rng.standard_normal((5, 2)))
+    path = folder / "a.vgindex"
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    data[pos % (8 + n)] = value
+    path.write_bytes(bytes(data))
+    try:
+        back = load(path)
+    except IndexFormatError:
+        return
+    back.search(np.zeros((1, 2)), 2)
+
+
+def test_build_from_memmap_equals_in_memory(enc, X, tmp_path, monkeypatch) -> None:
+    from viva_glyph.index import _index
+
+    monkeypatch.setattr(_index, "ADD_ROWS", 64)  # several blocks, pages dropped after each
+    np.save(tmp_path / "x.npy", X)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a, b = RvqIndex(enc), RvqIndex(enc)
+    a.add(mapped)
+    b.add(np.array(X))
+    np.testing.assert_array_equal(a.store.codes, b.store.codes)
+    np.testing.assert_array_equal(a.store.norms, b.store.norms)
+    np.testing.assert_array_equal(mapped, X)  # still readable after its pages were dropped
+
+
+@pytest.mark.parametrize(
+    ("norm", "field", "match"),
+    [
+        ("float", "ids", "ids hold negative values"),
+        ("qint8", "norm_params", "qint8 norm range is reversed"),
+        ("cqint8", "norm_params", "cqint8 norm levels are not sorted"),
+    ],
+)
+def test_bad_ids_and_norm_params_in_data(enc, X, tmp_path, norm, field, match) -> None:
+    """Values a corrupted file may hold that no index writes (re-ranking reads the rows of
+    ``vectors`` by id: a negative id silently read another vector)."""
+    index = built(enc, X, norm=norm)
+    if field == "ids":
+        index.store.ids = index.store.ids.copy()
+        index.store.ids[3] = -2
+    else:
+        index.store.norm_params = index.store.norm_params[::-1].copy()
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    with pytest.raises(IndexFormatError, match=match):
+        load(path)

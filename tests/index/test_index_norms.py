@@ -1,0 +1,136 @@
+"""Quantized norms of the index: optimal 1-D k-means (cqint8) and the qint8 grid, against
+a brute-force dynamic programme and against FAISS 1.15 on the same norms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.index import RvqIndex
+from viva_glyph.index._kmeans1d import GROUPS, kmeans_1d, squared_error
+
+
+def brute_optimum(x: np.ndarray, k: int) -> float:
+    """Least squared error of x in k clusters: the O(k n^2) programme over sorted x."""
+    x = np.sort(x.astype(np.float64))
+    n = x.shape[0]
+
+    def cost(a: int, b: int) -> float:
+        part = x[a:b]
+        return float(((part - part.mean()) ** 2).sum())
+
+    best = [cost(0, b) if b else 0.0 for b in range(n + 1)]
+    for j in range(1, k):
+        best = [
+            min(best[a] + cost(a, b) for a in range(j, b)) if b > j else 0.0 for b in range(n + 1)
+        ]
+    return best[n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(0, 100, allow_nan=False, allow_infinity=False) | st.integers(0, 5).map(float),
+        min_size=1,
+        max_size=30,
+    ),
+    k=st.integers(1, 7),
+)
+def test_kmeans_1d_is_the_optimum(values, k) -> None:
+    x = np.array(values)
+    levels = kmeans_1d(x, k)
+    assert levels.shape == (k,) and (np.diff(levels) >= 0).all()
+    got = squared_error(x, levels)
+    if np.unique(x).shape[0] <= k:
+        assert got == 0.0
+    else:
+        ref = brute_optimum(x, k)
+        assert got <= ref + 1e-9 * (1 + ref) + 1e-9 * float((x * x).sum())
+
+
+def test_kmeans_1d_grouped_is_near_the_optimum() -> None:
+    """Above GROUPS distinct values (runs merged, then Lloyd on all): a hand-checkable case,
+    k well-separated clumps, is found exactly."""
+    rng = np.random.default_rng(0)
+    centres = np.arange(8) * 100.0
+    x = (centres[:, None] + rng.standard_normal((8, GROUPS // 4))).ravel()
+    levels = kmeans_1d(x, 8)
+    means = x.reshape(8, -1).mean(1)
+    np.testing.assert_allclose(levels, means, rtol=0, atol=1e-9)
+
+
+def faiss_decoded_norms(faiss, enc: RvqEncoder, codes: np.ndarray, norms: np.ndarray, mode: str):
+    """||x'||^2 as FAISS 1.15 keeps it: the distance of each code to the zero query."""
+    m, k, d = enc.codebook_array.shape
+    st_ = getattr(faiss.AdditiveQuantizer, mode)
+    index = faiss.IndexResidualQuantizer(d, m, int(np.log2(k)), faiss.METRIC_L2, st_)
+    books = np.ascontiguousarray(enc.codebook_array, dtype=np.float32)
+    faiss.copy_array_to_vector(books.ravel(), index.rq.codebooks)
+    index.rq.is_trained = index.is_trained = True
+    index.rq.compute_codebook_tables()
+    n32 = np.ascontiguousarray(norms, dtype=np.float32)
+    index.rq.train_norm(n32.shape[0], faiss.swig_ptr(n32))
+    packed = np.zeros((codes.shape[0], index.rq.code_size), dtype=np.uint8)
+    c32 = np.ascontiguousarray(codes, dtype=np.int32)
+    index.rq.pack_codes(
+        codes.shape[0], faiss.swig_ptr(c32), faiss.swig_ptr(packed), -1, faiss.swig_ptr(n32), None
+    )
+    index.add_sa_codes(packed)
+    dist, lab = index.search(np.zeros((1, d), dtype=np.float32), codes.shape[0])
+    out = np.empty(codes.shape[0])
+    out[lab[0]] = dist[0]
+    return out
+
+
+@pytest.mark.parametrize("n", [3000, GROUPS + 20_000])
+@pytest.mark.parametrize(
+    ("norm", "faiss_mode"), [("qint8", "ST_norm_qint8"), ("cqint8", "ST_norm_cqint8")]
+)
+def test_quantized_norms_at_least_as_accurate_as_faiss(n, norm, faiss_mode) -> None:
+    """Same codebooks, codes and exact norms: our stored norms' squared error <= FAISS's,
+    and each within its stated bound of the brute-force norm."""
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(n)
+    m, k, d = 4, 16, 6
+    # a skewed norm distribution (heavy upper tail), where a sample misses the tail
+    enc = RvqEncoder([Codebook(rng.standard_normal((k, d)) * 0.5**s) for s in range(m)])
+    codes = rng.integers(0, k, size=(n, m))
+    scale = rng.exponential(size=(n, 1)) ** 2
+    decoded = enc.codebook_array.astype(np.float64)[np.arange(m), codes].sum(1)
+    exact = np.einsum("nd,nd->n", decoded, decoded) * (1 + scale[:, 0])
+    index = RvqIndex(enc, norm=norm)
+    index.add_codes(codes, norms=exact)
+    params = index.store.norm_params.astype(np.float64)
+    stored = np.asarray(index.store.norms)
+    if norm == "qint8":
+        lo, hi = params
+        ours = lo + (hi - lo) / 256 * (stored + 0.5)
+        assert np.abs(ours - exact).max() <= (hi - lo) / 512 * (1 + 1e-6)
+    else:
+        ours = params[stored]
+        nearest = np.abs(exact[:, None] - params[None, :]).min(1)
+        np.testing.assert_allclose(np.abs(ours - exact), nearest, rtol=0, atol=1e-6 * exact.max())
+    theirs = faiss_decoded_norms(faiss, enc, codes, exact.astype(np.float32), faiss_mode)
+    ours_err = float(((ours - exact) ** 2).sum())
+    theirs_err = float(((theirs - exact) ** 2).sum())
+    # float32 storage of either side costs ~1e-7 of each norm: allow that, nothing more
+    slack = 4e-7 * float(np.sqrt((exact * exact).sum() * max(ours_err, theirs_err)))
+    assert ours_err <= theirs_err + slack, (ours_err, theirs_err)
+
+
+def test_qint8_of_one_norm_is_exact() -> None:
+    """First batch of one vector (min = max): the stated error (max - min) / 512 is 0.
+    A unit step put every norm half a unit off (FAISS decodes min there)."""
+    rng = np.random.default_rng(4)
+    enc = RvqEncoder([Codebook(rng.standard_normal((8, 3))) for _ in range(2)])
+    index = RvqIndex(enc, norm="qint8")
+    index.add_codes(np.array([[1, 2]]))
+    decoded = enc.codebook_array.astype(np.float64)[np.arange(2), [1, 2]].sum(0)
+    q = rng.standard_normal((1, 3))
+    d, i = index.search(q, 1)
+    assert i[0, 0] == 0
+    np.testing.assert_allclose(d[0, 0], ((q[0] - decoded) ** 2).sum(), rtol=1e-5)
