@@ -202,6 +202,48 @@ def bench_fit(args: argparse.Namespace, path: Path) -> None:
           f"relative difference {(a - b) / b:+.3%} (target within 1%)")  # fmt: skip
 
 
+def bench_fit_defaults(args: argparse.Namespace) -> None:
+    """``viva_glyph.dask.fit`` at its defaults against ``viva_glyph.fit`` on the same rows.
+
+    A 40,000 x 80 set (a power-law spectrum with clusters, the shape of speech
+    frames), 8 x 256, a LocalCluster of ``--workers`` single-threaded workers;
+    interleaved runs, medians. The default sample fits in memory, so the dask fit
+    draws it on the cluster and trains it with the in-memory code: the codebooks
+    are compared bit for bit.
+    """
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(3)
+    n, d = args.defaults_rows, 80
+    scale = (1.0 + np.arange(d)) ** -0.75
+    centres = rng.standard_normal((64, d)) * scale
+    x = centres[rng.integers(0, 64, n)] + 0.5 * rng.standard_normal((n, d)) * scale
+    x = x.astype(np.float32)
+    kw: dict[str, Any] = dict(num_stages=8, codebook_size=256, seed=0)
+    with (
+        LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                     dashboard_address=None) as cluster,
+        Client(cluster),
+    ):  # fmt: skip
+        X = da.from_array(x, chunks=(8_192, d))
+        local, dist = [], []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            ref = vg.fit(x, **kw)
+            local.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            got = vgd.fit(X, **kw)
+            dist.append(time.perf_counter() - t)
+        same = got == ref
+    a, b = statistics.median(local), statistics.median(dist)
+    print(
+        f"fit at defaults, {n:,} x {d}, 8 x 256, {args.workers} workers x 1 thread: "
+        f"viva_glyph.fit {a:.2f} s, viva_glyph.dask.fit {b:.2f} s ({b / a:.2f}x; medians "
+        f"of {args.repeat} interleaved runs); identical codebooks: {same}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=20_000_000)
@@ -222,12 +264,20 @@ def main() -> None:
     p.add_argument("--fit-iterations", type=int, default=8)
     p.add_argument("--skip-encode", action="store_true")
     p.add_argument("--skip-fit", action="store_true")
+    p.add_argument(
+        "--fit-defaults", action="store_true",
+        help="only compare dask.fit with fit at the defaults (40,000 x 80, 8 x 256)",
+    )  # fmt: skip
+    p.add_argument("--defaults-rows", type=int, default=40_000)
     p.add_argument("--progress", action="store_true")
     p.add_argument(
         "--dask-malloc", action="store_true",
         help="start workers with dask's own malloc settings (no vgd.worker_environ)",
     )  # fmt: skip
     args = p.parse_args()
+    if args.fit_defaults:
+        bench_fit_defaults(args)
+        return
     folder = args.dir or Path(tempfile.mkdtemp(prefix="vg-bench-dask-"))
     folder.mkdir(parents=True, exist_ok=True)
     need = args.rows * args.dim * 4

@@ -144,9 +144,10 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def calibrate(n: int = 4000, d: int = 128, m: int = 8, k: int = 256, beam: int = 5) -> None:
-    """Measure the constants of :func:`viva_glyph.core.search.path_costs` on this machine."""
+    """Measure the constants of :func:`viva_glyph.core.beam.path_costs` on this machine."""
     import viva_glyph as vg
-    from viva_glyph.core.search import beam_search
+    from viva_glyph.core.beam import EncoderTables
+    from viva_glyph.core.search import encode
 
     rng = np.random.default_rng(0)
     books = rng.standard_normal((m, k, d)) * 0.7 ** np.arange(m)[:, None, None]
@@ -160,9 +161,10 @@ def calibrate(n: int = 4000, d: int = 128, m: int = 8, k: int = 256, beam: int =
         fn()
         return min(timeit(fn) for _ in range(5))
 
+    tables = EncoderTables(enc.codebooks)
     gemm = best(lambda: rows @ table)
-    tab = best(lambda: beam_search(enc, x, m, beam, lut=True))
-    res = best(lambda: beam_search(enc, x, m, beam, lut=False))
+    tab = best(lambda: encode(enc.codebooks, x, beam, lut=True, tables=tables))
+    res = best(lambda: encode(enc.codebooks, x, beam, lut=False))
     mac = gemm / (n * (d + 1) * m * k) * 1e9
     add = (tab - gemm) / (n * beam * k * (m + m * (m - 1) / 2)) * 1e9
     cand = (res - beam * gemm) / (n * m * beam * k) * 1e9

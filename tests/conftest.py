@@ -38,6 +38,28 @@ def brute_force_encode(books: Any, x: np.ndarray) -> tuple[list[int], Any]:
     return indices, stage_dists if ragged else np.array(stage_dists)
 
 
+def engine(
+    enc: Any,
+    x: np.ndarray,
+    num_stages: int,
+    beam_size: int,
+    *,
+    lut: bool | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
+    """The encoder's residual loop on rows x (no chunking, no checks): its first
+    ``num_stages`` codebooks through :func:`viva_glyph.core.search.encode`, with the
+    table path as the encoder would choose it unless ``lut`` says otherwise."""
+    from viva_glyph.core.beam import use_lut
+    from viva_glyph.core.search import encode
+
+    if lut is None:
+        lut = use_lut(enc.config, beam_size, enc.dtype.itemsize)
+    rows = x if beam_size == 1 else x.astype(enc.dtype, copy=False)
+    codes = encode(enc.codebooks[:num_stages], rows, beam_size, lut=lut, backend=backend)
+    return codes.astype(enc.code_dtype)
+
+
 def assert_stagewise_nearest(books: np.ndarray, x: np.ndarray, codes: np.ndarray) -> None:
     """Every stage's choice is a float64 nearest code within relative 1e-5, and where
     the nearest is 1e-5 clear of the runner-up it is exactly that code; exact float64

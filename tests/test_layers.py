@@ -170,7 +170,7 @@ def test_checker_allows_same_and_lower_layers() -> None:
     ok = (
         "from viva_glyph.core import _numba, glyph\nimport numpy\n"
         "from viva_glyph.core.codebook import Codebook\nfrom viva_glyph.train.kmeans import lloyd\n"
-        "def f():\n    from viva_glyph.core.search import beam_search\n"
+        "def f():\n    from viva_glyph.core.search import greedy\n"
     )
     assert violations(ok, "viva_glyph.train._fit") == []
     assert (
@@ -196,3 +196,133 @@ def test_readme_architecture_table_matches_the_layer_table() -> None:
             shown[name] = layer
     expected = {k: v for k, v in LAYERS.items() if k != "__main__"}
     assert shown == expected
+
+
+# -- circles, private names, the top of the package ----------------------------------------
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the viva_glyph modules it imports (inside functions too, TYPE_CHECKING aside)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        module, is_package = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):  # drop the bodies of `if TYPE_CHECKING:` blocks
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = [ast.Pass()]
+        deps = set()
+        for _, name in imports_of(ast.unparse(tree), module, is_package):
+            while name and not _is_module(name) and "." in name:
+                name = name.rsplit(".", 1)[0]  # an attribute: its module
+            if name != module:
+                deps.add(name)
+            parent = name.rsplit(".", 1)[0]  # importing a.b.c runs a.b's __init__ first
+            if parent != "viva_glyph" and _package(parent) != _package(module):
+                deps.add(parent)
+        graph[module] = deps
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_circles() -> None:
+    """No modules import each other in a loop, counting imports inside functions.
+
+    A package's ``__init__`` imports its modules, so an import of the package from
+    a module inside it is a circle too."""
+    found = circles(_graph())
+    assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_circle_finder_finds_a_function_level_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def _package(module: str) -> str:
+    """The folder (or top-level module) a dotted module belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def private_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Imports by ``module`` of a private name (``_x``) or private module of another package."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node)
+            names = [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "viva_glyph" or _package(name) == _package(module):
+                continue
+            if any(p.startswith("_") and p != "__version__" for p in parts[1:]) and parts[1:2] != [
+                "_version"
+            ]:
+                found.append(f"{module}:{node.lineno} imports {name}")
+    return found
+
+
+def test_no_private_name_imported_across_packages() -> None:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        module, is_package = _module_name(path)
+        if module in ("viva_glyph", "viva_glyph.__main__"):
+            continue
+        found += private_imports(path.read_text(encoding="utf-8"), module, is_package)
+    assert not found, "private names imported across packages:\n" + "\n".join(found)
+
+
+def test_private_import_checker() -> None:
+    assert private_imports("from viva_glyph.train._fit import fit", "viva_glyph.dask._fit")
+    assert private_imports("from viva_glyph.train import _fit_args", "viva_glyph.dask._fit")
+    assert private_imports("import viva_glyph.core._numba", "viva_glyph.index._scan")
+    own = "viva_glyph.train.kmeans"
+    assert not private_imports("from viva_glyph.train._fit import fit", own)
+    assert not private_imports("from viva_glyph.train import fit", "viva_glyph.dask._fit")
+    assert not private_imports(
+        "from viva_glyph._version import __version__", "viva_glyph.cli._main"
+    )
+
+
+def test_few_modules_at_the_top() -> None:
+    """The top of the package holds the folders and at most six modules besides the
+    package's own (``__init__``, ``__main__``, ``_version``, ``rvq``)."""
+    own = {"__init__.py", "__main__.py", "_version.py", "rvq.py"}
+    top = sorted(p.name for p in SRC.glob("*.py") if p.name not in own)
+    assert len(top) <= 6, top

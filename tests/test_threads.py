@@ -6,9 +6,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import engine
 
 import viva_glyph as vg
-from viva_glyph.core.search import PIECE_ROWS, beam_search
+from viva_glyph.core.search import PIECE_ROWS
 from viva_glyph.threads import default_threads, parallel_map, single_blas_thread
 from viva_glyph.train import kmeans
 
@@ -87,10 +88,10 @@ def test_beam_search_codes_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPa
     got = {}
     for threads in ("1", "3"):
         monkeypatch.setenv("VIVA_GLYPH_NUM_THREADS", threads)
-        got[threads] = beam_search(enc, x, 4, 6, lut=True, backend="numba")
+        got[threads] = engine(enc, x, 4, 6, lut=True, backend="numba")
     np.testing.assert_array_equal(got["1"], got["3"])
-    np.testing.assert_array_equal(got["1"], beam_search(enc, x, 4, 6, lut=True, backend="numpy"))
-    assert beam_search(enc, x[:0], 4, 6, lut=True, backend="numba").shape == (0, 4)
+    np.testing.assert_array_equal(got["1"], engine(enc, x, 4, 6, lut=True, backend="numpy"))
+    assert engine(enc, x[:0], 4, 6, lut=True, backend="numba").shape == (0, 4)
 
 
 def test_lloyd_and_fit_do_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ callers that stream (:func:`require_finite`).
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +16,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "MAX_MAGNITUDE",
+    "MIN_MAGNITUDE",
     "as_matrix",
     "as_vector",
     "check_code_shape",
     "check_codes",
+    "check_magnitude",
     "check_matrix",
+    "check_norms",
+    "check_scale",
+    "checked_rows",
+    "memory_available",
     "non_negative_int",
+    "norm_limit",
     "positive_int",
     "require_finite",
 ]
@@ -244,3 +253,108 @@ def require_finite(chunk: NDArray[Any], start_row: int, name: str = "X") -> None
     bad = int(np.flatnonzero(~finite.all(axis=1))[0])
     row = start_row + bad
     raise ValueError(f"{name} row {row} holds NaN or inf: {chunk[bad].tolist()[:8]}")
+
+
+#: Largest magnitude a training value may have: squared distances of D such
+#: values stay far inside float32's range (3.4e38) for any practical D.
+MAX_MAGNITUDE = 1e15
+#: Smallest largest-magnitude of the data: below it float32 squared distances
+#: between nearby vectors underflow (float32's smallest normal is 1.2e-38).
+MIN_MAGNITUDE = 1e-15
+
+
+def check_magnitude(chunk: NDArray[Any], start: int, name: str = "X") -> None:
+    """Raise ``ValueError`` naming the first row of ``chunk`` holding NaN, inf or a value
+    beyond :data:`MAX_MAGNITUDE` (``start`` is the row number of ``chunk[0]``)."""
+    require_finite(chunk, start, name)
+    big = np.abs(chunk) > MAX_MAGNITUDE
+    if big.any():
+        bad = int(np.flatnonzero(big.any(axis=1))[0])
+        worst = float(np.abs(chunk[bad]).max())
+        raise ValueError(
+            f"{name} row {start + bad} holds a value of magnitude {worst:.3g}, beyond what "
+            f"float32 training handles (|x| <= {MAX_MAGNITUDE:.0e}): scale the data down"
+        )
+
+
+def check_scale(largest: float, name: str = "X") -> None:
+    """Raise ``ValueError`` when the data's largest magnitude is too small for float32."""
+    if 0.0 < largest < MIN_MAGNITUDE:
+        raise ValueError(
+            f"{name}'s largest magnitude is {largest:.3g}: float32 squared distances of such "
+            f"data underflow (training needs max |x| >= {MIN_MAGNITUDE:.0e}); multiply the data "
+            "by a constant (e.g. 1 / max |x|) and divide the reconstructions by it"
+        )
+
+
+def checked_rows(x: NDArray[Any], rows: NDArray[np.intp] | None) -> NDArray[np.float32]:
+    """Rows ``rows`` of x (all when None) as float32, read in chunks and checked: finite,
+    of magnitude at most :data:`MAX_MAGNITUDE` (the error names the row of x), and not
+    all too small for float32 (:func:`check_scale`). Memory maps stay on disk but for
+    the rows read."""
+    n = x.shape[0] if rows is None else rows.shape[0]
+    out = np.empty((n, x.shape[1]), dtype=np.float32)
+    step = max(1, (8 << 20) // (x.shape[1] * max(x.dtype.itemsize, 4)))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        chunk = x[start:stop] if rows is None else x[rows[start:stop]]
+        try:
+            check_magnitude(chunk, 0)
+        except ValueError:
+            bad = int(np.flatnonzero(~(np.abs(chunk) <= MAX_MAGNITUDE).all(axis=1))[0])
+            row = start + bad if rows is None else int(rows[start + bad])
+            check_magnitude(chunk[bad : bad + 1], row)
+        out[start:stop] = chunk
+    check_scale(float(np.abs(out).max()))
+    return out
+
+
+def norm_limit(dtype: Any) -> float:
+    """Largest vector norm a compute dtype accepts: ``sqrt(finfo.max) / 4``.
+
+    With ``||r||, ||c||`` at most this, every term of ``||c||^2 - 2 r.c`` and of
+    ``||r - c||^2`` stays below ``finfo.max / 4``, so no distance overflows.
+    About 4.6e18 for float32 and 3.4e153 for float64.
+    """
+    return float(np.sqrt(np.finfo(np.dtype(dtype)).max)) / 4.0
+
+
+def check_norms(
+    chunk: NDArray[Any], start: int, dtype: Any, name: str = "X", *, what: str = "row"
+) -> None:
+    """Raise ``ValueError`` for the first row of ``chunk`` (n, D) holding NaN or inf, or
+    whose norm exceeds :func:`norm_limit` of ``dtype``, beyond which squared
+    distances overflow (one pass over the chunk when every row is fine)."""
+    limit = norm_limit(dtype)
+    top = float(np.max(np.abs(chunk))) if chunk.size else 0.0
+    if top * np.sqrt(chunk.shape[1]) <= limit:  # False for NaN
+        return
+    require_finite(chunk, start, name)
+    rows64 = np.asarray(chunk, dtype=np.float64)
+    scale = np.abs(rows64).max(axis=1, keepdims=True)  # no overflow in the squares
+    unit = np.divide(rows64, scale, out=np.zeros_like(rows64), where=scale > 0)
+    norms = scale[:, 0] * np.sqrt(np.einsum("nd,nd->n", unit, unit))
+    bad = np.flatnonzero(~(norms <= limit))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(
+            f"{name} {what} {start + row} has norm {norms[row]:.4g}, above the limit "
+            f"{limit:.4g} of {np.dtype(dtype)} (sqrt of its maximum / 4) beyond which "
+            "squared distances overflow"
+        )
+
+
+def memory_available() -> int:
+    """Bytes of memory available now (Linux: MemAvailable, which counts the page cache
+    the kernel can reclaim; elsewhere free pages, or 8 GiB when neither is known)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # neither Linux nor POSIX sysconf
+        return 8 << 30

@@ -135,9 +135,9 @@ def run(
     write : callable
         Receives the text to show, line by line (``print`` by default).
     """
-    from viva_glyph.files._vectors import save_array
-    from viva_glyph.metrics._evaluate import evaluate
-    from viva_glyph.train._fit import fit
+    from viva_glyph.files import save_array
+    from viva_glyph.metrics import evaluate
+    from viva_glyph.train import fit
 
     t0 = time.perf_counter()
     folder = _folder(out, force)
@@ -196,7 +196,7 @@ def _folder(out: str | os.PathLike[str] | None, force: bool) -> Path:
 
 
 def _write_states(path: Path, pad: NDArray[np.float64], labels: list[str]) -> None:
-    from viva_glyph.core.io import atomic_output
+    from viva_glyph.files import atomic_output
 
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from viva_glyph.checks import as_vector
 from viva_glyph.core import glyph
 from viva_glyph.core.codebook import Codebook, codebooks_of_stages
 from viva_glyph.core.config import RvqConfig, default_config
@@ -173,9 +172,8 @@ def encode(encoder: RvqEncoder, input: Sequence[float] | ArrayLike) -> RvqTokens
     encoder : RvqEncoder
     input : sequence of float or ndarray, shape (D,)
     """
-    x = as_vector(input, _check_encoder(encoder).config.dimension)
-    codes, errors = encoder.encode_with_errors(x[None, :])
-    return RvqTokens(tuple(int(i) for i in codes[0]), float(errors[0]))
+    indices, error = _check_encoder(encoder).encode_vector(input)
+    return RvqTokens(indices, error)
 
 
 def decode(encoder: RvqEncoder, tokens: RvqTokens) -> list[float]:
@@ -185,8 +183,9 @@ def decode(encoder: RvqEncoder, tokens: RvqTokens) -> list[float]:
     """
     if not isinstance(tokens, RvqTokens):
         raise TypeError(f"tokens must be RvqTokens, got {type(tokens).__name__}")
-    codes = _check_encoder(encoder)._check_codes(np.asarray([tokens.indices], dtype=np.int64))
-    return [float(v) for v in encoder._decode_rows(codes, np.float64)[0]]
+    codes = np.asarray(tokens.indices, dtype=np.int64)
+    decoded: list[float] = _check_encoder(encoder).decode(codes, dtype=np.float64).tolist()
+    return decoded
 
 
 def reconstruct(encoder: RvqEncoder, input: Sequence[float] | ArrayLike) -> list[float]:

@@ -6,11 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import viva_glyph as vg
-from viva_glyph.core.search import beam_search, top_b
+from viva_glyph.core.beam import top_b
 
 
 def random_encoder(m: int, k: int, d: int, seed: int, dtype: type = np.float32) -> vg.RvqEncoder:
@@ -32,9 +33,9 @@ def test_beam_one_is_greedy_bit_for_bit(dtype: type, m: int, k: int, d: int, n: 
     enc = random_encoder(m, k, d, seed=m + k, dtype=dtype)
     x = np.random.default_rng(1).standard_normal((n, d)).astype(dtype)
     greedy = enc.encode(x)
-    for rows in enc._row_chunks(n):  # the chunks encode() hands to beam_search
-        np.testing.assert_array_equal(beam_search(enc, x[rows], m, 1), greedy[rows])
-    assert beam_search(enc, x, m, 1).dtype == enc.code_dtype
+    for rows in enc._row_chunks(n):  # the chunks encode() hands to the engine
+        np.testing.assert_array_equal(engine(enc, x[rows], m, 1), greedy[rows])
+    assert engine(enc, x, m, 1).dtype == enc.code_dtype
 
 
 @pytest.mark.parametrize(("m", "k", "d"), [(3, 4, 2), (2, 7, 3), (4, 3, 2)])
@@ -71,12 +72,10 @@ def test_beam_improves_on_greedy_on_average_and_is_deterministic() -> None:
 def test_beam_rows_are_independent_of_chunking() -> None:
     enc = random_encoder(3, 64, 5, seed=5)
     x = np.random.default_rng(6).standard_normal((3000, 5)).astype(np.float32)
-    whole = beam_search(enc, x, 3, 7)  # several internal sub-chunks
-    parts = np.concatenate([beam_search(enc, x[i : i + 37], 3, 7) for i in range(0, 3000, 37)])
+    whole = engine(enc, x, 3, 7)  # several internal sub-chunks
+    parts = np.concatenate([engine(enc, x[i : i + 37], 3, 7) for i in range(0, 3000, 37)])
     np.testing.assert_array_equal(whole, parts)
-    np.testing.assert_array_equal(
-        enc.encode(x, num_stages=2, beam_size=7), beam_search(enc, x, 2, 7)
-    )
+    np.testing.assert_array_equal(enc.encode(x, num_stages=2, beam_size=7), engine(enc, x, 2, 7))
 
 
 def test_ties_go_to_lowest_codes() -> None:
@@ -117,8 +116,8 @@ def test_table_paths_numpy_and_numba_identical(beam: int, dtype: type) -> None:
     pytest.importorskip("numba")
     enc = random_encoder(5, 32, 7, seed=11, dtype=dtype)
     x = np.random.default_rng(12).standard_normal((1500, 7)).astype(dtype)
-    a = beam_search(enc, x, 5, beam, lut=True, backend="numpy")
-    b = beam_search(enc, x, 5, beam, lut=True, backend="numba")
+    a = engine(enc, x, 5, beam, lut=True, backend="numpy")
+    b = engine(enc, x, 5, beam, lut=True, backend="numba")
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(enc.encode(x, beam_size=beam), b)  # auto picks the table path
 
@@ -127,8 +126,8 @@ def test_table_paths_numpy_and_numba_identical(beam: int, dtype: type) -> None:
 def test_table_path_agrees_with_residual_path(dtype: type) -> None:
     enc = random_encoder(4, 64, 6, seed=13, dtype=dtype)
     x = np.random.default_rng(14).standard_normal((2000, 6)).astype(dtype)
-    lut = beam_search(enc, x, 4, 6, lut=True, backend="numpy")
-    res = beam_search(enc, x, 4, 6, lut=False)
+    lut = engine(enc, x, 4, 6, lut=True, backend="numpy")
+    res = engine(enc, x, 4, 6, lut=False)
     # same search, different rounding: errors equal to rounding, codes equal but for near-ties
     np.testing.assert_allclose(sq_errors(enc, x, lut), sq_errors(enc, x, res), rtol=1e-4, atol=1e-5)
     assert (lut == res).all(axis=1).mean() > 0.99
@@ -142,12 +141,12 @@ def test_exhaustive_by_residual_path_too() -> None:
     recon = sum(books[s][allc[:, s]] for s in range(3))
     best = ((x.astype(np.float64)[:, None, :] - recon[None]) ** 2).sum(-1).min(axis=1)
     for lut in (False, True):
-        got = sq_errors(enc, x, beam_search(enc, x, 3, 25, lut=lut))
+        got = sq_errors(enc, x, engine(enc, x, 3, 25, lut=lut))
         np.testing.assert_allclose(got, best, rtol=1e-5, atol=1e-6)
 
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    from viva_glyph.core.search import numba_kernel
+    from viva_glyph.core.beam import lut_kernel as numba_kernel
 
     with pytest.raises(ValueError, match="backend"):
         numba_kernel("fortran")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import assert_stagewise_nearest, brute_force_encode
+from conftest import assert_stagewise_nearest, brute_force_encode, engine
 
 import viva_glyph as vg
-from viva_glyph.core import search as beam
-from viva_glyph.core.search import beam_start, beam_step
+from viva_glyph.core import beam
+from viva_glyph.core.nearest import Residuals
 
 Maker = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -128,13 +128,13 @@ DATA: dict[str, Maker] = {
 
 
 def _training_loop_codes(enc: vg.RvqEncoder, x: np.ndarray, backend: str) -> np.ndarray:
-    """Greedy codes the way training gets them: beam_start, then beam_step at B = 1."""
+    """Greedy codes the way training gets them: one Residuals per chunk, a stage at a time."""
     out = []
     for rows in enc._row_chunks(len(x)):
-        state = beam_start(x[rows], enc.dtype)
+        residual = Residuals(x[rows], enc.dtype, backend)
         for book in enc.codebooks:
-            state = beam_step(state, book, 1, backend=backend)
-        out.append(state.best_codes)
+            residual.take_nearest(book)
+        out.append(residual.best_codes)
     return np.concatenate(out)
 
 
@@ -148,7 +148,7 @@ def test_greedy_is_the_beam_engine_at_one_and_exact(name: str) -> None:
         if backend == "numba":
             pytest.importorskip("numba")
         np.testing.assert_array_equal(_training_loop_codes(enc, x, backend), greedy)
-    np.testing.assert_array_equal(beam.beam_search(enc, x, len(books), 1), greedy)
+    np.testing.assert_array_equal(engine(enc, x, len(books), 1), greedy)
     codes, errors = enc.encode_with_errors(x)
     np.testing.assert_array_equal(codes, greedy)
     left = x.astype(np.float64)
@@ -239,7 +239,7 @@ def test_greedy_codes_do_not_depend_on_threads_or_pieces(monkeypatch: pytest.Mon
         got[threads] = enc.encode(x)
     np.testing.assert_array_equal(got["1"], got["2"])
     np.testing.assert_array_equal(got["1"], got["3"])
-    whole = beam.beam_search(enc, x, 4, 1)
-    parts = np.concatenate([beam.beam_search(enc, x[i : i + 37], 4, 1) for i in range(0, 1500, 37)])
+    whole = engine(enc, x, 4, 1)
+    parts = np.concatenate([engine(enc, x[i : i + 37], 4, 1) for i in range(0, 1500, 37)])
     np.testing.assert_array_equal(whole, parts)
     np.testing.assert_array_equal(whole, got["1"])

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import viva_glyph as vg
+from viva_glyph import files
 from viva_glyph.core import io as vio
 from viva_glyph.core.io import ModelFormatError
-from viva_glyph.files import _modelfile
+from viva_glyph.files import _safetensors
 
 safetensors = pytest.importorskip("safetensors")
 
@@ -67,7 +68,7 @@ def test_file_is_plain_safetensors(tmp_path: Path) -> None:
 
     enc = vg.new(vg.default_config(), seed=3)
     path = tmp_path / "m.safetensors"
-    vio.save(enc, path)
+    vg.save(enc, path)
     with safe_open(str(path), framework="np") as f:
         meta = f.metadata()
         assert list(f.keys()) == ["codebooks"]
@@ -102,7 +103,7 @@ def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
 
 def test_save_rejects_non_encoders(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="RvqEncoder"):
-        vio.save(np.zeros((1, 2, 3)), tmp_path / "x.safetensors")  # type: ignore[arg-type]
+        vg.save(np.zeros((1, 2, 3)), tmp_path / "x.safetensors")  # type: ignore[arg-type]
 
 
 # -- atomic writes ---------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: Any) 
             self.fh.flush()
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_modelfile, "open", HalfWriter, raising=False)
+    monkeypatch.setattr(_safetensors, "open", HalfWriter, raising=False)
     with pytest.raises(OSError, match="No space left"):
         small(seed=2).save(path)
     monkeypatch.undo()
@@ -494,7 +495,7 @@ def test_loading_reads_the_tensor_into_one_buffer(tmp_path: Path) -> None:
 
 def test_hostile_headers_allocate_little(tmp_path: Path) -> None:
     """JSON bombs filling the largest header allowed stay well under 8 MiB."""
-    n = vio.MAX_HEADER_BYTES
+    n = files.MAX_HEADER_BYTES
     bombs = {
         "lists": "[" + ",".join(["[]"] * (n // 3 - 1)) + "]",
         "strings": "[" + ",".join(['"ab"'] * (n // 5 - 1)) + "]",
@@ -533,13 +534,13 @@ def test_deeply_nested_training_params_are_refused_at_load(tmp_path: Path) -> No
     res = run_cli("info", str(path))
     assert res.returncode == 2 and "nests 501 deep" in res.stderr
     with pytest.raises(ModelFormatError, match=r"nests 33 deep"):
-        vg.load(training_file(tmp_path, nested(vio.MAX_JSON_DEPTH)))
+        vg.load(training_file(tmp_path, nested(files.MAX_JSON_DEPTH)))
 
 
 def test_whatever_load_accepts_info_and_save_handle(tmp_path: Path) -> None:
     from viva_glyph import cli
 
-    path = training_file(tmp_path, nested(vio.MAX_JSON_DEPTH - 1))  # summary, params: depth 32
+    path = training_file(tmp_path, nested(files.MAX_JSON_DEPTH - 1))  # summary, params: depth 32
     enc = vg.load(path)
     for argv in (["info", str(path)], ["info", str(path), "--json"]):
         assert cli.main(argv) == 0
@@ -548,7 +549,7 @@ def test_whatever_load_accepts_info_and_save_handle(tmp_path: Path) -> None:
 
 
 def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
-    from viva_glyph.train._fit import TrainingSummary
+    from viva_glyph.core import TrainingSummary
 
     deep = TrainingSummary((1.0,), (1,), 0.1, params={"p": nested(600)})
     enc = vg.RvqEncoder(small().codebooks, training=deep)

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_stagewise_nearest, brute_force_encode
+from conftest import assert_stagewise_nearest, brute_force_encode, engine
 from hypothesis import given
 from hypothesis import strategies as st
 
 import viva_glyph as vg
 from viva_glyph import glyph
 from viva_glyph.core import io as vio
+from viva_glyph.core.beam import check_beam_size, use_lut
 from viva_glyph.core.config import RvqConfig
 from viva_glyph.core.io import ModelFormatError
-from viva_glyph.core.search import beam_search, check_beam_size, use_lut
 
 
 def mixed_encoder(sizes: list[int], d: int, seed: int, dtype: type = np.float32) -> vg.RvqEncoder:
@@ -117,16 +117,16 @@ def test_mixed_sizes_take_the_residual_path() -> None:
     enc = mixed_encoder([16, 256, 256], 4, seed=0)
     assert not use_lut(enc.config, 8)
     x = np.random.default_rng(3).standard_normal((200, 4)).astype(np.float32)
-    forced = beam_search(enc, x, 3, 8, lut=True)  # asking for tables is ignored
-    np.testing.assert_array_equal(forced, beam_search(enc, x, 3, 8, lut=False))
+    forced = engine(enc, x, 3, 8, lut=True)  # asking for tables is ignored
+    np.testing.assert_array_equal(forced, engine(enc, x, 3, 8, lut=False))
 
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_numpy_and_numba_backends_agree_with_mixed_sizes(beam: int) -> None:
     enc = mixed_encoder([16, 256, 8], 5, seed=6)
     x = np.random.default_rng(8).standard_normal((900, 5)).astype(np.float32)
-    ref = beam_search(enc, x, 3, beam, backend="numpy")
-    np.testing.assert_array_equal(beam_search(enc, x, 3, beam, backend="auto"), ref)
+    ref = engine(enc, x, 3, beam, backend="numpy")
+    np.testing.assert_array_equal(engine(enc, x, 3, beam, backend="auto"), ref)
     if beam == 1:
         np.testing.assert_array_equal(enc.encode(x), ref)
 

@@ -230,8 +230,14 @@ def _heldout_mse(enc: vg.RvqEncoder, h: np.ndarray, beam: int) -> float:
 
 
 @pytest.mark.parametrize(
-    ("beam", "persist", "max_samples", "chunk"),
-    [(1, None, None, 50_000), (2, False, 30_000, 5_000), (3, True, None, 7_000)],
+    ("beam", "persist", "max_samples", "chunk", "gather"),
+    [
+        (1, None, None, 50_000, False),
+        (2, False, 30_000, 5_000, False),
+        (3, True, None, 7_000, False),
+        (1, None, None, 7_000, None),  # the default: gathered, trained in memory
+        (3, None, 30_000, 5_000, True),
+    ],
 )
 def test_fit_equals_in_memory_fit(
     client: Any,
@@ -240,10 +246,13 @@ def test_fit_equals_in_memory_fit(
     persist: bool | None,
     max_samples: int | None,
     chunk: int,
+    gather: bool | None,
 ) -> None:
     """The distributed fit IS the in-memory fit: bit-identical codebooks.
 
-    Both run one stage loop and one Lloyd loop on the same leaves of the sampled
+    Gathered (the default for a sample that fits in memory), the sample the cluster
+    draws is trained by the in-memory fit's own code. Trained where it lies, both
+    run one stage loop and one Lloyd loop on the same leaves of the sampled
     rows (same GEMM shapes) and reduce their partial sums in the same fan-in-8 tree
     (same order), so the arithmetic is identical whatever the input's chunking, as
     long as client and workers use the same BLAS library and settings (here they
@@ -258,10 +267,12 @@ def test_fit_equals_in_memory_fit(
         max_samples=max_samples,
     )  # fmt: skip
     ref = vg.fit(x, **kw)
-    got = vgd.fit(vgd.from_npy(tmp_path / "x.npy", chunk_rows=chunk), persist=persist, **kw)
+    X = vgd.from_npy(tmp_path / "x.npy", chunk_rows=chunk)
+    got = vgd.fit(X, persist=persist, gather=gather, **kw)
     assert got.config == ref.config and got.dtype == np.float32
     assert got.training is not None and ref.training is not None
     assert got.training.params["distributed"] is True
+    assert got.training.params["gathered"] is (gather is not False)
     assert got.training.params["samples_used"] == ref.training.params["samples_used"]
     assert got.codebook_array.tobytes() == ref.codebook_array.tobytes()
     assert got.training.stage_mse == ref.training.stage_mse
@@ -274,8 +285,10 @@ def test_fit_bad_parameters(encoder: vg.RvqEncoder) -> None:
     X = da.zeros((100, 4), chunks=50)
     with pytest.raises(ValueError, match="codebook_size = 256"):
         vgd.fit(X, num_stages=1, codebook_size=256)
-    with pytest.raises(ValueError, match="refine"):
-        vgd.fit(X, num_stages=1, codebook_size=4, refine=1)
+    with pytest.raises(ValueError, match="refine > 0 needs the sample in memory"):
+        vgd.fit(X, num_stages=1, codebook_size=4, refine=1, gather=False)
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        vgd.fit(X, num_stages=1, codebook_size=4, gather="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dimension"):
         vgd.fit(X, RvqConfig(2, 5, 4))
     with pytest.raises(TypeError, match="dask array"):
@@ -324,3 +337,14 @@ def test_worker_environ_sets_malloc_and_threads_for_new_workers() -> None:
         k: v for k, v in before.items() if k not in ours
     }
     assert dict(dask.config.get(key)) == before and dict(os.environ) == env_before
+
+
+def test_gathered_fit_refines_as_in_memory(client: Any, tmp_path: Path) -> None:
+    """Refinement needs the sample in memory: gathered, it is the in-memory fit's."""
+    x = _data(6_000, 8, seed=12)
+    np.save(tmp_path / "x.npy", x)
+    kw: dict[str, Any] = dict(num_stages=2, codebook_size=16, refine=2, iterations=3, seed=5)
+    ref = vg.fit(x, **kw)
+    got = vgd.fit(vgd.from_npy(tmp_path / "x.npy", chunk_rows=1_000), **kw)
+    assert got == ref and got.training is not None and ref.training is not None
+    assert got.training.refine_mse == ref.training.refine_mse

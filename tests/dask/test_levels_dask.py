@@ -29,13 +29,15 @@ def _data(n: int, d: int, seed: int) -> np.ndarray:
 def test_fit_with_mixed_sizes_equals_in_memory_fit(
     client: Any, tmp_path: Path, beam: int, persist: bool | None, chunk: int
 ) -> None:
+    # trained where the rows lie (gathered, it is the in-memory fit's code: test_dask.py)
     """Bit-identical codebooks, as for equal sizes (test_dask.py): one stage loop, one
     Lloyd loop, the same leaves (sized by the largest K) and the same reduction tree."""
     x = _data(30_000, 8, seed=9)
     np.save(tmp_path / "x.npy", x)
     kw: dict[str, Any] = dict(codebook_size=[8, 64, 16], beam_size=beam, iterations=4, seed=11)
     ref = vg.fit(x, **kw)
-    got = vgd.fit(vgd.from_npy(tmp_path / "x.npy", chunk_rows=chunk), persist=persist, **kw)
+    X = vgd.from_npy(tmp_path / "x.npy", chunk_rows=chunk)
+    got = vgd.fit(X, persist=persist, gather=False, **kw)
     assert got.config == ref.config and got.config.stage_sizes == (8, 64, 16)
     assert got == ref  # every codebook bit for bit
     assert got.training is not None and ref.training is not None

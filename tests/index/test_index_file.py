@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from viva_glyph.core.codebook import Codebook
 from viva_glyph.core.encoder import RvqEncoder
-from viva_glyph.index import IndexFormatError, RvqIndex, _file, load
+from viva_glyph.index import IndexFormatError, RvqIndex, _save, load
 
 M, K, D = 3, 16, 6
 
@@ -93,16 +93,17 @@ def test_failed_write_leaves_the_old_file(enc, X, tmp_path, monkeypatch) -> None
     before = path.read_bytes()
 
     class Boom:
-        shape, size, dtype = (4,), 4, np.dtype(np.int64)
+        shape, size, ndim, dtype = (len(index),), len(index), 1, np.dtype(np.int64)
 
         def __getitem__(self, item: object) -> None:
             raise OSError("disk full")
 
-    def tensors(idx):
-        yield "codebooks", enc.codebook_array
-        yield "ids", Boom()
+    real = _save.write_file
 
-    monkeypatch.setattr(_file, "_tensors", tensors)
+    def failing(path, tensors, meta):  # the ids fail after the header and the codes
+        real(path, [(name, Boom() if name == "ids" else a) for name, a in tensors], meta)
+
+    monkeypatch.setattr(_save, "write_file", failing)
     with pytest.raises(OSError, match="disk full"):
         index.save(path)
     assert path.read_bytes() == before

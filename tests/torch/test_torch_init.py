@@ -19,7 +19,7 @@ from conftest import torch_mixture  # noqa: E402
 
 from viva_glyph.torch import ResidualVQ  # noqa: E402
 from viva_glyph.train import kmeans  # noqa: E402
-from viva_glyph.train._rows import ArrayRows  # noqa: E402
+from viva_glyph.train.rows import ArrayRows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

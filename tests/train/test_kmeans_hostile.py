@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from viva_glyph import files, semantic
 from viva_glyph.files import _atomic
 from viva_glyph.train import kmeans
-from viva_glyph.train._rows import ArrayRows
+from viva_glyph.train.rows import ArrayRows
 
 
 def brute_sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_kmeans_plus_plus_at_the_route_boundaries(
     use_backend(monkeypatch, "numba")
     n = 45
     monkeypatch.setattr(kmeans, "GRAM_BYTES", n * n * 8 + spare)
-    from viva_glyph.core import _numba
+    from viva_glyph.train import _numba
 
     routes: list[str] = []
     real = _numba.plus_plus_kernel
@@ -154,7 +154,7 @@ def test_kmeans_plus_plus_reads_any_layout_and_dtype(
 def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
     # A read-only install without a writable user cache folder: numba's cache=True raised
     # "RuntimeError: cannot cache function '_kernel': no locator available" when
-    # viva_glyph.core._numba was imported, so every k-means call failed (numba_kernels only
+    # viva_glyph.train._numba was imported, so every k-means call failed (the loader only
     # falls back on ImportError). NUMBA_CACHE_LOCATOR_CLASSES (numba >= 0.61) with a
     # locator that never applies outside IPython stands in for that machine.
     numba = pytest.importorskip("numba")
@@ -163,8 +163,8 @@ def test_numba_kernels_work_where_numba_cannot_cache(tmp_path: Path) -> None:
     script = (
         "import numpy as np\n"
         "from viva_glyph.train import kmeans\n"
-        "from viva_glyph.core.nearest import numba_kernels\n"
-        "assert numba_kernels() is not None\n"
+        "from viva_glyph.core.nearest import numba_module\n"
+        "assert numba_module('viva_glyph.train._numba') is not None\n"
         "x = np.arange(120.0).reshape(40, 3) % 7\n"
         "print(kmeans.kmeans_plus_plus(x, 5, np.random.default_rng(1)).tolist())\n"
     )

@@ -14,7 +14,7 @@ import pytest
 
 import viva_glyph as vg
 from viva_glyph.core import TrainingSummary
-from viva_glyph.train import _fit as training
+from viva_glyph.train import _params
 from viva_glyph.train._refine import lsq_codebooks
 
 
@@ -235,7 +235,7 @@ def test_beam_size_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     x = gaussian(5000, 8, seed=5)
     with pytest.raises(ValueError, match=r"largest beam_size that fits .* is \d+"):
         vg.fit(x, beam_size=100_000)
-    monkeypatch.setattr(training, "_memory_budget", lambda: 1 << 30)
+    monkeypatch.setattr(_params, "memory_available", lambda: 2 << 30)  # half of it: 1 GiB
     # B * K * rows * 4 bytes: 2**30 // (256 * 5000 * 4) = 209
     with pytest.raises(ValueError, match=r"beam_size 210 needs .* is 209:"):
         vg.fit(x, beam_size=210)

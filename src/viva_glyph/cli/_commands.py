@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from viva_glyph.checks import check_codes, require_finite
 from viva_glyph.core.encoder import RvqEncoder
-from viva_glyph.files._atomic import check_output
+from viva_glyph.files import check_output
 
 __all__ = ["UsageError", "cmd_decode", "cmd_demo", "cmd_encode", "cmd_eval", "cmd_fit", "cmd_info"]
 
@@ -35,19 +35,19 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _bar(total: int, show: bool, desc: str) -> Any:
-    from viva_glyph.metrics._evaluate import progress_bar
+    from viva_glyph.metrics import progress_bar
 
     return progress_bar(total, show, desc)
 
 
 def _load_model(path: str) -> RvqEncoder:
-    from viva_glyph.core.io import load
+    from viva_glyph.core import load
 
     return load(path)
 
 
 def _open_data(args: argparse.Namespace, path: str, dimension: int | None) -> Any:
-    from viva_glyph.files._vectors import open_vectors
+    from viva_glyph.files import open_vectors
 
     source = open_vectors(path, key=args.key, header=args.header)
     if dimension is not None and source.shape[1] != dimension:
@@ -68,7 +68,7 @@ def _stream(
 
     ``out`` is (columns, dtype) of the output; the bar is named after the command.
     """
-    from viva_glyph.files._vectors import open_writer
+    from viva_glyph.files import open_writer
 
     bar = _bar(source.shape[0], _show_progress(args), args.command)
     try:
@@ -113,7 +113,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         encoder = run_fit(args.data, **dask, **kwargs)
     else:
-        from viva_glyph.train._fit import fit
+        from viva_glyph.train import fit
 
         source = _open_data(args, args.data, None)
         largest = max(args.codebook_size) if isinstance(args.codebook_size, list) else None
@@ -209,7 +209,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from viva_glyph.metrics._evaluate import evaluate
+    from viva_glyph.metrics import evaluate
 
     encoder = _load_model(args.model)
     if args.plot is not None:
@@ -232,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from viva_glyph.core.io import read_metadata
+    from viva_glyph.core import read_metadata
 
     encoder = _load_model(args.model)
     meta = read_metadata(args.model)

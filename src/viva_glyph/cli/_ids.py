@@ -19,7 +19,7 @@ from viva_glyph.cli._args import (
     non_negative_number,
     positive,
 )
-from viva_glyph.files._atomic import check_output
+from viva_glyph.files import check_output
 
 __all__ = ["register"]
 
@@ -108,7 +108,7 @@ def register(subparsers: Any) -> None:
 
 
 def _data(path: str, key: str | None) -> Any:
-    from viva_glyph.files._vectors import open_vectors
+    from viva_glyph.files import open_vectors
 
     return open_vectors(path, key=key).array()
 
@@ -182,7 +182,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def _write_ids(path: str, keys: list[str], uids: np.ndarray, tokens: list[str]) -> None:
-    from viva_glyph.core.io import atomic_output
+    from viva_glyph.files import atomic_output
 
     suffix = Path(path).suffix.lower()
     with atomic_output(path, suffix) as tmp:

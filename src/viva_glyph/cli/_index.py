@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.cli._args import DATA_HELP, command_group, positive
-from viva_glyph.files._atomic import check_output
+from viva_glyph.files import check_output
 
 __all__ = ["register"]
 
@@ -31,13 +31,13 @@ EXAMPLES = {
 
 
 def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
-    from viva_glyph.metrics._evaluate import progress_bar
+    from viva_glyph.metrics import progress_bar
 
     return progress_bar(total, not args.quiet and sys.stderr.isatty(), desc)
 
 
 def _open(path: str, key: str | None, dimension: int) -> NDArray[Any]:
-    from viva_glyph.files._vectors import open_vectors
+    from viva_glyph.files import open_vectors
 
     source = open_vectors(path, key=key)
     if source.shape[1] != dimension:
@@ -59,7 +59,7 @@ def _named(path: str, exc: ValueError) -> ValueError:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from viva_glyph.core.io import load
+    from viva_glyph.core import load
     from viva_glyph.index import RvqIndex
 
     check_output(args.output, (".vgindex",))
@@ -140,7 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _write_results(path: str, dist: NDArray[np.float32], ids: NDArray[np.int64]) -> None:
     """``.npz`` (arrays distances, ids) or ``.parquet`` (query, ids, distances), atomically."""
-    from viva_glyph.core.io import atomic_output
+    from viva_glyph.files import atomic_output
 
     with atomic_output(path, Path(path).suffix) as tmp:
         if path.lower().endswith(".npz"):

@@ -29,8 +29,8 @@ from viva_glyph.cli._commands import cmd_encode as cmd_encode
 from viva_glyph.cli._commands import cmd_eval as cmd_eval
 from viva_glyph.cli._commands import cmd_fit as cmd_fit
 from viva_glyph.cli._commands import cmd_info as cmd_info
-from viva_glyph.files._atomic import Terminated, removing_temps_on_signals, terminated_by
-from viva_glyph.train._fit import ITERATIONS
+from viva_glyph.files import Terminated, removing_temps_on_signals, terminated_by
+from viva_glyph.train import ITERATIONS
 
 __all__ = ["main"]
 
@@ -225,7 +225,7 @@ def _raise_if_signalled() -> None:
 
 def _failed(exc: BaseException) -> int:
     """Exit code and one line for ``exc`` raised by a command (no signal came)."""
-    from viva_glyph.core.io import ModelFormatError
+    from viva_glyph.core import ModelFormatError
 
     try:
         raise exc

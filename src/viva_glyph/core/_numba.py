@@ -1,30 +1,22 @@
-"""numba kernels (optional accelerated path, extra ``fast``).
+"""numba kernels of the engine (optional accelerated path, extra ``fast``).
 
-Imported only through :func:`viva_glyph.core.nearest.numba_kernels`; when numba is
+Loaded through :func:`viva_glyph.core.nearest.numba_module`; when numba is
 missing (or ``VIVA_GLYPH_NUMBA=0``) the numpy code they replace runs instead,
 with identical results:
 
 - :func:`lut_step_kernel`, one table-driven beam-search stage, replaces
-  :func:`viva_glyph.core.search.lut_step`'s numpy path;
+  :func:`viva_glyph.core.beam.lut_step`'s numpy path;
 - :func:`greedy_running_kernel`, one greedy stage's decision and residual update,
   replaces :func:`viva_glyph.core.nearest.running_candidates` and
   :func:`viva_glyph.core.nearest.running_update` (the same bounds in the same float
   order, so the same rows are left to the float64 decision; the residual norm is
-  summed in its own order, which moves only the bounds, never a decision);
-- :func:`accumulate_sums`, the per-cluster float64 sums of k-means, replaces
-  the ``bincount`` of :func:`viva_glyph.train.kmeans.accumulate` (both add the rows
-  of each cluster in row order, in the same pieces, so the sums are bit-identical);
-- :func:`plus_plus_kernel`, the whole greedy k-means++ loop, replaces
-  :func:`viva_glyph.train.kmeans.kmeans_plus_plus`'s loop of one GEMM per pick (the
-  same draws and rules; the products come from a Gram matrix or scalar loops,
-  so a near-tie between two candidates may break the other way: seeds, not
-  codes, and never compared between the paths).
+  summed in its own order, which moves only the bounds, never a decision).
 
 The beam kernel does the same float operations in the same order as the numpy path (scores
 ``(base + dist) + cross_0 + cross_1 + ...`` in the compute dtype, no fastmath)
 and keeps the same B smallest candidates by (score, parent rank, code), so both
 paths give identical codes; fused per row, it needs no (n, B, K) temporaries.
-The kernel is serial and releases the GIL: callers run row pieces on several
+The kernels are serial and release the GIL: callers run row pieces on several
 threads (:func:`viva_glyph.threads.parallel_map`), each with its own GEMM.
 """
 
@@ -32,30 +24,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core.nearest import float64_tie_slack
+from viva_glyph.core.nearest import compiled
 
-__all__ = ["accumulate_sums", "greedy_running_kernel", "lut_step_kernel", "plus_plus_kernel"]
-
-
-def _njit(**options: Any) -> Any:
-    """``numba.njit(nogil=True, cache=True)``; without the on-disk cache where numba has
-    nowhere to write it (a read-only install and no writable user cache folder: numba
-    raises RuntimeError when decorating, which made every k-means call fail)."""
-
-    def wrap(fn: Any) -> Any:
-        try:
-            return numba.njit(cache=True, nogil=True, **options)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return numba.njit(nogil=True, **options)(fn)
-
-    return wrap
+__all__ = ["greedy_running_kernel", "lut_step_kernel"]
 
 
-@_njit()
+@compiled()
 def _kernel(base, dist, codes, cross, beam, out_dist, out_codes):  # type: ignore[no-untyped-def]
     n, b, m = codes.shape
     k = base.shape[1]
@@ -121,24 +98,7 @@ def lut_step_kernel(
     return out_dist, out_codes
 
 
-@_njit()
-def _accumulate(x, labels, sums):  # type: ignore[no-untyped-def]
-    n, d = x.shape
-    for i in range(n):
-        row = labels[i]
-        for j in range(d):
-            sums[row, j] += x[i, j]
-
-
-def accumulate_sums(x: NDArray[Any], labels: NDArray[np.int64], sums: NDArray[np.float64]) -> None:
-    """Add every row of ``x`` (n, D) to ``sums[labels[i]]`` (K, D) float64, in row order.
-
-    ``labels`` must already be checked to lie in [0, K).
-    """
-    _accumulate(np.ascontiguousarray(x), np.ascontiguousarray(labels), sums)
-
-
-@_njit(fastmath={"reassoc", "contract"})
+@compiled(fastmath={"reassoc", "contract"})
 def _sum_squares(v):  # type: ignore[no-untyped-def]
     s = 0.0
     for t in range(v.shape[0]):
@@ -146,7 +106,7 @@ def _sum_squares(v):  # type: ignore[no-untyped-def]
     return s
 
 
-@_njit(fastmath={"reassoc", "contract"})
+@compiled(fastmath={"reassoc", "contract"})
 def _subtract_row(row, v):  # type: ignore[no-untyped-def]
     s = 0.0
     for t in range(v.shape[0]):
@@ -156,7 +116,7 @@ def _subtract_row(row, v):  # type: ignore[no-untyped-def]
     return s
 
 
-@_njit()
+@compiled()
 def _greedy_running(  # type: ignore[no-untyped-def]
     scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
 ):
@@ -198,11 +158,13 @@ def greedy_running_kernel(
     vectors: NDArray[Any],
     norms: NDArray[np.float64],
     gamma: float,
+    tie64: float,
     grow: float,
     vec_err: NDArray[np.float64],
 ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """:func:`viva_glyph.core.nearest.running_candidates` and, where the float argmin is
-    proven nearest, :func:`viva_glyph.core.nearest.running_update`, fused per row.
+    proven nearest, :func:`viva_glyph.core.nearest.running_update`, fused per row
+    (``tie64``: :func:`viva_glyph.core.nearest.float64_tie_slack` of D).
 
     Returns the codes (provisional in ambiguous rows) and the ambiguous rows, whose
     ``rows``, ``norm2`` and ``drift`` are left untouched for the caller's float64
@@ -211,88 +173,7 @@ def greedy_running_kernel(
     n = scores.shape[0]
     codes = np.empty(n, dtype=np.intp)
     ambiguous = np.empty(n, dtype=np.intp)
-    tie64 = float64_tie_slack(vectors.shape[1])
     count = _greedy_running(
         scores, rows, norm2, drift, vectors, norms, gamma, tie64, grow, vec_err, codes, ambiguous
     )
     return codes, ambiguous[:count]
-
-
-@_njit()
-def _distances_to(x, sq, gram, a, out):  # type: ignore[no-untyped-def]
-    """``out[j] = max((sq_j + sq_a) - 2 <x_a, x_j>, 0)``: squared distances to row a."""
-    n, d = x.shape
-    if gram.shape[0] == n:
-        g = gram[a]
-        for j in range(n):
-            out[j] = max((sq[j] + sq[a]) - 2.0 * g[j], 0.0)
-    else:
-        xa = x[a]
-        for j in range(n):
-            dot = 0.0
-            for e in range(d):
-                dot += xa[e] * x[j, e]
-            out[j] = max((sq[j] + sq[a]) - 2.0 * dot, 0.0)
-
-
-@_njit()
-def _plus_plus(x, sq, gram, first, draws, picks):  # type: ignore[no-untyped-def]
-    n = x.shape[0]
-    trials = draws.shape[1]
-    closest = np.empty(n, dtype=np.float64)
-    cum = np.empty(n, dtype=np.float64)
-    trial = np.empty((trials, n), dtype=np.float64)
-    cand = np.empty(trials, dtype=np.int64)
-    picks[0] = first
-    _distances_to(x, sq, gram, first, closest)
-    for c in range(1, draws.shape[0] + 1):
-        pot = 0.0
-        for j in range(n):
-            pot += closest[j]
-            cum[j] = pot
-        u = draws[c - 1]
-        if not pot > 0.0:  # every point covered: a uniform pick
-            picks[c] = min(int(u[0] * n), n - 1)
-            continue
-        for t in range(trials):  # searchsorted(cum, u * pot, side="right")
-            target = u[t] * pot
-            lo, hi = 0, n
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if cum[mid] <= target:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            cand[t] = min(lo, n - 1)
-        best, best_pot = 0, np.inf
-        for t in range(trials):
-            row = trial[t]
-            _distances_to(x, sq, gram, cand[t], row)
-            total = 0.0
-            for j in range(n):
-                v = min(row[j], closest[j])
-                row[j] = v
-                total += v
-            if total < best_pot:
-                best, best_pot = t, total
-        picks[c] = cand[best]
-        closest[:] = trial[best]
-
-
-def plus_plus_kernel(
-    x: NDArray[np.float64],
-    sq: NDArray[np.float64],
-    gram: NDArray[np.float64] | None,
-    first: int,
-    draws: NDArray[np.float64],
-) -> NDArray[np.int64]:
-    """Rows (K,) picked by greedy k-means++ (see :func:`viva_glyph.train.kmeans.kmeans_plus_plus`).
-
-    ``x`` (n, D) and ``sq`` (n,) its squared row norms, float64; ``gram`` the
-    (n, n) products ``x @ x.T`` or None (products by scalar loops, for few
-    dimensions); ``draws`` (K - 1, trials) uniform in [0, 1).
-    """
-    picks = np.empty(draws.shape[0] + 1, dtype=np.int64)
-    g = np.empty((0, 0), dtype=np.float64) if gram is None else gram
-    _plus_plus(np.ascontiguousarray(x), sq, g, first, draws, picks)
-    return picks

@@ -13,18 +13,12 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from viva_glyph.checks import (
     as_matrix,
     as_vector,
+    check_norms,
     non_negative_int,
     positive_int,
     require_finite,
 )
-from viva_glyph.core.nearest import (
-    augmented_table,
-    chunk_rows,
-    greedy_pick,
-    nearest_into,
-    over_norm_limit,
-    rounding_factor,
-)
+from viva_glyph.core.nearest import Residuals, augmented_table, chunk_rows
 
 __all__ = ["Codebook", "codebooks_of_stages"]
 
@@ -43,7 +37,7 @@ class Codebook:
     ----------
     vectors : array_like, shape (K, D)
         Code vectors; finite real numbers, each of norm at most
-        :func:`~viva_glyph.core.nearest.norm_limit` of the dtype (about 4.6e18 for
+        :func:`~viva_glyph.checks.norm_limit` of the dtype (about 4.6e18 for
         float32), so that no squared distance overflows. Copied, stored read-only.
     dtype : float32 or float64, optional
         Storage and compute dtype. Default: float32 input stays float32,
@@ -71,13 +65,7 @@ class Codebook:
         vectors64 = arr.astype(np.float64)
         vectors64.setflags(write=False)
         self._vectors64: NDArray[np.float64] = vectors64
-        over = over_norm_limit(vectors64, arr.dtype)
-        if over is not None:
-            j, norm, limit = over
-            raise ValueError(
-                f"codebook code {j} has norm {norm:.4g}, above the limit {limit:.4g} "
-                f"(sqrt of the {arr.dtype} maximum / 4) beyond which squared distances overflow"
-            )
+        check_norms(vectors64, 0, arr.dtype, "codebook", what="code")
         norms = np.sqrt(np.einsum("kd,kd->k", vectors64, vectors64))
         norms.setflags(write=False)
         self._norms: NDArray[np.float64] = norms
@@ -193,37 +181,10 @@ class Codebook:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def assign(
-        self,
-        rows_aug: NDArray[np.floating[Any]],
-        residual: NDArray[np.float64],
-        work: NDArray[np.floating[Any]],
-    ) -> NDArray[np.intp]:
-        """Nearest entry of each row, exact (the greedy stage decision of the engine).
-
-        Parameters
-        ----------
-        rows_aug : ndarray, shape (n, D + 1), this codebook's dtype
-            The rows with a last column of ones.
-        residual : ndarray, shape (n, D), float64
-            The same rows, exact.
-        work : ndarray, shape (n, K), this codebook's dtype
-            Scratch buffer.
-
-        Returns
-        -------
-        ndarray, shape (n,), intp
-            Index of the nearest entry in float64 (ties to the lowest), decided in
-            float64 wherever the GEMM's rounding bound leaves a doubt
-            (:func:`~viva_glyph.core.nearest.greedy_pick`).
-        """
-        nearest_into(rows_aug, self.table, work)
-        norm2 = np.einsum("nd,nd->n", residual, residual)
-        gamma = rounding_factor(self.dimension, self.dtype)
-        return greedy_pick(
-            work, residual, norm2, self._vectors64, self._norms, gamma,
-            np.empty_like(residual), np.empty_like(norm2),
-        )  # fmt: skip
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The vectors alone: the derived tables are rebuilt where they are needed, so a
+        # pickled codebook (Dask ships encoders to workers) is the size of its data.
+        return (Codebook, (self._vectors,))
 
     def lookup(self, indices: ArrayLike) -> NDArray[np.floating[Any]]:
         """Entries at ``indices``, shape ``indices.shape + (D,)``.
@@ -276,34 +237,16 @@ class Codebook:
             Exact squared distance to the chosen entry (recomputed in float64).
         """
         x = as_matrix(vectors, self.dimension, "vectors")
-        n, d = x.shape
-        rows = chunk_rows(self.size, d, self.dtype.itemsize)
-        mu, table, norms, _ = self.centered  # offset-free scores, as the encoder's first stage
-        gamma = rounding_factor(d, self.dtype)
+        n = x.shape[0]
+        rows = chunk_rows(self.size, self.dimension, self.dtype.itemsize)
         indices = np.empty(n, dtype=np.intp)
         dists = np.empty(n, dtype=np.float64)
-        buf = np.ones((min(rows, n), d + 1), dtype=self.dtype)
-        work = np.empty((min(rows, n), self.size), dtype=self.dtype)
-        for start in range(0, n, rows):
+        for start in range(0, n, rows):  # a one-stage greedy encoding of each chunk
             chunk = x[start : start + rows]
             require_finite(chunk, start, "vectors")
-            m = chunk.shape[0]
-            exact = chunk.astype(np.float64)
-            shifted = exact - mu
-            buf[:m, :d] = shifted
-            nearest_into(buf[:m], table, work[:m])
-            bound2 = np.einsum("nd,nd->n", shifted, shifted)
-            left = np.empty_like(exact)
-            indices[start : start + m] = greedy_pick(
-                work[:m],
-                exact,
-                bound2,
-                self._vectors64,
-                norms,
-                gamma,
-                left,
-                dists[start : start + m],
-            )
+            residual = Residuals(chunk, self.dtype)
+            indices[start : start + len(chunk)] = residual.take_nearest(self)
+            dists[start : start + len(chunk)] = residual.sq_errors()
         return indices, dists
 
 

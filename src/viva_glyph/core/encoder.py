@@ -1,28 +1,28 @@
-"""The RVQ encoder: codebooks per stage and the array engine that uses them.
+"""The RVQ encoder: one codebook per stage, and encoding and decoding of arrays.
 
-Encoding streams (N, D) inputs in row chunks through the one engine of
-:mod:`viva_glyph.core.search` (greedy is its B = 1 search, the step training runs too).
+Encoding streams (N, D) inputs in row chunks through the residual loop of
+:mod:`viva_glyph.core.search` (greedy, or beam search).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph.checks import as_matrix, check_codes, positive_int, require_finite
+from viva_glyph.checks import as_matrix, as_vector, check_codes, check_norms, positive_int
+from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
 from viva_glyph.core.codebook import Codebook
 from viva_glyph.core.config import RvqConfig
-from viva_glyph.core.nearest import chunk_rows, code_dtype, norm_limit, over_norm_limit
-from viva_glyph.core.search import beam_search, check_beam_size
+from viva_glyph.core.io import read_parts, write_model
+from viva_glyph.core.nearest import chunk_rows, code_dtype
+from viva_glyph.core.search import encode, greedy
+from viva_glyph.core.summary import TrainingSummary
 
-if TYPE_CHECKING:
-    from viva_glyph.core.summary import TrainingSummary
-
-__all__ = ["RvqEncoder"]
+__all__ = ["RvqEncoder", "load", "save"]
 
 #: Encoding hands the engine chunks of this many cache-sized row blocks at a time
 #: (the engine splits them into pieces over its threads).
@@ -50,7 +50,7 @@ class RvqEncoder:
     training : TrainingSummary or None
     """
 
-    __slots__ = ("_stack", "codebooks", "config", "training")
+    __slots__ = ("_stack", "_tables", "codebooks", "config", "training")
 
     def __init__(
         self,
@@ -85,6 +85,7 @@ class RvqEncoder:
             stack = np.stack([cb.vectors for cb in books])
             stack.setflags(write=False)
         self._stack = stack
+        self._tables: EncoderTables | None = None  # built by the first table-path beam search
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -129,6 +130,11 @@ class RvqEncoder:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The codebooks and the record alone: the stacked array and the table-path cache
+        # are rebuilt where they are needed, not shipped (Dask sends encoders to workers).
+        return (_rebuild, (self.codebooks, self.training))
+
     def _stages(self, num_stages: int | None) -> int:
         if num_stages is None:
             return self.config.num_stages
@@ -166,6 +172,26 @@ class RvqEncoder:
         codes, _ = self._encode(X, num_stages, beam_size, errors=False)
         return codes[0] if np.ndim(X) == 1 else codes
 
+    def encode_vector(self, x: ArrayLike) -> tuple[tuple[int, ...], float]:
+        """Greedy codes of one vector and its error ``||x - decode(codes)||``: the
+        lean path of one vector at a time (no chunks, no thread pool).
+
+        Parameters
+        ----------
+        x : array_like, shape (D,)
+            Any real dtype; finite, within the norm limit.
+
+        Returns
+        -------
+        codes : tuple of int
+            One code per stage.
+        error : float
+        """
+        row = as_vector(x, self.config.dimension)[None, :]  # float64, finite
+        check_norms(row, 0, self.dtype, "input")
+        codes, residual = greedy(row, self.codebooks)
+        return tuple(codes[0].tolist()), float(np.sqrt(residual.sq_errors()[0]))
+
     def encode_with_errors(
         self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int = 1
     ) -> tuple[NDArray[Any], NDArray[np.float64]]:
@@ -187,67 +213,76 @@ class RvqEncoder:
     ) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
         x = as_matrix(X, self.config.dimension)
         m = self._stages(num_stages)
+        books = self.codebooks[:m]
+        if beam_size == 1 and x.shape[0] == 1:  # one row: the residual loop itself
+            check_norms(x, 0, self.dtype)
+            few, residual = greedy(x, books)
+            err = np.sqrt(residual.sq_errors()) if errors else None
+            return few.astype(self.code_dtype), err
         beam = check_beam_size(self.config, positive_int(beam_size, "beam_size"), m, self.dtype)
         n = x.shape[0]
         codes = np.empty((n, m), dtype=self.code_dtype)
         errs = np.empty(n, dtype=np.float64) if errors else None
+        lut = beam > 1 and use_lut(self.config, beam, self.dtype.itemsize)
+        if lut and self._tables is None:
+            self._tables = EncoderTables(self.codebooks)
         for rows in self._row_chunks(n, ENGINE_CHUNKS):
             chunk = x[rows]
             self._check_rows(chunk, rows.start)
-            if beam == 1:  # greedy: the engine at B = 1 (exact decisions, float64 errors)
+            if beam == 1:  # greedy: exact decisions, float64 errors
                 out = None if errs is None else errs[rows]
-                codes[rows] = beam_search(self, chunk, m, 1, sq_errors=out)
+                codes[rows] = encode(books, chunk, 1, sq_errors=out)
                 if out is not None:
                     np.sqrt(out, out=out)
                 continue
-            codes[rows] = beam_search(self, chunk.astype(self.dtype, copy=False), m, beam)
+            chunk = chunk.astype(self.dtype, copy=False)
+            codes[rows] = encode(books, chunk, beam, lut=lut, tables=self._tables)
             if errs is not None:
                 diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
                 errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
         return codes, errs
 
     def _check_rows(self, chunk: NDArray[Any], start: int) -> None:
-        """Rows must be finite and of norm at most :func:`~viva_glyph.core.nearest.norm_limit`
-        (one pass over the chunk when they are)."""
-        limit = norm_limit(self.dtype)
-        top = float(np.max(np.abs(chunk)))
-        if top * np.sqrt(chunk.shape[1]) <= limit:  # False for NaN
-            return
-        require_finite(chunk, start)
-        over = over_norm_limit(chunk.astype(np.float64), self.dtype)
-        if over is not None:
-            row, norm, limit = over
-            raise ValueError(
-                f"X row {start + row} has norm {norm:.4g}, above the limit {limit:.4g} "
-                f"of a {self.dtype} model (sqrt of the {self.dtype} maximum / 4) beyond "
-                "which squared distances overflow"
-            )
+        """Rows must be finite and within the norm limit of the codebooks' dtype."""
+        check_norms(chunk, start, self.dtype)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this encoder to a model file (safetensors), atomically.
+        """Write this encoder to a model file (safetensors), atomically: a temporary
+        file in the same folder, renamed once complete (see :mod:`viva_glyph.core.io`).
 
-        See :func:`viva_glyph.core.io.save`; needs the ``cli`` extra (safetensors).
+        Raises
+        ------
+        ValueError
+            The training summary is beyond the format's limits.
+        OSError
+            The file cannot be written (nothing is left behind).
         """
-        from viva_glyph.files._modelfile import save
-
-        save(self, path)
+        write_model(path, self.config, self.codebooks, self.training)
 
     # -- decoding -----------------------------------------------------------------
-    def decode(self, codes: ArrayLike) -> NDArray[np.floating[Any]]:
+    def decode(
+        self, codes: ArrayLike, *, dtype: DTypeLike | None = None
+    ) -> NDArray[np.floating[Any]]:
         """Vectors from codes; fewer than M columns decodes the first stages only.
 
         Parameters
         ----------
         codes : array_like of int, shape (N, m) or (m,), 1 <= m <= M
+        dtype : float32 or float64, optional
+            dtype the entries are summed in and returned; default :attr:`dtype`
+            (float64 sums a float32 model's entries without rounding).
 
         Returns
         -------
-        ndarray, shape (N, D) or (D,), dtype :attr:`dtype`
+        ndarray, shape (N, D) or (D,), dtype ``dtype``
         """
         arr = self._check_codes(codes)
-        out = np.empty((arr.shape[0], self.config.dimension), dtype=self.dtype)
+        dt = self.dtype if dtype is None else np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        out = np.empty((arr.shape[0], self.config.dimension), dtype=dt)
         for rows in self._row_chunks(arr.shape[0]):
-            out[rows] = self._decode_rows(arr[rows], self.dtype)
+            out[rows] = self._decode_rows(arr[rows], dt)
         return out[0] if np.ndim(codes) == 1 else out
 
     def _check_codes(self, codes: ArrayLike) -> NDArray[Any]:
@@ -263,3 +298,46 @@ class RvqEncoder:
         for stage in range(1, codes.shape[1]):
             out += stack[stage][codes[:, stage]]
         return out
+
+
+def load(path: str | os.PathLike[str]) -> RvqEncoder:
+    """Read an encoder written by :meth:`RvqEncoder.save`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    RvqEncoder
+        Codebooks in the stored dtype; ``training`` restored when present.
+
+    Raises
+    ------
+    ModelFormatError
+        For anything that is not a sound model file: another format, a folder,
+        pipe or device, truncated or corrupted, another version, shapes that
+        disagree with the config, non-finite values, JSON nested too deep.
+    OSError
+        When the file cannot be read (missing, no permission).
+    """
+    books, config, training = read_parts(path)
+    return RvqEncoder(books, config, training=training)
+
+
+def save(encoder: RvqEncoder, path: str | os.PathLike[str]) -> None:
+    """Write ``encoder`` to a model file, atomically (:meth:`RvqEncoder.save`).
+
+    Raises
+    ------
+    TypeError
+        ``encoder`` is not an RvqEncoder.
+    """
+    if not isinstance(encoder, RvqEncoder):
+        raise TypeError(f"encoder must be an RvqEncoder, got {type(encoder).__name__}")
+    encoder.save(path)
+
+
+def _rebuild(codebooks: tuple[Codebook, ...], training: TrainingSummary | None) -> RvqEncoder:
+    """An encoder from its pickled parts (see ``RvqEncoder.__reduce__``)."""
+    return RvqEncoder(codebooks, training=training)

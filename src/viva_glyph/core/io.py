@@ -1,54 +1,69 @@
-"""Model files: the reader, :func:`load` (the writer lives in :mod:`viva_glyph.files._modelfile`).
+"""Model files: an encoder's codebooks and header, written and read.
 
-The layout is described in :mod:`viva_glyph.files._modelfile`: one safetensors file
-with a tensor ``codebooks`` (M, K, D), or (K_1 + ... + K_M, D) for stages of
-different sizes (listed in the config), and string metadata. :func:`load` reads
-and checks the header before any more of the file (header length capped at
-:data:`MAX_HEADER_BYTES`, JSON parsed, format, config, dtype, shape, offsets
-against the file size, nesting depth), refuses folders, pipes and devices
-without reading them, then reads the tensor straight into its array: a
-malformed or hostile file raises :class:`ModelFormatError` and never costs more
-than a few MiB beyond the tensor its header declares.
+A model file is a safetensors file (readable by ``safetensors.numpy`` and
+``safetensors.torch``):
+
+- one tensor ``codebooks`` of shape (M, K, D), dtype F32 or F64; when the
+  stages have different sizes K_1, ..., K_M, of shape (K_1 + ... + K_M, D)
+  instead, stage 1's rows first;
+- string metadata: ``format`` (``"viva-glyph-rvq"``), ``format_version``
+  (``"1"``), ``config`` (JSON ``{"num_stages", "dimension", "codebook_size"}``,
+  plus ``"codebook_sizes": [K_1, ..., K_M]`` when the sizes differ, and then
+  ``codebook_size`` is the largest; files of equal sizes are written as before),
+  ``dtype`` (``"float32"``/``"float64"``), ``library_version`` and, when the
+  model was fitted, ``training`` (JSON of ``TrainingSummary.to_dict()``).
+
+This module knows those arrays and that header, not the encoder class:
+:meth:`viva_glyph.core.RvqEncoder.save` hands it the parts and
+:func:`viva_glyph.core.load` builds the encoder from what :func:`read_parts`
+returns. Reading checks the header before any more of the file (header length
+capped, JSON parsed, format, config, dtype, shape, offsets against the file
+size, nesting depth), refuses folders, pipes and devices without reading them,
+then reads the tensor straight into its array: a malformed or hostile file
+raises :class:`ModelFormatError` and never costs more than a few MiB beyond the
+tensor its header declares. The writer refuses what the reader would refuse, so
+every file it writes loads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core.codebook import codebooks_of_stages
+from viva_glyph._version import __version__
+from viva_glyph.core.codebook import Codebook, codebooks_of_stages
 from viva_glyph.core.config import RvqConfig
-from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.core.summary import TrainingSummary
-from viva_glyph.files._modelfile import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_HEADER_BYTES,
+from viva_glyph.files import (
     MAX_JSON_DEPTH,
-    TENSOR,
-    atomic_output,
+    FileKind,
+    SafetensorsFile,
+    Tensor,
     json_depth,
-    save,
+    open_file,
+    write_file,
 )
-from viva_glyph.files._safetensors import FileKind, SafetensorsFile, Tensor, open_file
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
-    "MAX_HEADER_BYTES",
-    "MAX_JSON_DEPTH",
+    "TENSOR",
     "ModelFormatError",
-    "atomic_output",
-    "load",
     "read_metadata",
     "read_model",
-    "save",
+    "read_parts",
     "stage_codebooks",
+    "write_model",
 ]
+
+FORMAT_NAME = "viva-glyph-rvq"
+FORMAT_VERSION = "1"
+TENSOR = "codebooks"
 
 _CONFIG_KEYS = {"num_stages", "dimension", "codebook_size"}
 #: A model with stages of different sizes also lists them.
@@ -144,37 +159,21 @@ def stage_codebooks(
     return np.split(stack, np.cumsum(config.stage_sizes)[:-1])
 
 
-def load(path: PathLike) -> RvqEncoder:
-    """Read an encoder written by :func:`save`.
-
-    Parameters
-    ----------
-    path : str or PathLike
-
-    Returns
-    -------
-    RvqEncoder
-        Codebooks in the stored dtype; ``training`` restored when present.
-
-    Raises
-    ------
-    ModelFormatError
-        For anything that is not a sound model file: another format, a folder,
-        pipe or device, truncated or corrupted, another version, shapes that
-        disagree with the config, non-finite values, JSON nested too deep.
-    OSError
-        When the file cannot be read (missing, no permission).
-    """
+def read_parts(
+    path: PathLike,
+) -> tuple[list[Codebook], RvqConfig, TrainingSummary | None]:
+    """The codebooks of every stage, the config and the training summary of a model
+    file, every part checked (see :func:`viva_glyph.core.load`)."""
     stack, config, meta = read_model(path)
     training = _training(meta, path)
     try:
         books = codebooks_of_stages(stage_codebooks(stack, config), dtype=stack.dtype)
     except ValueError as exc:  # e.g. values whose squared distances would overflow
         raise _fail(path, str(exc)) from None
-    return RvqEncoder(books, config, training=training)
+    return books, config, training
 
 
-def _training(meta: dict[str, str], path: PathLike) -> Any:
+def _training(meta: dict[str, str], path: PathLike) -> TrainingSummary | None:
     text = meta.get("training")
     if text is None:
         return None
@@ -182,3 +181,55 @@ def _training(meta: dict[str, str], path: PathLike) -> Any:
         return TrainingSummary.from_dict(json.loads(text))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise _fail(path, "training summary is malformed") from None
+
+
+def _metadata(
+    config: RvqConfig, dtype: np.dtype[Any], training: TrainingSummary | None
+) -> dict[str, str]:
+    c = config
+    cfg: dict[str, Any] = {
+        "num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size
+    }  # fmt: skip
+    if c.codebook_sizes is not None:
+        cfg["codebook_sizes"] = list(c.codebook_sizes)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(cfg),
+        "dtype": str(dtype),
+        "library_version": __version__,
+    }
+    if training is not None:
+        try:
+            summary = training.to_dict()
+            depth = json_depth(summary)
+            text = json.dumps(summary)
+        except RecursionError:
+            depth, text = 1 << 30, ""
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(
+                f"the training summary nests {'too' if depth == 1 << 30 else depth} deep "
+                f"(a model file allows at most {MAX_JSON_DEPTH}): flatten its params"
+            )
+        meta["training"] = text
+    return meta
+
+
+def write_model(
+    path: PathLike,
+    config: RvqConfig,
+    books: Sequence[Codebook],
+    training: TrainingSummary | None,
+) -> None:
+    """Write an encoder's parts as a model file, atomically.
+
+    Raises
+    ------
+    ValueError
+        The training summary is beyond the format's limits.
+    """
+    if config.uniform:
+        stack = np.stack([b.vectors for b in books])
+    else:  # stages of different sizes: their rows one after the other
+        stack = np.concatenate([b.vectors for b in books])
+    write_file(path, [(TENSOR, stack)], _metadata(config, stack.dtype, training))

@@ -24,12 +24,11 @@ from viva_glyph.dask._compute import (
     connect,
     connect_timeout,
     current_client,
-    run_encode,
-    run_fit,
     worker_environ,
 )
 from viva_glyph.dask._fit import fit
 from viva_glyph.dask._io import from_npy, from_parquet, from_zarr, open_array, write_codes
+from viva_glyph.dask._run import run_encode, run_fit
 
 __all__ = [
     "aligned_rows",

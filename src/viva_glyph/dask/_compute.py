@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from viva_glyph.checks import positive_int
-from viva_glyph.core.encoder import RvqEncoder
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["compute", "connect", "current_client", "run_encode", "run_fit", "worker_environ"]
+__all__ = ["compute", "connect", "current_client", "worker_environ"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +83,8 @@ def worker_environ() -> Iterator[None]:
     which also switches off glibc's adaptive mmap threshold: every temporary
     array above 128 KiB is then a fresh ``mmap``, page-faulted in again, and
     freed heap is returned to the system at once. The encoder's per-chunk
-    temporaries made block encoding about 2x slower in worker processes than
-    in a plain process. Inside this block, new nannies give their workers
+    temporaries then cost a page fault per page on every chunk in a worker,
+    which a plain process does not pay. Inside this block, new nannies give their workers
     :data:`WORKER_ENVIRON` instead (16 MiB mmap threshold, 64 MiB trim
     threshold): a worker keeps at most that much freed memory for reuse. They
     also get ``VIVA_GLYPH_NUM_THREADS=1``: dask runs one task per worker thread
@@ -303,82 +302,3 @@ def connect(
     ):
         logger.info("started a LocalCluster of %d workers", workers)
         yield client
-
-
-def run_encode(
-    encoder: RvqEncoder,
-    data_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    *,
-    scheduler: str | None,
-    local_cluster: int | None,
-    progress: bool,
-    beam_size: int = 1,
-    num_stages: int | None = None,
-    timeout: float | None = None,
-    quiet: bool = False,
-) -> None:
-    """Encode a data file on a cluster and write the codes (``.npy`` or ``.zarr`` by suffix).
-
-    Parameters
-    ----------
-    encoder : RvqEncoder
-    data_path : path-like
-        ``.npy``, ``.zarr`` or Parquet data, shape (N, D); readable by every worker.
-    out_path : path-like
-        Destination ``.npy`` file or ``.zarr`` store (codes (N, m), ``encoder.code_dtype``).
-    scheduler, local_cluster
-        See :func:`connect`.
-    progress : bool
-        tqdm bar over the blocks.
-    beam_size, num_stages
-        As for :meth:`RvqEncoder.encode`.
-    timeout, quiet
-        See :func:`connect`.
-    """
-    from viva_glyph.dask._arrays import encode, rows_per_chunk
-    from viva_glyph.dask._io import BLOCK_BYTES, open_array, write_codes
-
-    if not isinstance(encoder, RvqEncoder):
-        raise TypeError(f"encoder must be an RvqEncoder, got {type(encoder).__name__}")
-    align = rows_per_chunk(encoder)
-    row_bytes = encoder.config.dimension * 8
-    rows = max(1, BLOCK_BYTES // row_bytes // align) * align
-    with connect(scheduler, local_cluster, timeout=timeout, quiet=quiet):
-        X = open_array(data_path, chunk_rows=rows)
-        codes = encode(encoder, X, beam_size=beam_size, num_stages=num_stages)
-        write_codes(codes, out_path, progress=progress)
-
-
-def run_fit(
-    data_path: str | os.PathLike[str],
-    *,
-    scheduler: str | None,
-    local_cluster: int | None,
-    progress: bool,
-    timeout: float | None = None,
-    quiet: bool = False,
-    **fit_kwargs: Any,
-) -> RvqEncoder:
-    """Fit an encoder to a data file on a cluster (see :func:`viva_glyph.dask.fit`).
-
-    Parameters
-    ----------
-    data_path : path-like
-        ``.npy``, ``.zarr`` or Parquet data, shape (N, D); readable by every worker.
-    scheduler, local_cluster
-        See :func:`connect`.
-    progress : bool
-        tqdm bar per stage.
-    timeout, quiet
-        See :func:`connect`.
-    **fit_kwargs
-        Passed to :func:`viva_glyph.dask.fit` (config, num_stages, codebook_size,
-        beam_size, iterations, refine, max_samples, seed).
-    """
-    from viva_glyph.dask._fit import fit
-    from viva_glyph.dask._io import open_array
-
-    with connect(scheduler, local_cluster, timeout=timeout, quiet=quiet):
-        X = open_array(data_path)
-        return fit(X, progress=progress, **fit_kwargs)

@@ -1,9 +1,14 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return"
 # (dask and distributed ship without complete type hints.)
-"""Distributed residual k-means: :func:`viva_glyph.fit` on a dask array.
+"""Residual k-means on a dask array: :func:`viva_glyph.fit` where the data is.
 
-The same training as :func:`viva_glyph.train.fit`, run by the same code:
-the stage loop (:func:`viva_glyph.train._stages.run_stages`), the progressive
+At the defaults a fit trains on a sample of at most 256 rows per code, which
+fits in memory: :func:`fit` then draws that sample on the cluster (the same
+rows the in-memory fit draws for the same seed), gathers it and trains it with
+the in-memory fit's own :func:`viva_glyph.train.train_sample`, so the codebooks
+are the in-memory fit's bit for bit. A sample too large for this process's
+memory is trained where it lies, by the same code:
+the stage loop (:func:`viva_glyph.train.stages.run_stages`), the progressive
 k-means and Lloyd loop of :mod:`viva_glyph.train.kmeans`, and the same leaf
 functions, with the executor below plugged in. The sampled rows are cut into
 the same leaves as in memory (:func:`viva_glyph.train.kmeans.leaf_rows` rows); a
@@ -30,33 +35,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.checks import non_negative_int
-from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.config import RvqConfig
-from viva_glyph.core.encoder import RvqEncoder
-from viva_glyph.core.search import use_lut
-from viva_glyph.core.summary import TrainingSummary
+from viva_glyph.checks import check_magnitude, check_scale, memory_available
+from viva_glyph.core import Codebook, RvqConfig, RvqEncoder
+from viva_glyph.core.beam import use_lut
 from viva_glyph.dask._arrays import as_dask_matrix
 from viva_glyph.dask._compute import compute, current_client
 from viva_glyph.threads import single_blas_thread
-from viva_glyph.train._fit import (
-    ITERATIONS,
-    _fit_args,
-    check_magnitude,
-    check_scale,
-    size_param,
-)
-from viva_glyph.train._rows import FANIN, add_all, tree_reduce
-from viva_glyph.train._stages import (
+from viva_glyph.train import ITERATIONS, FitParams, train_rows, train_sample
+from viva_glyph.train.kmeans import leaf_rows
+from viva_glyph.train.rows import FANIN, add_all, tree_reduce
+from viva_glyph.train.stages import (
     Piece,
     crosses,
     leaf_encode,
     leaf_pairs,
     leaf_residual,
     leaf_sq_error,
-    run_stages,
 )
-from viva_glyph.train.kmeans import leaf_rows
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -71,6 +66,9 @@ T = TypeVar("T")
 BLOCK_BYTES = 64 << 20
 #: Share of the cluster's memory that persisted residuals may take.
 PERSIST_SHARE = 1 / 3
+#: Share of this process's available memory a gathered sample may take (training
+#: holds a few more arrays of its size: residuals, a shuffled copy per k-means step).
+GATHER_SHARE = 1 / 8
 
 
 # -- block functions (run on the workers) -------------------------------------------------
@@ -164,7 +162,7 @@ def _aligned(x: da.Array, leaf: int) -> da.Array:
 
 
 class _DaskRows:
-    """:class:`viva_glyph.train._rows.Rows` on a dask array of aligned blocks."""
+    """:class:`viva_glyph.train.rows.Rows` on a dask array of aligned blocks."""
 
     def __init__(self, arr: da.Array, leaf: int, keep: bool) -> None:
         self.arr, self.leaf, self.keep = arr, leaf, keep
@@ -197,7 +195,7 @@ class _DaskRows:
 
 
 class _DaskTraining:
-    """:class:`viva_glyph.train._stages.TrainingRows` on the workers: leaves re-encoded per pass."""
+    """:class:`viva_glyph.train.stages.TrainingRows` on the workers: leaves re-encoded per pass."""
 
     def __init__(self, x: da.Array, k: int, beam: int, lut: bool, keep: bool) -> None:
         self.leaf = leaf_rows(k, int(x.shape[1]))
@@ -269,14 +267,21 @@ class _DaskTraining:
 
 def _memory_budget() -> float:
     """Bytes that persisted residuals may take on the workers (or locally)."""
-    import psutil  # type: ignore[import-untyped]
-
     client = current_client()
     if client is None:
-        return PERSIST_SHARE * psutil.virtual_memory().available
+        return PERSIST_SHARE * memory_available()
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    total = sum(w.get("memory_limit") or psutil.virtual_memory().total for w in workers)
+    total = sum(w.get("memory_limit") or memory_available() for w in workers)
     return PERSIST_SHARE * total
+
+
+def _gathered(x: da.Array) -> NDArray[np.float32]:
+    """The rows of ``x`` as one float32 array in this process, checked on the workers."""
+    import dask.array as da
+
+    d = int(x.shape[1])
+    checked = da.map_blocks(_checked_block, x, dtype=np.float32, meta=np.empty((0, d), np.float32))
+    return np.asarray(compute([checked])[0], dtype=np.float32)
 
 
 def fit(
@@ -292,11 +297,13 @@ def fit(
     seed: int = 0,
     progress: bool = False,
     persist: bool | None = None,
+    gather: bool | None = None,
 ) -> RvqEncoder:
     """Fit RVQ codebooks to a dask array on the current scheduler or cluster.
 
     Parameters are those of :func:`viva_glyph.fit` (same defaults, same
-    random sample and seeding draws for the same ``seed``), plus ``persist``.
+    random sample and seeding draws for the same ``seed``), plus ``persist``
+    and ``gather``.
 
     Parameters
     ----------
@@ -311,7 +318,8 @@ def fit(
     iterations : int
         Most Lloyd iterations per dimension step of a stage's k-means, as in memory.
     refine : int
-        Must be 0: joint least-squares refinement is only in :func:`viva_glyph.fit`.
+        Rounds of joint least-squares refinement, as in memory; needs the sample
+        gathered (``gather``).
     max_samples : int, optional
         Train on a uniform random sample of at most this many rows; default
         ``256 * codebook_size`` as in memory: pass N (or more) to train on all rows.
@@ -319,63 +327,61 @@ def fit(
     progress : bool
         tqdm bar over the stages.
     persist : bool, optional
-        Keep each stage's residuals in the workers' memory while it trains;
-        default: when they (with their leading principal axes, < 8 bytes per value)
-        take at most a third of the cluster's memory.
+        Training on the workers only: keep each stage's residuals in their memory
+        while it trains; default: when they (with their leading principal axes,
+        < 8 bytes per value) take at most a third of the cluster's memory.
+    gather : bool, optional
+        Draw the sample on the cluster and train it in this process, exactly as
+        :func:`viva_glyph.fit` trains it (True), or train where the rows lie
+        (False: the stage loop's passes run on the workers). Default: gather when
+        the sample takes at most :data:`GATHER_SHARE` of the memory available here.
 
     Returns
     -------
     RvqEncoder
-        float32 codebooks; ``.training`` holds a :class:`viva_glyph.TrainingSummary`
-        (``params["distributed"]`` is True).
+        float32 codebooks, equal bit for bit to :func:`viva_glyph.fit`'s on the
+        same rows (given the same BLAS library and settings); ``.training`` holds
+        a :class:`viva_glyph.TrainingSummary` (``params["distributed"]`` is True,
+        ``params["gathered"]`` says which path trained).
     """
     t0 = time.perf_counter()
-    x = as_dask_matrix(X, None)
-    n, dim = (int(s) for s in x.shape)
-    cfg, beam, iters, seed, limit = _fit_args(
-        n, dim, config, num_stages, codebook_size, beam_size, iterations, seed, max_samples
+    params = FitParams(
+        config, num_stages, codebook_size, beam_size, iterations, refine, max_samples, seed
     )
-    if non_negative_int(refine, "refine"):
-        raise ValueError(
-            "refine > 0 is not supported on dask arrays; fit without it, or refine "
-            "in memory with viva_glyph.fit on a sample"
-        )
-    k = cfg.codebook_size
     if persist is not None and not isinstance(persist, bool):
         raise TypeError(f"persist must be a bool or None, got {type(persist).__name__}")
-    rng = np.random.default_rng(seed)
-    if limit < n:
-        x = x[np.sort(rng.choice(n, size=limit, replace=False))]
-    rows = int(x.shape[0])
+    if gather is not None and not isinstance(gather, bool):
+        raise TypeError(f"gather must be a bool or None, got {type(gather).__name__}")
+    x = as_dask_matrix(X, None)
+    n, dim = (int(s) for s in x.shape)
+    cfg, rows = params.resolve(n, dim)
+    local = gather if gather is not None else rows * dim * 4 <= GATHER_SHARE * memory_available()
+    if params.refine and not local:
+        raise ValueError(
+            "refine > 0 needs the sample in memory: fit with gather=True (or without "
+            "refinement), or refine in memory with viva_glyph.fit on a sample"
+        )
+    rng = np.random.default_rng(params.seed)
+    idx = params.sample_rows(n, rows, rng)
+    if idx is not None:
+        x = x[idx]
+    record = params.record(cfg, rows)
+    record["distributed"] = True
+    record["gathered"] = bool(local)
+    if local:  # the in-memory fit's training, on the same rows
+        _log.info("fitting %s on %d of %d rows, gathered from the cluster", cfg, rows, n)
+        sample = _gathered(x)
+        check_scale(float(np.abs(sample).max()))
+        return train_sample(sample, params, cfg, rng, progress=progress, record=record, started=t0)
+    k = cfg.codebook_size
     # persisted: a stage's residuals and their leading principal axes (< 2 * rows * dim)
     keep = persist if persist is not None else rows * dim * 8 <= _memory_budget()
-    params: dict[str, Any] = {
-        "num_stages": cfg.num_stages, "dimension": dim, "codebook_size": k, "beam_size": beam,
-        "iterations": iters, "refine": 0, "max_samples": max_samples, "seed": seed,
-        "samples_used": rows, "distributed": True, "persisted": bool(keep),
-    }  # fmt: skip
-    params["codebook_size"] = size_param(cfg)  # K, or the per-stage sizes
+    record["persisted"] = bool(keep)
     _log.info("fitting %s on %d of %d rows (%d blocks, persist=%s)", cfg, rows, n,
               x.numblocks[0], keep)  # fmt: skip
-    all_beams = use_lut(cfg, beam)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-        bar = tqdm(total=cfg.num_stages, desc="viva_glyph.dask.fit", unit="stage")
-    try:
-        data = _DaskTraining(x, k, beam, all_beams, keep)
-        data.checked()
-        books, errors, n_iters = run_stages(
-            data, cfg.num_stages, cfg.stage_sizes, beam, all_beams, iters, rng, bar
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = TrainingSummary(
-        stage_mse=tuple(errors),
-        iterations=tuple(n_iters),
-        seconds=time.perf_counter() - t0,
-        params=params,
-    )
-    return RvqEncoder(books, cfg, training=summary)
+    data = _DaskTraining(x, k, params.beam_size, use_lut(cfg, params.beam_size), keep)
+    data.checked()
+    return train_rows(
+        data, params, cfg, rng, progress=progress, desc="viva_glyph.dask.fit", record=record,
+        started=t0,
+    )  # fmt: skip

@@ -24,9 +24,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.checks import check_code_shape, positive_int
-from viva_glyph.files._atomic import atomic_folder, atomic_output, check_output
-from viva_glyph.files._vectors import VectorFile, open_parquet, open_vectors, open_zarr
-from viva_glyph.files._writers import create_zarr
+from viva_glyph.files import (
+    VectorFile,
+    atomic_folder,
+    atomic_output,
+    check_output,
+    create_zarr,
+    open_parquet,
+    open_vectors,
+    open_zarr,
+)
 
 if TYPE_CHECKING:
     import dask.array as da

@@ -1,4 +1,9 @@
-"""The one safetensors reader behind model, index and semantic-ID files (layer 0).
+"""The one safetensors reader and writer behind model, index and semantic-ID files.
+
+Files know tensors and a header of string metadata, not classes: the encoder, the
+index and the semantic-ID model each turn themselves into those and back.
+:func:`write_file` writes one atomically (streaming memory maps, never copying
+them whole), refusing what the reader would refuse.
 
 :func:`open_file` refuses folders, pipes and devices without blocking or
 reading them, then reads and checks the 8-byte length and the JSON header
@@ -20,7 +25,7 @@ import math
 import os
 import stat
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -28,9 +33,22 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.files._modelfile import MAX_HEADER_BYTES, header_problem
+from viva_glyph.files._atomic import atomic_output
 
-__all__ = ["DTYPES", "FileKind", "SafetensorsFile", "Tensor", "open_file"]
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_CONTAINERS",
+    "MAX_JSON_DEPTH",
+    "Expect",
+    "FileKind",
+    "SafetensorsFile",
+    "Tensor",
+    "header_problem",
+    "json_depth",
+    "open_file",
+    "write_file",
+]
 
 #: safetensors dtype names numpy reads, and their (little-endian) numpy dtypes.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -53,7 +71,46 @@ _SIGNATURES = (
     *((b"\x80" + bytes([v]), "a Python pickle") for v in range(2, 6)),
 )
 
+#: Largest JSON header accepted: 256 KiB holds a training summary of ~10,000
+#: figures, and parsing any JSON of that size stays within a few MiB.
+MAX_HEADER_BYTES = 1 << 18
+#: Most ``[`` and ``{`` bytes in a header (a real one has a few dozen).
+MAX_JSON_CONTAINERS = 10_000
+#: Deepest nesting of a JSON value inside the metadata (a real one has 3).
+MAX_JSON_DEPTH = 32
+
 PathLike = str | os.PathLike[str]
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of a parsed JSON value (0 for a scalar, 1 for ``[]``), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def header_problem(header: bytes) -> str | None:
+    """Why a JSON header is outside the format's limits, or None when it is within them."""
+    if len(header) > MAX_HEADER_BYTES:
+        return f"header of {len(header)} bytes is over the limit of {MAX_HEADER_BYTES}"
+    containers = header.count(b"[") + header.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        return f"header holds {containers} JSON lists or objects (at most {MAX_JSON_CONTAINERS})"
+    return None
+
+
+#: Rows of a tensor written per step (memory maps are streamed, never copied whole).
+WRITE_ROWS = 1 << 20
+
 #: An expected tensor: the allowed dtype names, and its exact shape or only its rank.
 Expect = tuple[Collection[str], tuple[int, ...] | int]
 
@@ -318,3 +375,47 @@ def open_file(path: PathLike, kind: FileKind) -> SafetensorsFile:
     except BaseException:
         fh.close()
         raise
+
+
+def write_file(
+    path: PathLike, tensors: Sequence[tuple[str, NDArray[Any]]], metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` (name, array) in this order with string ``metadata`` as one
+    safetensors file, atomically (temporary file, fsync, rename): readable by the
+    ``safetensors`` package, and by :func:`open_file`.
+
+    Raises
+    ------
+    ValueError
+        A dtype safetensors has no name for, or a header beyond :data:`MAX_HEADER_BYTES`
+        or :data:`MAX_JSON_CONTAINERS` (the reader would refuse the file).
+    """
+    names = {dt: name for name, dt in DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    at = 0
+    for name, arr in tensors:
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        if dt not in names:
+            raise ValueError(
+                f"tensor {name!r} has dtype {arr.dtype}, which safetensors cannot hold"
+            )
+        size = arr.size * arr.dtype.itemsize
+        header[name] = {
+            "dtype": names[dt],
+            "shape": list(arr.shape),
+            "data_offsets": [at, at + size],
+        }
+        at += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # data starts 8-byte aligned
+    problem = header_problem(text)
+    if problem is not None:
+        raise ValueError(f"cannot write {os.fspath(path)}: its {problem}")
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for _, arr in tensors:
+            rows = arr.reshape(1, -1) if arr.ndim == 0 else arr
+            for a in range(0, max(rows.shape[0], 1), WRITE_ROWS):
+                part = np.ascontiguousarray(rows[a : a + WRITE_ROWS])
+                fh.write(part.astype(part.dtype.newbyteorder("<"), copy=False).tobytes())
+        fh.flush()

@@ -13,8 +13,8 @@ GEMM for the lookup tables of all queries and a compiled scan over the codes
 
 from __future__ import annotations
 
-from viva_glyph.index._file import IndexFormatError, load, save
-from viva_glyph.index._index import MAX_K, METRICS, RvqIndex
+from viva_glyph.index._file import IndexFormatError, load
+from viva_glyph.index._index import MAX_K, METRICS, RvqIndex, save
 from viva_glyph.index._norms import NORM_MODES
 from viva_glyph.index._shards import merge_results, search_shards
 

@@ -1,4 +1,5 @@
-"""Index files: one safetensors file, written atomically, codes memory-mapped on load.
+"""Index files, read: one safetensors file, codes memory-mapped on load (the writer is
+:mod:`viva_glyph.index._save`).
 
 Tensors, in this order (a tensor appears only when the index has it):
 
@@ -20,100 +21,29 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from viva_glyph._version import __version__
+from viva_glyph.core import ModelFormatError
 from viva_glyph.core.codebook import Codebook
 from viva_glyph.core.config import RvqConfig
 from viva_glyph.core.encoder import RvqEncoder
-from viva_glyph.core.io import ModelFormatError, atomic_output
 from viva_glyph.core.nearest import code_dtype
-from viva_glyph.files._safetensors import FileKind, open_file
+from viva_glyph.files import DTYPES, FileKind, open_file
 from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES, stored_dtype
+from viva_glyph.index._save import FORMAT_NAME, FORMAT_VERSION
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "IndexFormatError", "load", "save"]
+__all__ = ["IndexFormatError", "load"]
 
-FORMAT_NAME = "viva-glyph-index"
-FORMAT_VERSION = "1"
-_CODES = {"U8": np.uint8, "U16": np.uint16, "I32": np.int32, "F32": np.float32}
-_CODES.update({"F64": np.float64, "I64": np.int64})
-_NAMES = {np.dtype(v): k for k, v in _CODES.items()}
-#: Rows written per step (memory maps are streamed, never copied whole).
-_WRITE_ROWS = 1 << 20
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 PathLike = str | os.PathLike[str]
 
 
 class IndexFormatError(ModelFormatError):
     """An index file is malformed, truncated, of another format or version."""
-
-
-def _tensors(index: RvqIndex) -> Iterator[tuple[str, NDArray[Any]]]:
-    s = index.store
-    yield "codebooks", index.encoder.codebook_array
-    yield "codes", s.codes
-    if s.norms is not None:
-        yield "norms", s.norms
-    yield "ids", s.ids
-    if s.norm_params.size:
-        yield "norm_params", s.norm_params
-    if s.centroids is not None:
-        yield "centroids", s.centroids
-        yield "offsets", s.offsets
-
-
-def save(index: RvqIndex, path: PathLike) -> None:
-    """Write ``index`` to one safetensors file, atomically (temporary file + rename).
-
-    Parameters
-    ----------
-    index : RvqIndex
-    path : str or PathLike
-        Conventionally ``*.vgindex``; replaced only once the new file is complete.
-    """
-    if not isinstance(index, RvqIndex):
-        raise TypeError(f"index must be an RvqIndex, got {type(index).__name__}")
-    if index.nlist is not None and index.store.centroids is None:
-        raise ValueError("an untrained IVF index cannot be saved: add vectors first")
-    c = index.encoder.config
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "config": json.dumps(
-            {"num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size}
-        ),
-        "metric": index.metric,
-        "norm": index.norm,
-        "beam_size": str(index.beam_size),
-        "nlist": str(index.nlist or 0),
-        "count": str(len(index)),
-        "library_version": __version__,
-    }
-    header: dict[str, Any] = {"__metadata__": meta}
-    at = 0
-    arrays = list(_tensors(index))
-    for name, arr in arrays:
-        size = arr.size * arr.dtype.itemsize
-        header[name] = {
-            "dtype": _NAMES[arr.dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [at, at + size],
-        }
-        at += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % 8)  # data starts 8-byte aligned
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)) + text)
-        for _, arr in arrays:
-            for a in range(0, max(arr.shape[0], 1), _WRITE_ROWS):
-                fh.write(np.ascontiguousarray(arr[a : a + _WRITE_ROWS]).tobytes())
-        fh.flush()
 
 
 _KIND = FileKind(FORMAT_NAME, FORMAT_VERSION, "index file", IndexFormatError)

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph.checks import as_matrix, positive_int, require_finite
+from viva_glyph.checks import as_matrix, check_norms, norm_limit, positive_int, require_finite
 from viva_glyph.core.encoder import RvqEncoder
-from viva_glyph.core.nearest import norm_limit, over_norm_limit
 from viva_glyph.index import _norms
 from viva_glyph.index._pages import drop_pages
 from viva_glyph.index._query import rerank_source, scan_input, vector_terms
 from viva_glyph.index._rerank import rerank as rerank_exact
+from viva_glyph.index._save import write_index
 from viva_glyph.index._scan import scan
 from viva_glyph.index._store import Store
 
-__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "RvqIndex"]
+__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "RvqIndex", "save"]
 
 METRICS = ("l2", "ip", "cosine")
 #: Largest k (and re-ranking depth) a search accepts: bounds the (nq, k) results.
@@ -283,10 +283,19 @@ class RvqIndex:
         return self.store.remove(ids)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this index to one safetensors file, atomically (:func:`viva_glyph.index.save`)."""
-        from viva_glyph.index._file import save
+        """Write this index to one safetensors file, atomically (temporary file + rename).
 
-        save(self, path)
+        Parameters
+        ----------
+        path : str or PathLike
+            Conventionally ``*.vgindex``; replaced only once the new file is complete.
+        """
+        if self.nlist is not None and self.store.centroids is None:
+            raise ValueError("an untrained IVF index cannot be saved: add vectors first")
+        write_index(
+            path, self.encoder, self.store, metric=self.metric, norm=self.norm,
+            beam_size=self.beam_size, nlist=self.nlist,
+        )  # fmt: skip
 
     # -- search -----------------------------------------------------------------------
     def search(
@@ -321,13 +330,8 @@ class RvqIndex:
         """
         q = as_matrix(Q, self.dimension, "Q")
         require_finite(q, 0, "Q")
-        over = over_norm_limit(np.asarray(q, dtype=np.float64), np.float32)
-        if over is not None and self.metric != "cosine":  # cosine: normalised in float64
-            row, size, limit = over
-            raise ValueError(
-                f"Q row {row} has norm {size:.4g}, above the limit {limit:.4g} of the index's "
-                "float32 scores (sqrt of the float32 maximum / 4) beyond which distances overflow"
-            )
+        if self.metric != "cosine":  # cosine: normalised in float64
+            check_norms(q, 0, np.float32, "Q")  # the index's float32 scores
         k = positive_int(k, "k")
         if k > MAX_K:
             raise ValueError(f"k must be <= {MAX_K}, got {k}")
@@ -384,3 +388,10 @@ def _check_scale(reach: float, what: str) -> None:
             f"{what} of norm up to {reach:.4g}, above the limit {limit:.4g} of the index's "
             "float32 scores (sqrt of the float32 maximum / 4)"
         )
+
+
+def save(index: RvqIndex, path: str | os.PathLike[str]) -> None:
+    """Write ``index`` to one safetensors file, atomically (:meth:`RvqIndex.save`)."""
+    if not isinstance(index, RvqIndex):
+        raise TypeError(f"index must be an RvqIndex, got {type(index).__name__}")
+    index.save(path)

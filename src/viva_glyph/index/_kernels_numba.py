@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numpy.typing import NDArray
+
+from viva_glyph.core.nearest import compiled
 
 __all__ = ["lut_norms", "scan"]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _push(heap_d, heap_i, q, s, pos):  # type: ignore[no-untyped-def]
     """Replace the root of query q's max-heap by (s, pos) and sift it down."""
     kk = heap_d.shape[1]
@@ -44,7 +45,7 @@ def _push(heap_d, heap_i, q, s, pos):  # type: ignore[no-untyped-def]
     heap_i[q, i] = pos
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _scan(lut, codes, add, scale, mode, offsets, probes, consts, base, heap_d, heap_i):  # type: ignore[no-untyped-def]
     nq, m, _ = lut.shape
     for q in range(nq):
@@ -83,7 +84,7 @@ def scan(
     _scan(lut, codes, add, scale, mode, offsets, probes, consts, base, heap_d, heap_i)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled()
 def _lut_norms(codes, sq, cross, out):  # type: ignore[no-untyped-def]
     n, m = codes.shape
     for i in range(n):

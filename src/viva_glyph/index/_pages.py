@@ -1,8 +1,8 @@
 """Dropping the pages of a memory-mapped input once they have been read.
 
 Pages of a file mapping that were read count in the process's resident set
-until the kernel needs them back. An index built from a 2.5 GB memory-mapped
-``.npy`` would otherwise show an RSS of 2.5 GB although it holds only the codes.
+until the kernel needs them back. An index built from a large memory-mapped
+``.npy`` would otherwise show the whole file in its RSS although it holds only the codes.
 ``madvise(MADV_DONTNEED)`` on the rows already encoded gives them back at once
 (they are read again from the file if touched later).
 """

@@ -20,13 +20,13 @@ An IVF index adds a constant per (query, probed list), ``-2 <q, centroid>``
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph.core.nearest import numba_module
 from viva_glyph.threads import default_threads, parallel_map, single_blas_thread
 
 __all__ = ["MODE_ADD", "MODE_PLAIN", "MODE_SCALE", "ScanInput", "lookup_tables", "scan"]
@@ -42,13 +42,7 @@ PARALLEL_WORK = 1 << 22
 
 def scan_kernels() -> ModuleType | None:
     """The numba scan kernels, or None (numpy) when numba is missing or ``VIVA_GLYPH_NUMBA=0``."""
-    if os.environ.get("VIVA_GLYPH_NUMBA") == "0":
-        return None
-    try:
-        from viva_glyph.index import _kernels_numba
-    except ImportError:
-        return None
-    return _kernels_numba
+    return numba_module("viva_glyph.index._kernels_numba")
 
 
 def lookup_tables(

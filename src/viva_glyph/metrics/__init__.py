@@ -3,7 +3,7 @@ collisions, as tables, JSON and a plot."""
 
 from __future__ import annotations
 
-from viva_glyph.metrics._evaluate import evaluate
+from viva_glyph.metrics._evaluate import evaluate, progress_bar
 from viva_glyph.metrics._report import EvalReport, StageRow
 
-__all__ = ["EvalReport", "StageRow", "evaluate"]
+__all__ = ["EvalReport", "StageRow", "evaluate", "progress_bar"]

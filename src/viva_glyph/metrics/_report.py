@@ -169,7 +169,7 @@ class EvalReport:
 def _plot(report: EvalReport, path: str | os.PathLike[str]) -> None:
     from matplotlib.figure import Figure
 
-    from viva_glyph.core.io import atomic_output
+    from viva_glyph.files import atomic_output
 
     m = len(report.rows)
     cols = min(m, 4)

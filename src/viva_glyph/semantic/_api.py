@@ -9,18 +9,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from viva_glyph.checks import as_matrix, non_negative_int, positive_int
+from viva_glyph.checks import (
+    MAX_MAGNITUDE,
+    as_matrix,
+    check_magnitude,
+    check_scale,
+    checked_rows,
+    positive_int,
+)
 from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.search import greedy
 from viva_glyph.semantic._checks import check_flag, check_levels, check_normalize, check_suffix_size
-from viva_glyph.semantic._fit import SAMPLES_PER_CODE, train_levels
+from viva_glyph.semantic._fit import train_levels
 from viva_glyph.semantic._model import (
     METRICS,
     SemanticIds,
     check_balance,
     normalize_rows,
 )
-from viva_glyph.train._fit import MAX_MAGNITUDE, check_magnitude, check_scale
-from viva_glyph.train._fit import fit as rvq_fit
+from viva_glyph.train import FitParams, train_sample
 
 __all__ = ["fit"]
 
@@ -50,10 +57,10 @@ def _sizes(codebook_size: Any, levels: int) -> tuple[int, ...]:
 def _level_mse(x: Any, books: list[Codebook]) -> list[float]:
     """MSE per component after each level, greedy, on at most 16,384 rows of x."""
     rows = np.asarray(x[: 1 << 14], dtype=np.float64)
+    codes, _ = greedy(rows, books)
     out = []
-    for book in books:
-        idx, _ = book.nearest_batch(rows)
-        rows = rows - book.vectors64[idx]
+    for level, book in enumerate(books):  # what the first levels leave, level by level
+        rows = rows - book.vectors64[codes[:, level]]
         out.append(float((rows**2).mean()))
     return out
 
@@ -112,40 +119,33 @@ def fit(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     bal = check_balance(balance)
-    beam = positive_int(beam_size, "beam_size")
+    params = FitParams(codebook_size=sizes, beam_size=beam_size, seed=seed)
+    beam = params.beam_size
     if beam > 1 and bal is not None:
         raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)
     progress = check_flag(progress, "progress")
-    seed = non_negative_int(seed, "seed")
     if suffix_size is not None:
         check_suffix_size(suffix_size)
     n = x.shape[0]
     if n < max(sizes):
         raise ValueError(f"fit needs at least max(codebook_size) = {max(sizes)} rows, got N = {n}")
-    rng = np.random.default_rng(seed)
-    training: dict[str, Any] = {"seed": seed, "rows": n}
+    config, rows = params.resolve(n, x.shape[1])
+    rng = np.random.default_rng(params.seed)
+    idx = params.sample_rows(n, rows, rng)
+    training: dict[str, Any] = {"seed": params.seed, "rows": n}
     scales: list[float] | None = None
-    if beam > 1 and metric == "l2":  # beam-aware training of the core fit
-        enc = rvq_fit(
-            x,
-            num_stages=levels,
-            codebook_size=list(sizes),
-            beam_size=beam,
-            seed=seed,
-            progress=progress,
-        )
+    if beam > 1 and metric == "l2":  # beam-aware training: the core fit's
+        enc = train_sample(checked_rows(x, idx), params, config, rng, progress=progress)
         books = list(enc.codebooks)
         training["level_mse"] = _level_mse(x, books)
-        training["samples"] = min(n, SAMPLES_PER_CODE * max(sizes))
+        training["samples"] = rows
     else:
-        limit = min(n, SAMPLES_PER_CODE * max(sizes))
-        idx = np.sort(rng.choice(n, size=limit, replace=False)) if limit < n else slice(None)
-        sample = np.asarray(x[idx], dtype=np.float64)
+        sample = np.asarray(x[slice(None) if idx is None else idx], dtype=np.float64)
         ok = np.isfinite(sample) if metric == "cosine" else np.abs(sample) <= MAX_MAGNITUDE
         if not ok.all():
             bad = int(np.flatnonzero(~ok.all(axis=1))[0])
-            row = bad if isinstance(idx, slice) else int(idx[bad])
+            row = bad if idx is None else int(idx[bad])
             check_magnitude(sample[bad : bad + 1], row)  # the core fit's message
             raise ValueError(f"X row {row} holds NaN or inf")
         if metric == "cosine":
@@ -158,14 +158,9 @@ def fit(
 
             bar = tqdm(total=levels, desc="semantic.fit", unit="level")
         try:
-            if beam > 1:
-                enc = rvq_fit(
-                    sample.astype(np.float32),
-                    num_stages=levels,
-                    codebook_size=list(sizes),
-                    beam_size=beam,
-                    seed=seed,
-                )
+            if beam > 1:  # cosine: the core fit's training on the unit rows
+                fresh = np.random.default_rng(params.seed)
+                enc = train_sample(sample.astype(np.float32), params, config, fresh)
                 books = list(enc.codebooks)
                 training["level_mse"] = _level_mse(sample, books)
             else:

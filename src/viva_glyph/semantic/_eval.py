@@ -100,7 +100,7 @@ class SemanticReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from viva_glyph.core.io import atomic_output
+        from viva_glyph.files import atomic_output
 
         levels = np.arange(1, self.levels + 1)
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))

@@ -23,60 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from viva_glyph.core import ModelFormatError
 from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.io import ModelFormatError, atomic_output
-from viva_glyph.files._safetensors import Expect, FileKind, open_file
+from viva_glyph.files import Expect, FileKind, open_file
 from viva_glyph.semantic._checks import MAX_LEVELS
 from viva_glyph.semantic._model import METRICS, SemanticIds, check_balance
+from viva_glyph.semantic._save import FORMAT_NAME, FORMAT_VERSION
 from viva_glyph.semantic._tokens import PrefixTrie
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
-
-FORMAT_NAME = "viva-glyph-semantic-ids"
-FORMAT_VERSION = "1"
+__all__ = ["load"]
 PathLike = str | os.PathLike[str]
-
-
-def _config(ids: SemanticIds) -> dict[str, Any]:
-    return {
-        "levels": ids.levels,
-        "codebook_sizes": list(ids.codebook_sizes),
-        "dimension": ids.dimension,
-        "metric": ids.metric,
-        "balance": ids.balance,
-        "beam_size": ids.beam_size,
-        "suffix_size": ids.suffix_size,
-        "normalize_residuals": ids.normalize_residuals,
-        "residual_scales": None if ids.residual_scales is None else list(ids.residual_scales),
-        "training": ids.training,
-    }
-
-
-def save(ids: SemanticIds, path: PathLike) -> None:
-    """Write ``ids`` (codebooks, settings, trie) to ``path`` atomically."""
-    from safetensors.numpy import save as st_save
-
-    from viva_glyph._version import __version__
-
-    tensors = {
-        f"level_{i}": np.ascontiguousarray(b.vectors, dtype=np.float32)
-        for i, b in enumerate(ids.codebooks)
-    }
-    if ids.trie is not None:
-        if ids.trie.radices != ids.radices:
-            raise ValueError(
-                f"the trie's radices {ids.trie.radices} are not the model's {ids.radices}"
-            )
-        tensors["trie_keys"] = np.ascontiguousarray(ids.trie.keys, dtype=np.int64)
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "semantic": json.dumps(_config(ids)),
-    }
-    payload = st_save(tensors, metadata=meta)
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(payload)
 
 
 _KIND = FileKind(FORMAT_NAME, FORMAT_VERSION, "semantic-ID file", ModelFormatError)

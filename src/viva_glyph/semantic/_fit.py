@@ -12,16 +12,14 @@ and by the core's progressive-dimension k-means
 (:func:`viva_glyph.train.kmeans.progressive_kmeans`, as :func:`viva_glyph.fit`
 trains a stage), keeps the centroids with the lower squared error on all the
 level's residuals and polishes them by Lloyd's iterations on all of them to
-:data:`POLISH_TOL` (the progressive k-means stops at the core's 1e-3, which
-left the clustered set's MSE 0.05-0.08% above scikit-learn's converged
-k-means). Why (``benchmarks/bench_semantic_ids.py``, 3 x 256): on
-clustered 20,000 x 384 the progressive k-means at level 0 splits dense topic
-clusters between codes (first-token share of 10-NN 0.146 against 0.176
-converged), while at later levels, whose residuals are Gaussian-like,
-full-dimension k-means++ seeds on outliers and one code took 19,745 of 20,000
-rows (collision rate 0.43 instead of 0.001); on load_digits the converged
-k-means is 2-5% lower at level 1. ``beam_size > 1`` keeps the core fit
-(beam-aware training).
+:data:`POLISH_TOL` (the progressive k-means stops at the core's 1e-3, short
+of a converged k-means' error). Why both (``benchmarks/bench_semantic_ids.py``
+measures them): at level 0 the progressive k-means splits dense topic clusters
+between codes, so embedding neighbours share fewer first tokens, while at later
+levels, whose residuals are Gaussian-like, full-dimension k-means++ seeds on
+outliers and can put nearly every row on one code (one ID for all); on real
+data the converged k-means is the lower at the first levels.
+``beam_size > 1`` keeps the core fit (beam-aware training).
 
 With ``balance``, a few Lloyd rounds whose assignment step is
 capacity-constrained (:func:`viva_glyph.semantic._balance.balanced_assign`)
@@ -42,9 +40,9 @@ from viva_glyph.core.codebook import Codebook
 from viva_glyph.semantic._balance import balanced_assign, capacity
 from viva_glyph.semantic._levels import unit_rows
 from viva_glyph.threads import single_blas_thread
-from viva_glyph.train._fit import ITERATIONS as PROGRESSIVE_ITERATIONS
-from viva_glyph.train._rows import ArrayRows
+from viva_glyph.train import ITERATIONS as PROGRESSIVE_ITERATIONS
 from viva_glyph.train.kmeans import inertia, leaf_rows, lloyd, lloyd_rows, progressive_kmeans
+from viva_glyph.train.rows import ArrayRows
 
 __all__ = ["BALANCED_ROUNDS", "ITERATIONS", "SAMPLES_PER_CODE", "TOL", "train_levels"]
 

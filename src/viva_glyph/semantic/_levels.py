@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.search import greedy
 
 __all__ = [
     "decode_levels",
@@ -70,7 +71,9 @@ def level_factors(scales: Sequence[float] | None, levels: int) -> NDArray[np.flo
 def encode_levels(
     x: NDArray[Any], books: Sequence[Codebook], scales: Sequence[float] | None
 ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
-    """Greedy codes of rows x.
+    """Greedy codes of rows x: the core's residual loop (:func:`viva_glyph.core.search.greedy`),
+    with the residual scaled to unit length before every level after the first when
+    ``scales`` is given.
 
     Parameters
     ----------
@@ -85,21 +88,12 @@ def encode_levels(
     sqerr : ndarray, shape (n,), float64
         Squared distance of x to :func:`decode_levels` of the codes.
     """
-    n = x.shape[0]
-    residual = np.array(x, dtype=np.float64)
-    codes = np.empty((n, len(books)), dtype=np.intp)
-    for level, book in enumerate(books):
-        if scales is not None and level > 0:
-            residual, _ = unit_rows(residual)
-        idx, d = book.nearest_batch(residual)
-        codes[:, level] = idx
-        residual -= book.vectors64[idx]
+    rescale = None if scales is None else (lambda r: unit_rows(r)[0])
+    codes, residual = greedy(x, books, rescale=rescale)
     if scales is None:
-        sqerr = d
-    else:
-        diff = np.asarray(x, dtype=np.float64) - decode_levels(codes, books, scales)
-        sqerr = np.einsum("nd,nd->n", diff, diff)
-    return codes, sqerr
+        return codes, residual.sq_errors()
+    diff = np.asarray(x, dtype=np.float64) - decode_levels(codes, books, scales)
+    return codes, np.einsum("nd,nd->n", diff, diff)
 
 
 def last_input(

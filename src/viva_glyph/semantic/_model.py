@@ -30,6 +30,7 @@ from viva_glyph.semantic._levels import (
     row_norms,
     unit_rows,
 )
+from viva_glyph.semantic._save import write_semantic
 from viva_glyph.semantic._tokens import PrefixTrie, format_tokens, parse_tokens, vocabulary
 from viva_glyph.semantic._unique import (
     ResolveReport,
@@ -395,6 +396,23 @@ class SemanticIds:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model (and its trie) to a safetensors file, atomically."""
-        from viva_glyph.semantic._file import save
-
-        save(self, path)
+        keys = None
+        if self.trie is not None:
+            if self.trie.radices != self.radices:
+                raise ValueError(
+                    f"the trie's radices {self.trie.radices} are not the model's {self.radices}"
+                )
+            keys = self.trie.keys
+        settings = {
+            "levels": self.levels,
+            "codebook_sizes": list(self.codebook_sizes),
+            "dimension": self.dimension,
+            "metric": self.metric,
+            "balance": self.balance,
+            "beam_size": self.beam_size,
+            "suffix_size": self.suffix_size,
+            "normalize_residuals": self.normalize_residuals,
+            "residual_scales": None if self.residual_scales is None else list(self.residual_scales),
+            "training": self.training,
+        }
+        write_semantic(path, self.codebooks, settings, keys)

@@ -104,10 +104,10 @@ def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: i
 
 
 #: Overflowing items whose last-level distances are computed at once by :func:`reassign`
-#: (10,000,000 copies of one vector held 20 GB of distances and as much of their order).
+#: (copies of one vector would otherwise hold the distances of all of them at once).
 REASSIGN_ROWS = 1 << 16
 #: Bytes of those distances (float64) and their order (int64) at once: fewer rows than
-#: REASSIGN_ROWS past 256 last-level codes (65,536 rows of 65,536 codes held 64 GB).
+#: REASSIGN_ROWS past 256 last-level codes (rows times codes is the memory that counts).
 REASSIGN_BYTES = 256 << 20
 
 
@@ -164,7 +164,7 @@ def reassign(
     inside = inverse < prefixes.size
     inside[inside] = prefixes[inverse[inside]] == pkey[inside]
     # as sorted keys (prefix number) * K_L + last code after a -1 sentinel, 8 bytes an item
-    # (a dense (prefixes, K_L) table held 4 GB at 65,536 prefixes of 65,536 codes), and
+    # (a dense (prefixes, K_L) table grows with the product of both), and
     # the glyphs that moved items take
     keep = (rank == 0) & inside
     held = np.concatenate(([-1], np.unique(inverse[keep] * k + out[keep, L - 1])))

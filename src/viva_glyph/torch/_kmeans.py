@@ -23,8 +23,8 @@ from torch import Tensor
 
 from viva_glyph.torch import _distributed as ddp
 from viva_glyph.torch._ops import augmented_tables, nearest, with_ones
-from viva_glyph.train._rows import ArrayRows
 from viva_glyph.train.kmeans import leaf_rows, progressive_kmeans
+from viva_glyph.train.rows import ArrayRows
 
 __all__ = ["INIT_ROWS_PER_CODE", "Gatherer", "init_stages", "random_rows"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core.nearest import augmented_table, chunk_rows, nearest_into, numba_kernels
+from viva_glyph.core.nearest import augmented_table, chunk_rows, nearest_into, numba_module
 
 __all__ = [
     "ASSIGN_BYTES",
@@ -132,7 +132,7 @@ def accumulate(
     counts = np.bincount(lab, minlength=K).astype(np.int64, copy=False)
     if counts.shape[0] != K:
         raise ValueError(f"labels must be in [0, {K}), got max {int(lab.max())}")
-    fast = numba_kernels()
+    fast = numba_module("viva_glyph.train._numba")
     # Pieces of ACCUMULATE_ENTRIES entries (a leaf is one piece), each summed in row order
     # from zero and added to the total: the same additions in the same order either way.
     step = max(1, ACCUMULATE_ENTRIES // d)

@@ -7,7 +7,7 @@ and :func:`update` (means; an empty cluster re-seeded by splitting the largest).
 
 They compose into ONE Lloyd loop (:func:`lloyd_rows`) and one progressive
 k-means (:func:`progressive_kmeans`), written against
-:class:`viva_glyph.train._rows.Rows`: a matrix held as *leaves* of a fixed number of
+:class:`viva_glyph.train.rows.Rows`: a matrix held as *leaves* of a fixed number of
 rows (:func:`leaf_rows`, a function of K and D only), with a map over leaves
 and a fixed reduction tree. Executors plug in the map and the reduction
 (the in-process thread pool, ``viva_glyph.dask``). Every GEMM therefore has the same
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core.nearest import chunk_rows, numba_kernels
+from viva_glyph.core.nearest import chunk_rows, numba_module
 from viva_glyph.threads import single_blas_thread
 from viva_glyph.train._kmeans_steps import (
     ASSIGN_BYTES,
@@ -39,7 +39,7 @@ from viva_glyph.train._kmeans_steps import (
     partial_step,
     update,
 )
-from viva_glyph.train._rows import ArrayRows, Rows, add_all
+from viva_glyph.train.rows import ArrayRows, Rows, add_all
 
 __all__ = [
     "accumulate",
@@ -68,8 +68,8 @@ TOL = 1e-3
 LEAF_MAX = 4096
 
 #: Rows per centroid drawn for k-means++ seeding and :func:`progressive_kmeans`'s
-#: principal axes (Lloyd's iterations then use all rows). Fewer (4, 8) cost
-#: 3% held-out MSE at D = 6, where the first step is 1-D (``bench_fit.py``).
+#: principal axes (Lloyd's iterations then use all rows). Fewer cost held-out
+#: error at small D, where the first step is 1-D (``bench_fit.py`` measures it).
 SEED_SAMPLES_PER_CODE = 16
 
 
@@ -93,13 +93,11 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
     lowers the sum of those distances most (scikit-learn's rule). All random
     draws are made up front (the first pick, then ``(K - 1, trials)`` uniforms),
     so both paths consume the generator alike. With numba (extra ``fast``) the
-    whole loop is one compiled call (:func:`viva_glyph.core._numba.plus_plus_kernel`)
+    whole loop is one compiled call (:func:`viva_glyph.train._numba.plus_plus_kernel`)
     on a Gram matrix of the sample (at most :data:`GRAM_BYTES`) or, in at most
     :data:`DIRECT_DIMS` dimensions, on products it computes itself: a Python
-    loop of one small GEMM per pick cost 0.15 ms a pick, mostly call overhead
-    (K = 256: 40 ms per seeding on load_digits, 3-5x the compiled loop). Else
-    each pick's products are one float32 GEMM (4,096 x 384: 0.7 ms a pick,
-    3x faster than float64).
+    loop of one small GEMM per pick is mostly call overhead. Else each pick's
+    products are one float32 GEMM (half the memory traffic of float64).
 
     Parameters
     ----------
@@ -121,7 +119,7 @@ def kmeans_plus_plus(sample: NDArray[Any], K: int, rng: np.random.Generator) -> 
     sq = np.einsum("nd,nd->n", x, x)
     first = int(rng.integers(n))
     draws = rng.random((K - 1, trials))
-    kernels = numba_kernels()
+    kernels = numba_module("viva_glyph.train._numba")
     if kernels is not None and (n * n * 8 <= GRAM_BYTES or x.shape[1] <= DIRECT_DIMS):
         gram = x @ x.T if x.shape[1] > DIRECT_DIMS else None
         seeds: NDArray[np.float64] = x[kernels.plus_plus_kernel(x, sq, gram, first, draws)]
@@ -360,11 +358,10 @@ def progressive_kmeans(
     plus_plus : bool
         Seed by k-means++ (default) or, when False, by K distinct random rows
         of the sample (FAISS's seeding; better for beam-aware training, where
-        k-means++ spread the seeds over outliers: ``bench_fit.py``,
-        ``load_digits`` at B = 5, -1.1% held-out MSE).
+        k-means++ spreads the seeds over outliers; ``bench_fit.py`` measures it).
         A first step in one dimension (D < 58 at 10 steps) is always seeded
         by k-means++: there Lloyd cannot move centroids past each other, and
-        random seeds cost 2% at D = 6.
+        random seeds cost held-out error.
 
     Returns
     -------

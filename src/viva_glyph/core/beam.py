@@ -1,30 +1,29 @@
-"""The engine's stage steps: beam search residual encoding (FAISS ResidualQuantizer;
-Liu et al., "Improved RVQ"), greedy at B = 1.
+"""Beam search: the B best partial encodings of every row, stage by stage
+(FAISS ResidualQuantizer; Liu et al., "Improved RVQ").
 
-Greedy RVQ picks the nearest code at every stage; beam search keeps, for every
-vector, the B best partial reconstructions after each stage and extends each of
-them by every code of the next stage, keeping again the B best of the B * K
-candidates. With B >= K^(M-1) it is exhaustive.
-
-This is the one encoding engine: the greedy encoder of
-:class:`~viva_glyph.core.encoder.RvqEncoder` and training both run :func:`beam_step`
-at B = 1, whose stage decision is the exact float64 nearest code (ties to the
-lowest index): the float32 argmin stands where a rigorous bound on the GEMM's
-rounding and on the running residual's drift proves it
-(:func:`~viva_glyph.core.nearest.running_candidates`), and the rows left in doubt
-are decided in float64. So greedy codes and the B = 1 engine's are the same
-computation, not two that agree.
+Beam search keeps, for every vector, the B best partial reconstructions after
+each stage and extends each of them by every code of the next stage, keeping
+again the B best of the B * K candidates (:func:`beam_step`). With
+B >= K^(M-1) it is exhaustive; B = 1 is the greedy loop of
+:mod:`viva_glyph.core.search`, whose decisions are exact.
 
 A candidate's score is ``||r_b - c||^2 = ||r_b||^2 + (||c||^2 - 2 r_b.c)``; the
 bracket comes for all (row, beam, code) triples from one GEMM per stage with the
-shared augmented table (:func:`viva_glyph.core.nearest.nearest_into`). While a row
-has a single parent (the first stage) the constant ``||r_b||^2`` is left out.
-For B > 1 ties are broken deterministically: the B kept candidates are the B
-smallest float scores by (score, parent rank, code index).
+codebook's augmented table (:mod:`viva_glyph.core.nearest`). While a row has a
+single parent (the first stage) the constant ``||r_b||^2`` is left out. Ties are
+broken deterministically: the B kept candidates are the B smallest float scores
+by (score, parent rank, code index).
+
+:func:`lut_step` scores the same candidates from one GEMM of the row against
+every stage and cross tables between stages (FAISS's ``use_beam_LUT``); a cost
+model (:func:`path_costs`) picks, per shape, the cheaper path. Memory is bounded:
+a beam whose search of one row would take more than :data:`BEAM_SCRATCH_BYTES`
+is refused (:func:`check_beam_size`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,29 +32,48 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.nearest import (
-    float64_choice,
-    numba_kernels,
-    rounding_factor,
-    running_candidates,
-    running_update,
-)
+from viva_glyph.core.config import RvqConfig
+from viva_glyph.core.nearest import numba_module
 
 __all__ = [
+    "BEAM_SCRATCH_BYTES",
+    "LUT_BYTES",
     "BeamState",
+    "EncoderTables",
     "beam_start",
     "beam_step",
+    "check_beam_size",
     "cross_tables",
-    "exact_sq_errors",
+    "lut_kernel",
     "lut_step",
-    "numba_kernel",
+    "max_beam_size",
+    "path_costs",
     "top_b",
+    "use_lut",
 ]
+
+#: Largest total size (bytes) of the cross tables for which the table path may be used.
+LUT_BYTES = 64 << 20
+
+#: Scratch the search of one row may take (bytes): :func:`max_beam_size` derives the
+#: largest beam from it. A row's search holds B * K candidate scores (twice on the
+#: numpy paths) beside B residuals and B code lists.
+BEAM_SCRATCH_BYTES = 512 << 20
+
+#: Cost model of the two paths (nanoseconds; only their ratios matter), measured
+#: with ``benchmarks/bench_engine.py --calibrate`` (2 threads, float32, D = 128,
+#: M = 8, K = 256, B = 5; mean of two runs): a multiply-add of the GEMM; a score
+#: of the numba table kernel per table added (one addition plus its share of the
+#: selection); a candidate of the residual path (its share of the top-B
+#: selection among B K scores and of the residual update).
+GEMM_NS_PER_MAC = 0.074
+TABLE_NS_PER_ADD = 0.96
+RESIDUAL_NS_PER_CANDIDATE = 25.8
 
 
 @dataclass
 class BeamState:
-    """The B best partial encodings of n rows after some stages.
+    """The b best partial encodings of n rows after some stages.
 
     Attributes
     ----------
@@ -66,25 +84,11 @@ class BeamState:
         ``||residual||^2`` of each beam, compute dtype; beams sorted ascending.
     codes : ndarray, shape (n, b, m), intp
         Codes of each beam for the m stages done.
-    norm2 : ndarray, shape (n,), float64, or None
-        Greedy states (b = 1, after a B = 1 step) only: ``||r~||^2`` of the
-        running residual r~ (the rows of ``residual``, in the compute dtype).
-    drift : ndarray, shape (n,), float64, or None
-        Beside it: a bound on ``||r~ - r||``, r the exact residual.
-    source : ndarray, shape (n, D), or None
-        The rows as given to :func:`beam_start` (any real dtype), from which the
-        first B = 1 step and the float64 decisions take the exact residual.
-    books : tuple of Codebook
-        Greedy states only: the codebooks of the stages done.
     """
 
     residual: NDArray[Any] | None
     dist: NDArray[Any]
     codes: NDArray[np.intp]
-    norm2: NDArray[np.float64] | None = None
-    drift: NDArray[np.float64] | None = None
-    source: NDArray[Any] | None = None
-    books: tuple[Codebook, ...] = ()
 
     @property
     def best_codes(self) -> NDArray[np.intp]:
@@ -96,6 +100,11 @@ class BeamState:
         """Residual of the best beam, shape (n, D)."""
         assert self.residual is not None, "a table-path state keeps no residuals"
         return self.residual[:, 0, :-1]
+
+    @property
+    def best_dist(self) -> NDArray[Any]:
+        """``||residual||^2`` of the best beam, shape (n,), compute dtype."""
+        return self.dist[:, 0]
 
 
 def beam_start(x: NDArray[Any], dtype: Any) -> BeamState:
@@ -112,7 +121,7 @@ def beam_start(x: NDArray[Any], dtype: Any) -> BeamState:
     residual[:, 0, :d] = x
     r = residual[:, :, :d]
     dist = np.einsum("nbd,nbd->nb", r, r)
-    return BeamState(residual, dist, np.empty((n, 1, 0), dtype=np.intp), source=x)
+    return BeamState(residual, dist, np.empty((n, 1, 0), dtype=np.intp))
 
 
 def top_b(scores: NDArray[Any], beam: int) -> NDArray[np.intp]:
@@ -171,16 +180,12 @@ def beam_step(
     book: Codebook,
     beam: int,
     work: NDArray[Any] | None = None,
-    *,
-    backend: str = "auto",
 ) -> BeamState:
     """Extend every beam by every code of ``book`` and keep the ``beam`` best.
 
-    At B = 1 (one beam in, one out) this is the greedy stage: each row takes its
-    exact nearest code and the state carries the running residual with a bound
-    on its drift; the encoder's greedy path is this very step.
-    A B = 1 step updates the residual buffers of a state made by an earlier B = 1
-    step in place: pass the returned state on and do not reuse the input one.
+    The greedy stage (B = 1 from one beam) is
+    :meth:`viva_glyph.core.nearest.Residuals.take_nearest`, whose choice is exact;
+    here the kept candidates are the B smallest float scores.
 
     Parameters
     ----------
@@ -192,8 +197,6 @@ def beam_step(
         Beams to keep (at most b * K are available).
     work : ndarray, optional
         Scratch of at least n * b * K entries of the compute dtype.
-    backend : {"auto", "numpy", "numba"}
-        Implementation of the B = 1 decision (both exact; see :mod:`viva_glyph.core._numba`).
 
     Returns
     -------
@@ -201,15 +204,13 @@ def beam_step(
         With ``min(beam, b * K)`` beams and one more stage of codes.
     """
     assert state.residual is not None, "beam_step needs a state with residuals"
-    if state.residual.shape[1] == 1 and beam == 1:
-        return _greedy_step(state, book, work, backend)
     n, b, d1 = state.residual.shape
     d, k = d1 - 1, book.size
     rows = state.residual.reshape(n * b, d1)
     if work is None or work.size < n * b * k:
         work = np.empty(n * b * k, dtype=rows.dtype)
     scores = work[: n * b * k].reshape(n * b, k)
-    np.matmul(rows, book.table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
+    np.matmul(rows, book.table, out=scores)  # ||c||^2 - 2 r.c for every (row, beam, code)
     if b == 1:
         flat = scores
     else:
@@ -224,93 +225,6 @@ def beam_step(
     dist = np.einsum("nbd,nbd->nb", r, r)
     codes = np.concatenate([state.codes[row_idx, parent], code[:, :, None]], axis=2)
     return BeamState(residual, dist, codes)
-
-
-def _greedy_step(
-    state: BeamState, book: Codebook, work: NDArray[Any] | None, backend: str
-) -> BeamState:
-    """The B = 1 step: GEMM, exact choice, the running residual as next GEMM's rows.
-
-    The first step scores ``x - mu`` against the codebook shifted to its mean
-    (:attr:`~viva_glyph.core.codebook.Codebook.centered`), so a large common offset of
-    data and codes costs no float32 accuracy. Every step keeps the residual in
-    the compute dtype (the next GEMM's rows, updated in place) with a bound on its
-    drift from the exact one (:func:`~viva_glyph.core.nearest.running_candidates`);
-    the few rows where the bounds leave a doubt are decided in float64 on the
-    exact residual, rebuilt from the source rows and the codes. Keeping float64
-    residuals instead doubled the memory traffic of a step (bench_engine.py).
-    """
-    assert state.residual is not None
-    n, _, d1 = state.residual.shape
-    dtype = state.residual.dtype
-    kernels = numba_kernels(backend)
-    gamma = rounding_factor(d1 - 1, dtype)
-    grow = float(np.finfo(dtype).eps) / 2 * (1 + 1e-6)  # unit roundoff, with a margin
-    if work is None or work.size < n * book.size:
-        work = np.empty(n * book.size, dtype=dtype)
-    scores = work[: n * book.size].reshape(n, book.size)
-    source = state.source if state.source is not None else state.residual[:, 0, :-1]
-    if not state.books:  # first step: x - mu against the codes - mu, both rounded once
-        mu, table, norms, vectors = book.centered
-        rows = np.ones((n, d1), dtype=dtype)
-        np.subtract(source, mu, out=rows[:, :-1], casting="same_kind")
-        norm2 = np.einsum("nd,nd->n", rows[:, :-1], rows[:, :-1], dtype=np.float64)
-        drift = grow * np.sqrt(norm2)
-        vec_err = grow * norms  # the rounding of the shifted codes
-    else:
-        rows, norm2, drift = state.residual.reshape(n, d1), state.norm2, state.drift
-        assert norm2 is not None and drift is not None
-        table, norms, vectors = book.table, book.norms, book.vectors
-        vec_err = np.zeros(book.size)  # the codes themselves: no rounding
-    np.matmul(rows, table, out=scores)  # ||c||^2 - 2 r.c, as in nearest_into
-    if kernels is not None:  # rows proven unambiguous are updated already
-        q, doubt = kernels.greedy_running_kernel(
-            scores, rows, norm2, drift, vectors, norms, gamma, grow, vec_err
-        )
-        if doubt.size:
-            near = running_candidates(
-                scores[doubt], norm2[doubt], drift[doubt], norms, gamma, d1 - 1
-            )[1]
-            q[doubt] = _float64_decision(state, source, doubt, near, book)
-            sub, n2, dr = rows[doubt, :-1], norm2[doubt], drift[doubt]
-            running_update(sub, q[doubt], vectors, n2, dr, grow, vec_err)
-            rows[doubt, :-1], norm2[doubt], drift[doubt] = sub, n2, dr
-    else:
-        q, near = running_candidates(scores, norm2, drift, norms, gamma, d1 - 1)
-        doubt = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
-        if doubt.size:
-            q[doubt] = _float64_decision(state, source, doubt, near[doubt], book)
-        running_update(rows[:, :-1], q, vectors, norm2, drift, grow, vec_err)
-    codes = np.concatenate([state.codes, q[:, None, None]], axis=2)
-    dist = norm2.astype(dtype)[:, None]
-    return BeamState(
-        rows.reshape(n, 1, d1), dist, codes, norm2, drift, source, (*state.books, book)
-    )
-
-
-def _float64_decision(
-    state: BeamState,
-    source: NDArray[Any],
-    doubt: NDArray[np.intp],
-    near: NDArray[np.bool_],
-    book: Codebook,
-) -> NDArray[np.intp]:
-    """The float64 nearest code among ``near`` for rows ``doubt`` of a greedy state,
-    from their exact residual (source rows minus the codes chosen so far)."""
-    exact = np.array(source[doubt], dtype=np.float64)
-    for j, done in enumerate(state.books):
-        exact -= done.vectors64[state.codes[doubt, 0, j]]
-    return float64_choice(near, exact, book.vectors64)
-
-
-def exact_sq_errors(state: BeamState) -> NDArray[np.float64]:
-    """``||x - decode(codes)||^2`` of a greedy state's rows, shape (n,), float64."""
-    assert state.source is not None
-    diff = np.array(state.source, dtype=np.float64)
-    for j, done in enumerate(state.books):
-        diff -= done.vectors64[state.codes[:, 0, j]]
-    out: NDArray[np.float64] = np.einsum("nd,nd->n", diff, diff)
-    return out
 
 
 def cross_tables(previous: Sequence[Codebook], book: Codebook) -> NDArray[Any]:
@@ -354,7 +268,7 @@ def lut_step(
         "auto" takes the numba kernel when numba is installed; both give
         identical results.
     """
-    kernel = numba_kernel(backend)
+    kernel = lut_kernel(backend)
     if kernel is not None:
         dist, codes = kernel(base, state.dist, state.codes, cross, beam)
         return BeamState(None, dist, codes)
@@ -382,11 +296,100 @@ def lut_step(
     return BeamState(None, dist, codes)
 
 
-def numba_kernel(backend: str = "auto") -> Any:
-    """The numba stage kernel, or None for the numpy path.
-
-    ``backend`` "auto" uses numba when it imports (set the environment variable
-    ``VIVA_GLYPH_NUMBA=0`` to turn it off), "numpy" never, "numba" always.
-    """
-    kernels = numba_kernels(backend)
+def lut_kernel(backend: str = "auto") -> Any:
+    """The numba kernel of :func:`lut_step`, or None for the numpy path
+    (see :func:`~viva_glyph.core.nearest.numba_module`)."""
+    kernels = numba_module("viva_glyph.core._numba", backend)
     return None if kernels is None else kernels.lut_step_kernel
+
+
+class EncoderTables:
+    """What the table path needs of a stack of codebooks, built once per encoder.
+
+    Attributes
+    ----------
+    cross : list of ndarray
+        ``cross[m]``: :func:`cross_tables` of stage m against the stages before it, (m, K, K).
+    table : ndarray, shape (D + 1, M K)
+        The stages' augmented tables side by side.
+    """
+
+    def __init__(self, books: Sequence[Codebook]) -> None:
+        self.cross = [cross_tables(books[:m], books[m]) for m in range(len(books))]
+        self.table = np.ascontiguousarray(np.concatenate([b.table for b in books], axis=1))
+        self.k = books[0].size
+
+    def base(self, state: BeamState, num_stages: int) -> list[NDArray[Any]]:
+        """``||c||^2 - 2 x.c`` of the rows of a fresh state against each of the first
+        ``num_stages`` stages, from one GEMM: a list of (n, K) views."""
+        assert state.residual is not None
+        rows = state.residual.reshape(-1, state.residual.shape[2])
+        full = rows @ self.table[:, : num_stages * self.k]
+        return [full[:, s * self.k : (s + 1) * self.k] for s in range(num_stages)]
+
+
+def path_costs(config: RvqConfig, beam_size: int) -> tuple[float, float]:
+    """Modelled time (ns per row) of the residual path and of the table path.
+
+    Residual path: every stage a GEMM of all B beams, (D + 1) K B multiply-adds,
+    and the selection among B K candidates. Table path: one GEMM of the row,
+    (D + 1) K multiply-adds per stage, and B K scores built from the m earlier
+    stages' cross tables (``m (m - 1) / 2`` additions over the M stages).
+    """
+    m, d, k, b = config.num_stages, config.dimension, config.codebook_size, beam_size
+    gemm = m * (d + 1) * k * GEMM_NS_PER_MAC
+    residual = b * gemm + m * b * k * RESIDUAL_NS_PER_CANDIDATE
+    table = gemm + b * k * (m + m * (m - 1) / 2) * TABLE_NS_PER_ADD
+    return residual, table
+
+
+def use_lut(config: RvqConfig, beam_size: int, itemsize: int = 4) -> bool:
+    """Whether the table path is taken: the cost model's choice (:func:`path_costs`).
+
+    B = 1 always takes the residual path: its GEMMs are the table path's (the
+    same M K (D + 1) products), it carries the running residual the greedy
+    decision's bounds need, and its residual update (O(D) per stage) is cheaper
+    than the table path's additions (O(K m)) whenever D is small next to K m.
+    B > 1 takes the tables when :func:`path_costs` says they are cheaper and
+    they fit in :data:`LUT_BYTES`. Stages of different sizes always take the
+    residual path (the cross tables and their kernels are square, K x K).
+    """
+    m, k = config.num_stages, config.codebook_size
+    if beam_size <= 1 or not config.uniform or m * (m - 1) // 2 * k * k * itemsize > LUT_BYTES:
+        return False
+    residual, table = path_costs(config, beam_size)
+    return table < residual
+
+
+def _beam_bytes(config: RvqConfig, itemsize: int) -> int:
+    """Scratch bytes one beam of one row takes in the search (the largest path)."""
+    d, k, m = config.dimension, config.codebook_size, config.num_stages
+    return 3 * k * itemsize + 2 * (d + 1) * itemsize + 2 * (m + 1) * 8
+
+
+def max_beam_size(config: RvqConfig, dtype: Any = np.float32) -> int:
+    """Largest beam whose search of one row fits in :data:`BEAM_SCRATCH_BYTES`."""
+    return max(1, BEAM_SCRATCH_BYTES // _beam_bytes(config, np.dtype(dtype).itemsize))
+
+
+def check_beam_size(config: RvqConfig, beam_size: int, num_stages: int, dtype: Any) -> int:
+    """The beam to search with: ``beam_size`` capped at ``K_1 ... K_(m-1)``
+    (exhaustive already), after checking that it fits in memory.
+
+    Raises
+    ------
+    ValueError
+        If the beam needs more than :data:`BEAM_SCRATCH_BYTES` per row; the
+        message gives the largest that fits.
+    """
+    beam = min(int(beam_size), math.prod(config.stage_sizes[: num_stages - 1]))
+    largest = max_beam_size(config, dtype)
+    if beam > largest:
+        need = beam * _beam_bytes(config, np.dtype(dtype).itemsize)
+        capped = f" (searched as {beam:,}, exhaustive already)" if beam < beam_size else ""
+        raise ValueError(
+            f"beam_size {int(beam_size):,}{capped} needs about {need / 2**30:,.1f} GiB of scratch "
+            f"per row (B x K scores); the largest beam_size that fits in "
+            f"BEAM_SCRATCH_BYTES ({BEAM_SCRATCH_BYTES >> 20} MiB) is {largest:,}"
+        )
+    return beam

@@ -4,7 +4,7 @@ A :class:`Rows` is an (n, w) matrix held as *leaves* of a fixed number of rows
 (the last may be shorter), with a map over the leaves and a reduction of
 their results in a fixed tree (:func:`tree_reduce`, fan-in :data:`FANIN`).
 Algorithms written against it (:mod:`viva_glyph.train.kmeans`,
-:mod:`viva_glyph.train._stages`) run the same arithmetic on any executor:
+:mod:`viva_glyph.train.stages`) run the same arithmetic on any executor:
 :class:`ArrayRows` runs the leaves on the in-process thread pool;
 ``viva_glyph.dask`` runs blocks of ``FANIN**j`` whole leaves on a cluster and
 the upper levels of the same tree as a graph.

@@ -28,33 +28,35 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.search import (
+from viva_glyph.core.beam import (
     BeamState,
     beam_start,
     beam_step,
     cross_tables,
+    lut_kernel,
     lut_step,
-    numba_kernel,
 )
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.nearest import Residuals
 from viva_glyph.threads import single_blas_thread
-from viva_glyph.train._rows import ArrayRows, Rows, add_all, map_leaves, tree_reduce
 from viva_glyph.train.kmeans import leaf_rows, progressive_kmeans
+from viva_glyph.train.rows import ArrayRows, Rows, add_all, map_leaves, tree_reduce
 
 __all__ = ["LocalRows", "TrainingRows", "leaf_encode", "leaf_pairs", "leaf_residual", "run_stages"]
 
 _log = logging.getLogger("viva_glyph.train")
 
 #: Beam residuals per code a beam-aware stage trains on (several beams of a row
-#: are different points: twice the rows' rule lowers held-out error, issue 3 bench).
+#: are different points: twice the rows' rule lowers held-out error, bench_fit.py).
 BEAM_SAMPLES_PER_CODE = 512
 
-#: One piece of a leaf: its beam state and (table path) its rows beside a column of ones.
-Piece = tuple[BeamState, NDArray[np.float32] | None]
+#: One piece of a leaf: its encoding (the greedy residuals, or the beam state) and (table
+#: path) its rows beside a column of ones.
+Piece = tuple[Residuals | BeamState, NDArray[np.float32] | None]
 
 
 def crosses(books: Sequence[Codebook]) -> list[NDArray[Any]]:
-    """:func:`~viva_glyph.core.search.cross_tables` of every stage against the stages before it."""
+    """:func:`~viva_glyph.core.beam.cross_tables` of every stage against the stages before it."""
     with single_blas_thread():
         return [cross_tables(books[:m], books[m]) for m in range(len(books))]
 
@@ -73,15 +75,20 @@ def leaf_advance(
         per = max(1, leaf // beam)
         pieces = []
         for s in range(0, x.shape[0], per):
-            st = beam_start(x[s : s + per], np.float32)
-            assert st.residual is not None
-            pieces.append((st, st.residual.reshape(-1, x.shape[1] + 1) if lut else None))
-    fused = lut and numba_kernel() is not None
-    size = 2 * max(len(p[0].dist) for p in pieces) * beam * book.size
+            if beam == 1:
+                pieces.append((Residuals(x[s : s + per], np.float32, brute=False), None))
+                continue
+            start = beam_start(x[s : s + per], np.float32)
+            assert start.residual is not None
+            pieces.append((start, start.residual.reshape(-1, x.shape[1] + 1) if lut else None))
+    fused = lut and lut_kernel() is not None
+    size = 2 * max(len(p[0].best_dist) for p in pieces) * beam * book.size
     work = None if fused else np.empty(size, dtype=np.float32)
     out: list[Piece] = []
     for st, rows in pieces:
-        if rows is not None:  # ||c||^2 - 2 x.c from one GEMM, then table additions
+        if isinstance(st, Residuals):  # greedy: the exact nearest code, subtracted
+            st.take_nearest(book, work)
+        elif rows is not None:  # ||c||^2 - 2 x.c from one GEMM, then table additions
             assert cross is not None
             st = lut_step(st, rows @ book.table, cross, beam, work)
         else:
@@ -107,7 +114,7 @@ def leaf_encode(
 
 def leaf_sq_error(pieces: list[Piece]) -> float:
     """Sum over the leaf's rows of the best beam's squared error (float64 sums)."""
-    return float(add_all(*[float(np.sum(st.dist[:, 0], dtype=np.float64)) for st, _ in pieces]))
+    return float(add_all(*[float(np.sum(st.best_dist, dtype=np.float64)) for st, _ in pieces]))
 
 
 def leaf_residual(x: NDArray[Any], pieces: list[Piece] | None) -> NDArray[np.float32]:
@@ -126,7 +133,7 @@ def leaf_pairs(
     """Residuals of the (row, beam) pairs ``pairs`` (index ``row * b + beam``) of a leaf."""
     if pieces is None:
         return np.array(x[pairs], dtype=np.float32, copy=True)
-    codes = np.concatenate([st.codes for st, _ in pieces])  # (n, b, m)
+    codes = np.concatenate([st.codes for st, _ in pieces if isinstance(st, BeamState)])
     rows, beams = np.divmod(pairs, codes.shape[1])
     r = np.array(x[rows], dtype=np.float32, copy=True)
     chosen = codes[rows, beams]
@@ -170,6 +177,7 @@ class LocalRows:
 
     def __init__(self, x: NDArray[np.float32], k: int, beam: int, lut: bool) -> None:
         self.leaf = leaf_rows(k, x.shape[1])
+        self.rows = x
         self.x = ArrayRows.of(x, self.leaf)
         self.k, self.beam, self.lut = k, beam, lut
         self.pieces: list[list[Piece] | None] = [None] * len(self.x.leaves)
@@ -194,7 +202,8 @@ class LocalRows:
         return ArrayRows(parts, self.leaf)
 
     def pair_residuals(self, pick: NDArray[np.intp]) -> Rows:
-        b = 1 if self.pieces[0] is None else self.pieces[0][0][0].codes.shape[1]
+        first = None if self.pieces[0] is None else self.pieces[0][0][0]
+        b = first.codes.shape[1] if isinstance(first, BeamState) else 1
         cut = np.searchsorted(pick, np.arange(len(self.x.leaves) + 1) * self.leaf * b)
         items = [
             (x, p, pick[cut[i] : cut[i + 1]] - i * self.leaf * b)

@@ -1,0 +1,73 @@
+"""Index files, written: the index's arrays and a header of its settings, as one
+safetensors file (:func:`viva_glyph.files.write_file`: atomic, memory maps streamed).
+:mod:`viva_glyph.index._file` reads them back; the index builds itself from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from numpy.typing import NDArray
+
+from viva_glyph._version import __version__
+from viva_glyph.core import RvqEncoder
+from viva_glyph.files import write_file
+from viva_glyph.index._store import Store
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_index"]
+
+FORMAT_NAME = "viva-glyph-index"
+FORMAT_VERSION = "1"
+
+PathLike = str | os.PathLike[str]
+
+
+def write_index(
+    path: PathLike,
+    encoder: RvqEncoder,
+    store: Store,
+    *,
+    metric: str,
+    norm: str,
+    beam_size: int,
+    nlist: int | None,
+) -> None:
+    """Write an index's parts to one safetensors file, atomically.
+
+    Tensors, in this order (a tensor appears only when the index has it):
+    ``codebooks`` (M, K, D) F32/F64; ``codes`` (N, M) U8/U16/I32; ``norms`` (N,) F32
+    (``norm="float"``) or U8 (``"qint8"``, ``"cqint8"``); ``ids`` (N,) I64;
+    ``norm_params`` (2,) or (256,) F32 (quantized norms); ``centroids`` (nlist, D)
+    and ``offsets`` (nlist + 1,) I64 (IVF). String metadata: ``format``,
+    ``format_version``, ``config`` (JSON num_stages/dimension/codebook_size),
+    ``metric``, ``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
+    ``library_version``.
+    """
+    c = encoder.config
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(
+            {"num_stages": c.num_stages, "dimension": c.dimension, "codebook_size": c.codebook_size}
+        ),
+        "metric": metric,
+        "norm": norm,
+        "beam_size": str(beam_size),
+        "nlist": str(nlist or 0),
+        "count": str(len(store.ids)),
+        "library_version": __version__,
+    }
+    tensors: list[tuple[str, NDArray[Any]]] = [
+        ("codebooks", encoder.codebook_array),
+        ("codes", store.codes),
+    ]
+    if store.norms is not None:
+        tensors.append(("norms", store.norms))
+    tensors.append(("ids", store.ids))
+    if store.norm_params.size:
+        tensors.append(("norm_params", store.norm_params))
+    if store.centroids is not None:
+        tensors += [("centroids", store.centroids), ("offsets", store.offsets)]
+    write_file(path, tensors, meta)
