@@ -24,7 +24,9 @@ after a random rotation), a nonzero mean and 64 clusters, at D = 6 (M = 4) and
 Usage::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_engine.py \
-        [--cases 6,64,128,384,768,digits] [--repeats 3] [--threads 2]
+        [--cases 6,64,128,384,768,digits] [--repeats 3] [--threads 2] [--markdown]
+
+``--markdown`` prints the rows as the markdown table of the docs' Benchmarks page.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
         "greedy": rate["viva greedy"], "faiss1": f1, "beam5": rate["viva beam 5"], "faiss5": f5,
         "same": same,
     }  # fmt: skip
+    if args.markdown:
+        return row
     print(
         f"{name:>7} {d:4d} {m:2d} {len(x):8,d} {rate['gemm']:10,.0f} {rate['viva greedy']:10,.0f}"
         f" {rate['viva greedy'] / rate['gemm']:6.0%} {f1:10,.0f} {rate['viva greedy'] / f1:6.2f}x"
@@ -141,6 +145,18 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, float]:
         flush=True,
     )
     return row
+
+
+def markdown(name: str, row: dict[str, float]) -> str:
+    """One row of the docs' encoding table (``--markdown``)."""
+    data = "load_digits" if name == "digits" else "synthetic"
+    g, f1, b5, f5 = row["greedy"], row["faiss1"], row["beam5"], row["faiss5"]
+    cells = [
+        data, f"{row['D']}", f"{row['M']}", f"{row['gemm']:,.0f}", f"{g:,.0f}",
+        f"{g / row['gemm']:.0%}", f"{f1:,.0f}", f"{g / f1:.2f}x", f"{b5:,.0f}", f"{f5:,.0f}",
+        f"{b5 / f5:.2f}x",
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 
 def calibrate(n: int = 4000, d: int = 128, m: int = 8, k: int = 256, beam: int = 5) -> None:
@@ -188,6 +204,9 @@ def main() -> None:
     ap.add_argument("--train-with", choices=("viva", "faiss"), default="viva")
     ap.add_argument("--gemm-rows", type=int, default=256, help="rows per block of the GEMM limit")
     ap.add_argument("--calibrate", action="store_true", help="measure the cost model's constants")
+    ap.add_argument(
+        "--markdown", action="store_true", help="print the results as the docs' markdown table"
+    )
     args = ap.parse_args()
     os.environ["VIVA_GLYPH_NUM_THREADS"] = str(args.threads)
     if args.calibrate:
@@ -207,14 +226,23 @@ def main() -> None:
         f"{args.threads} threads, codebooks trained by {args.train_with}, medians of "
         f"{args.repeats} interleaved rounds; rates in vectors/s"
     )
-    print(
-        f"{'case':>7} {'D':>4} {'M':>2} {'N':>8} {'GEMM lim':>10} {'greedy':>10} {'%GEMM':>6}"
-        f" {'FAISS B1':>10} {'ratio':>7} {'beam 5':>10} {'FAISS B5':>10} {'ratio':>7}"
-        f" {'=FAISS':>7}"
-    )
+    if args.markdown:
+        print(
+            "\n| data | D | M | GEMM limit | greedy | % of GEMM | FAISS greedy | ratio | beam 5 "
+            "| FAISS beam 5 | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|",
+            flush=True,
+        )
+    else:
+        print(
+            f"{'case':>7} {'D':>4} {'M':>2} {'N':>8} {'GEMM lim':>10} {'greedy':>10} {'%GEMM':>6}"
+            f" {'FAISS B1':>10} {'ratio':>7} {'beam 5':>10} {'FAISS B5':>10} {'ratio':>7}"
+            f" {'=FAISS':>7}"
+        )
     with threadpool_limits(limits=args.threads, user_api="blas"):
         for case in args.cases.split(","):
-            run_case(case, args)
+            row = run_case(case, args)
+            if args.markdown:
+                print(markdown(case, row), flush=True)
 
 
 if __name__ == "__main__":

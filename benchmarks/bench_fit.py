@@ -26,7 +26,9 @@ FAISS and viva-glyph use the same threads (``--threads``, default 2:
 ``faiss.omp_set_num_threads`` and ``VIVA_GLYPH_NUM_THREADS``).
 
 ``--sweep`` instead fits viva-glyph over settings of iterations, tolerance and
-progressive-dimension steps (the table that chose the defaults).
+progressive-dimension steps (the table that chose the defaults); with
+``--markdown`` it ends with that table in markdown, the default row in bold.
+The comparison always ends with its markdown table.
 
 Usage::
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import math
 import os
 import statistics
@@ -145,8 +148,12 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def sweep(name: str, args: argparse.Namespace) -> None:
-    """viva fit over (iterations, tolerance, dimension steps) settings, for the defaults."""
+def sweep(name: str, args: argparse.Namespace) -> list[str]:
+    """viva fit over (iterations, tolerance, dimension steps) settings, for the defaults.
+
+    Returns the rows of the docs' markdown table (``--markdown``).
+    """
+    import viva_glyph as vg
     from viva_glyph.train import kmeans
 
     xt, xh, m = dataset(name, args.train, args.test)
@@ -160,16 +167,25 @@ def sweep(name: str, args: argparse.Namespace) -> None:
         finally:
             kmeans.TOL, kmeans.PROGRESSIVE_STEPS = base
 
+    default = (inspect.signature(vg.fit).parameters["iterations"].default, *base)
     jobs: dict[str, Callable[[], dict[str, float]]] = {}
+    cells: dict[str, str] = {}
     for beam in (int(b) for b in args.sweep_beams.split(",")):
         for spec in args.sweep_specs.split(","):
             it, tol, steps = spec.split(":")
             label = f"B={beam} iterations={it} tol={tol} steps={steps}"
             jobs[label] = functools.partial(run, beam, int(it), float(tol), int(steps))
+            cell = f"{it} : {tol} : {steps}" + (f" (B={beam})" if beam != 1 else "")
+            is_default = (int(it), float(tol), int(steps)) == default and beam == 1
+            cells[label] = f"**{cell} (default)**" if is_default else cell
     res = interleaved(jobs, args.repeats)
     print(f"\n  {'setting':<40}{'train s':>9}{'MSE':>14}{'Lloyd its':>10}")
     for label, r in res.items():
         print(f"  {label:<40}{r['train_s']:9.2f}{r['mse']:14.8g}{r['iters']:10.0f}")
+    return [
+        f"| {name} | {cells[label]} | {r['train_s']:.2f} | {r['mse']:.6g} | {r['iters']:.0f} |"
+        for label, r in res.items()
+    ]
 
 
 def main() -> None:
@@ -192,6 +208,9 @@ def main() -> None:
         help="comma list of iterations:tolerance:dimension-steps",
     )
     ap.add_argument("--sweep-beams", default="1")
+    ap.add_argument(
+        "--markdown", action="store_true", help="print the sweep as the docs' markdown table"
+    )
     args = ap.parse_args()
     os.environ["VIVA_GLYPH_NUM_THREADS"] = str(args.threads)
     if args.omp_wait:
@@ -205,8 +224,12 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     names = [w for w in args.widths.split(",") if w]
     if args.sweep:
-        for name in names:
-            sweep(name, args)
+        swept = [row for name in names for row in sweep(name, args)]
+        if args.markdown:
+            print("\n| data | iterations : tol : steps | train s | held-out MSE "
+                  "| Lloyd iterations (all stages) |")  # fmt: skip
+            print("|---|---|---:|---:|---:|")
+            print("\n".join(swept))
         return
     rows = [compare(name, args) for name in names]
     print("\n| data | D | fit B=1 / FAISS B=1 time | MSE ratio | fit B=5 / FAISS B=5 time "

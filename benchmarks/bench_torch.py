@@ -164,6 +164,9 @@ def main() -> None:
     p.add_argument("--eval-rows", type=int, default=16384)
     p.add_argument("--eval-repeats", type=int, default=5)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--markdown", action="store_true", help="also print the medians as the docs' markdown table"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -213,6 +216,31 @@ def main() -> None:
     print(f"  held-out MSE      {a['mse'] / b['mse']:.3f} of theirs (target <= 1)")
     lo_a, lo_b = min(a["usage"]), min(b["usage"])
     print(f"  min stage usage   ours {lo_a:.2f}, theirs {lo_b:.2f} (target >= 0.90)")
+    if args.markdown:
+        print("\n" + markdown(a, b))
+
+
+def markdown(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The medians as the docs' table: viva_glyph, vector-quantize-pytorch and their ratios."""
+
+    def rate(v: float) -> str:
+        return f"{v / 1e6:.1f} M" if v >= 1e6 else f"{v:,.0f}"
+
+    def ms(s: float) -> str:
+        return f"{s * 1e3:.1f} ms" if s >= 0.1 else f"{s * 1e3:.2f} ms"
+
+    head = "eval vectors/s | train step | held-out MSE | codes used per stage (min)"
+    rows = [f"| | {head} |", "|---|---:|---:|---:|---:|"]
+    for name, r in (("viva_glyph", a), ("vector-quantize-pytorch", b)):
+        cells = [rate(r["eval_vps"]), ms(r["step_s"]), f"{r['mse']:.4f}", f"{min(r['usage']):.2f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    ratios = [
+        f"{a['eval_vps'] / b['eval_vps']:.2f}x",
+        f"{b['step_s'] / a['step_s']:.2f}x",
+        f"{a['mse'] / b['mse']:.3f}",
+    ]
+    rows.append("| ratio | " + " | ".join(f"**{c}**" for c in ratios) + " | |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "viva_glyph"
 
-#: Layer of each top-level module or subpackage (folder) of viva_glyph (README,
-#: "Architecture"). A folder is one unit: every module inside it has its layer.
+#: Layer of each top-level module or subpackage (folder) of viva_glyph (its table is in
+#: docs/architecture.md). A folder is one unit: every module inside it has its layer.
 LAYERS: dict[str, int] = {
     # 0 base: validation, threads
     "checks": 0, "threads": 0, "_version": 0,
@@ -180,14 +180,14 @@ def test_checker_allows_same_and_lower_layers() -> None:
     assert violations("from . import _ops", "viva_glyph.torch", is_package=True) == []
 
 
-def test_readme_architecture_table_matches_the_layer_table() -> None:
-    """The README's layer table names every module of :data:`LAYERS` at its layer."""
+def test_docs_architecture_table_matches_the_layer_table() -> None:
+    """The layer table of docs/architecture.md names every module of :data:`LAYERS` at its
+    layer."""
     import re
 
-    readme = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    page = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
     shown: dict[str, int] = {}
-    for line in section.splitlines():
+    for line in page.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not re.match(r"^(\d+|top)\b", cells[0]):
             continue
