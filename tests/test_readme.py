@@ -6,6 +6,7 @@ The rules for its blocks, and the machinery, are in ``tests/docblocks.py`` (shar
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,17 @@ def test_parser_finds_blocks_sections_and_markers() -> None:
         ("A", 16, "python", None),
     ]
     assert blocks[3].code == "y = x\n" and markers == 1
+
+
+def test_relative_links_reach_files() -> None:
+    # the README links into docs/ by relative paths, which work on GitHub and in a checkout
+    text = README.path.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link.split("#", 1)[0] for link in links if "://" not in link]
+    assert len(local) >= 10
+    missing = [link for link in local if not (ROOT / link).is_file()]
+    assert not missing, f"README.md links to missing files: {missing}"
+    assert len(text.splitlines()) <= 250, "the README is a landing page: details go to docs/"
 
 
 @pytest.fixture
