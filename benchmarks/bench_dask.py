@@ -14,7 +14,7 @@
    ``viva_glyph.fit`` on a ``--fit-sample`` row sample with the same
    parameters and seed, compared by MSE on 100,000 held-out rows.
 
-Run (the defaults are the issue's sizes)::
+Run (the defaults are the sizes of the docs' Benchmarks page)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_dask.py
 """

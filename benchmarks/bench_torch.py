@@ -20,7 +20,7 @@ and theirs / ours for time.
 
 Run::
 
-    python benchmarks/bench_torch.py                 # CPU, the issue's settings
+    python benchmarks/bench_torch.py                 # CPU, as on the docs' Benchmarks page
     python benchmarks/bench_torch.py --device cuda   # a GPU
 """
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run of benchmarks/bench_torch.py (viva_glyph.torch vs vector-quantize-pytorch).
 # Run from the repository root on a CUDA machine; writes everything to $OUT/gpu.txt too.
-# vector-quantize-pytorch and its needs travel as wheels in .whl/ (see docs/torch.md).
+# vector-quantize-pytorch and its needs may travel as wheels in .whl/ (installed when present).
 set -uo pipefail
 OUT=${OUT:-/tmp}
 LOG=$OUT/gpu.txt
