@@ -30,6 +30,7 @@ __all__ = [
     "memory_available",
     "non_negative_int",
     "norm_limit",
+    "num_stages",
     "positive_int",
     "require_finite",
 ]
@@ -42,6 +43,17 @@ def positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return operator.index(value)
+
+
+def num_stages(value: object, most: int) -> int:
+    """How many stages to use: ``value`` (a positive int at most ``most``), or ``most``
+    when it is None."""
+    if value is None:
+        return most
+    m = positive_int(value, "num_stages")
+    if m > most:
+        raise ValueError(f"num_stages must be <= {most}, got {m}")
+    return m
 
 
 def non_negative_int(value: object, name: str) -> int:

@@ -572,7 +572,7 @@ def test_info_escapes_control_characters(tmp_path: Path) -> None:
         assert not any(c in res.stdout for c in "\x1b\x07\r\u202e"), repr(res.stdout)
         if not extra:
             assert "0.1\\x1b[2J\\x1b[31mpwned\\x07\\r\\nfake: line\\u202e" in res.stdout
-            assert len(res.stdout.splitlines()) == 12  # 11 keys + training, one line each
+            assert len(res.stdout.splitlines()) == 13  # 12 keys + training, one line each
     info = json.loads(run_cli("info", str(path), "--json").stdout)
     assert info["library_version"] == evil  # JSON keeps the value, escaped by the encoder
 

@@ -251,6 +251,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if c.uniform
         else float(sum(np.log2(k) for k in c.stage_sizes)),
         "vocabulary": c.vocabulary,
+        "encoding": encoder.encoding.to_dict(),
         "training": None if encoder.training is None else encoder.training.to_dict(),
     }
     if args.json:

@@ -219,7 +219,7 @@ def register(subparsers: Any) -> None:
         help="(float)",
     )
     p.add_argument("--nlist", type=positive, help="IVF lists (default: flat index)")
-    p.add_argument("--beam", type=positive, default=1, help="beam width to encode (1)")
+    p.add_argument("--beam", type=positive, help="beam width to encode (default: the model's)")
     p.add_argument("--key", help="array name in a .npz, column in a .parquet")
 
     p = add("search", "find the k nearest stored vectors of each query")

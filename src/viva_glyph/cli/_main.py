@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="codes to write: .npy, .parquet or .zarr (with a cluster: .npy or .zarr)",
     )
     p.add_argument("--stages", type=positive, metavar="m", help="encode the first m stages")
-    p.add_argument("--beam", type=positive, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--beam", type=positive, help="beam width (default: the model's; 1 = greedy)")
 
     p = add("decode", "decode codes back to vectors (.npy or .zarr)", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", "rate-distortion and code usage of a model on vectors", [blocks])
     p.add_argument("model", help="model file (.safetensors)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--beam", type=positive, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--beam", type=positive, help="beam width (default: the model's; 1 = greedy)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--plot", metavar="FILE.png", help="write the curve and histograms")
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from viva_glyph.core import codebook, glyph
 from viva_glyph.core.codebook import Codebook, codebooks_of_stages
-from viva_glyph.core.config import RvqConfig, default_config, stage_sizes
+from viva_glyph.core.config import EncodeSettings, RvqConfig, default_config, stage_sizes
 from viva_glyph.core.encoder import RvqEncoder, load, save
 from viva_glyph.core.io import ModelFormatError, read_metadata
 from viva_glyph.core.summary import TrainingSummary
 
 __all__ = [
     "Codebook",
+    "EncodeSettings",
     "ModelFormatError",
     "RvqConfig",
     "RvqEncoder",

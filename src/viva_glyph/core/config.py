@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from viva_glyph.checks import positive_int
 
-__all__ = ["RvqConfig", "default_config", "stage_sizes"]
+__all__ = ["EncodeSettings", "RvqConfig", "default_config", "stage_sizes"]
 
 
 def stage_sizes(sizes: object, name: str = "codebook_size") -> tuple[int, ...]:
@@ -101,6 +101,55 @@ class RvqConfig:
             f"RvqConfig(num_stages={self.num_stages}, dimension={self.dimension}, "
             f"codebook_size={self.codebook_size}{sizes})"
         )
+
+
+#: Largest beam an encoding setting may hold (a model file's value is checked against it;
+#: the search refuses a beam whose scratch would not fit in memory in any case).
+MAX_BEAM_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How an encoder encodes when a call does not say: the settings it was trained for.
+
+    A model fitted for beam search (:func:`viva_glyph.fit` with ``beam_size`` or a
+    ``preset``) records them, its model file keeps them, and
+    :meth:`~viva_glyph.RvqEncoder.encode` uses them unless its caller overrides
+    them. Decoding never depends on them: it is the sum of one entry per stage.
+
+    Parameters
+    ----------
+    beam_size : int
+        Beam width of encoding (1: greedy, the default of a model without settings).
+    """
+
+    beam_size: int = 1
+
+    def __post_init__(self) -> None:
+        beam = positive_int(self.beam_size, "beam_size")
+        if beam > MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {beam}")
+        object.__setattr__(self, "beam_size", beam)
+
+    def to_dict(self) -> dict[str, int]:
+        """The settings as JSON types (what a model file stores)."""
+        return {"beam_size": self.beam_size}
+
+    @classmethod
+    def from_dict(cls, d: object) -> EncodeSettings:
+        """Settings from :meth:`to_dict`'s output; unknown or mistyped keys are refused.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For anything but a dict of known keys with valid values.
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"encoding settings must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {"beam_size"})
+        if unknown:
+            raise ValueError(f"unknown encoding settings {unknown[:5]}")
+        return cls(**d)
 
 
 def default_config() -> RvqConfig:

@@ -14,9 +14,10 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from viva_glyph.checks import as_matrix, as_vector, check_codes, check_norms, positive_int
+from viva_glyph.checks import num_stages as stage_count
 from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
 from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.config import RvqConfig
+from viva_glyph.core.config import EncodeSettings, RvqConfig
 from viva_glyph.core.io import read_parts, write_model
 from viva_glyph.core.nearest import chunk_rows, code_dtype
 from viva_glyph.core.search import encode, greedy
@@ -42,15 +43,19 @@ class RvqEncoder:
         Must agree with the codebooks; derived from them when omitted.
     training : TrainingSummary, optional
         What fitting recorded (set by :func:`viva_glyph.fit`).
+    encoding : EncodeSettings, optional
+        How :meth:`encode` encodes when a call does not say (default: greedy); a fit
+        records the settings it trained for.
 
     Attributes
     ----------
     codebooks : tuple of Codebook
     config : RvqConfig
     training : TrainingSummary or None
+    encoding : EncodeSettings
     """
 
-    __slots__ = ("_stack", "_tables", "codebooks", "config", "training")
+    __slots__ = ("_stack", "_tables", "codebooks", "config", "encoding", "training")
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class RvqEncoder:
         config: RvqConfig | None = None,
         *,
         training: TrainingSummary | None = None,
+        encoding: EncodeSettings | None = None,
     ) -> None:
         books = tuple(codebooks)
         if not books:
@@ -80,6 +86,11 @@ class RvqEncoder:
         self.codebooks = books
         self.config = derived
         self.training = training
+        if encoding is not None and not isinstance(encoding, EncodeSettings):
+            raise TypeError(
+                f"encoding must be EncodeSettings or None, got {type(encoding).__name__}"
+            )
+        self.encoding = EncodeSettings() if encoding is None else encoding
         stack: NDArray[np.floating[Any]] | None = None
         if derived.uniform:
             stack = np.stack([cb.vectors for cb in books])
@@ -118,30 +129,27 @@ class RvqEncoder:
     def __repr__(self) -> str:
         c = self.config
         sizes = "" if c.uniform else f", codebook_sizes={c.codebook_sizes}"
+        beam = "" if self.encoding.beam_size == 1 else f", beam_size={self.encoding.beam_size}"
         return (
             f"RvqEncoder(num_stages={c.num_stages}, dimension={c.dimension}, "
-            f"codebook_size={c.codebook_size}{sizes}, dtype={self.dtype})"
+            f"codebook_size={c.codebook_size}{sizes}, dtype={self.dtype}{beam})"
         )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RvqEncoder):
             return NotImplemented
-        return self.config == other.config and self.codebooks == other.codebooks
+        return (
+            self.config == other.config
+            and self.codebooks == other.codebooks
+            and self.encoding == other.encoding
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # The codebooks and the record alone: the stacked array and the table-path cache
         # are rebuilt where they are needed, not shipped (Dask sends encoders to workers).
-        return (_rebuild, (self.codebooks, self.training))
-
-    def _stages(self, num_stages: int | None) -> int:
-        if num_stages is None:
-            return self.config.num_stages
-        m = positive_int(num_stages, "num_stages")
-        if m > self.config.num_stages:
-            raise ValueError(f"num_stages must be <= {self.config.num_stages}, got {m}")
-        return m
+        return (_rebuild, (self.codebooks, self.training, self.encoding))
 
     def _row_chunks(self, n: int, scale: int = 1) -> Iterator[slice]:
         rows = chunk_rows(self.config.codebook_size, self.config.dimension, self.dtype.itemsize)
@@ -151,7 +159,7 @@ class RvqEncoder:
 
     # -- encoding -----------------------------------------------------------------
     def encode(
-        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int = 1
+        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int | None = None
     ) -> NDArray[Any]:
         """Residual codes of each vector (greedy, or beam search).
 
@@ -161,9 +169,11 @@ class RvqEncoder:
             Any real dtype; memory maps are streamed, never loaded whole.
         num_stages : int, optional
             Encode only the first m <= M stages.
-        beam_size : int
-            1 (default) is the greedy encoder; B > 1 keeps the B best partial
-            reconstructions per vector at every stage (:mod:`viva_glyph.core.search`).
+        beam_size : int, optional
+            1 is the greedy encoder; B > 1 keeps the B best partial reconstructions
+            per vector at every stage (:mod:`viva_glyph.core.beam`). Default: the
+            model's :attr:`encoding` (what it was trained for; greedy when it was
+            fitted greedy or not fitted here).
 
         Returns
         -------
@@ -193,7 +203,7 @@ class RvqEncoder:
         return tuple(codes[0].tolist()), float(np.sqrt(residual.sq_errors()[0]))
 
     def encode_with_errors(
-        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int = 1
+        self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int | None = None
     ) -> tuple[NDArray[Any], NDArray[np.float64]]:
         """Codes and per-vector errors ``||x - decode(codes)||`` in one pass.
 
@@ -209,10 +219,12 @@ class RvqEncoder:
         return codes, errors
 
     def _encode(
-        self, X: ArrayLike, num_stages: int | None, beam_size: int, *, errors: bool
+        self, X: ArrayLike, num_stages: int | None, beam_size: int | None, *, errors: bool
     ) -> tuple[NDArray[Any], NDArray[np.float64] | None]:
         x = as_matrix(X, self.config.dimension)
-        m = self._stages(num_stages)
+        if beam_size is None:
+            beam_size = self.encoding.beam_size
+        m = stage_count(num_stages, self.config.num_stages)
         books = self.codebooks[:m]
         if beam_size == 1 and x.shape[0] == 1:  # one row: the residual loop itself
             check_norms(x, 0, self.dtype)
@@ -257,7 +269,7 @@ class RvqEncoder:
         OSError
             The file cannot be written (nothing is left behind).
         """
-        write_model(path, self.config, self.codebooks, self.training)
+        write_model(path, self.config, self.codebooks, self.training, self.encoding)
 
     # -- decoding -----------------------------------------------------------------
     def decode(
@@ -321,8 +333,8 @@ def load(path: str | os.PathLike[str]) -> RvqEncoder:
     OSError
         When the file cannot be read (missing, no permission).
     """
-    books, config, training = read_parts(path)
-    return RvqEncoder(books, config, training=training)
+    books, config, training, encoding = read_parts(path)
+    return RvqEncoder(books, config, training=training, encoding=encoding)
 
 
 def save(encoder: RvqEncoder, path: str | os.PathLike[str]) -> None:
@@ -338,6 +350,8 @@ def save(encoder: RvqEncoder, path: str | os.PathLike[str]) -> None:
     encoder.save(path)
 
 
-def _rebuild(codebooks: tuple[Codebook, ...], training: TrainingSummary | None) -> RvqEncoder:
+def _rebuild(
+    codebooks: tuple[Codebook, ...], training: TrainingSummary | None, encoding: EncodeSettings
+) -> RvqEncoder:
     """An encoder from its pickled parts (see ``RvqEncoder.__reduce__``)."""
-    return RvqEncoder(codebooks, training=training)
+    return RvqEncoder(codebooks, training=training, encoding=encoding)

@@ -10,8 +10,10 @@ A model file is a safetensors file (readable by ``safetensors.numpy`` and
   (``"1"``), ``config`` (JSON ``{"num_stages", "dimension", "codebook_size"}``,
   plus ``"codebook_sizes": [K_1, ..., K_M]`` when the sizes differ, and then
   ``codebook_size`` is the largest; files of equal sizes are written as before),
-  ``dtype`` (``"float32"``/``"float64"``), ``library_version`` and, when the
-  model was fitted, ``training`` (JSON of ``TrainingSummary.to_dict()``).
+  ``dtype`` (``"float32"``/``"float64"``), ``library_version``, when the
+  model was fitted, ``training`` (JSON of ``TrainingSummary.to_dict()``) and, when
+  it encodes otherwise than greedily by default, ``encoding`` (JSON of
+  ``EncodeSettings.to_dict()``; a file without it is a greedy model).
 
 This module knows those arrays and that header, not the encoder class:
 :meth:`viva_glyph.core.RvqEncoder.save` hands it the parts and
@@ -37,7 +39,7 @@ from numpy.typing import NDArray
 
 from viva_glyph._version import __version__
 from viva_glyph.core.codebook import Codebook, codebooks_of_stages
-from viva_glyph.core.config import RvqConfig
+from viva_glyph.core.config import EncodeSettings, RvqConfig
 from viva_glyph.core.summary import TrainingSummary
 from viva_glyph.files import (
     MAX_JSON_DEPTH,
@@ -161,16 +163,22 @@ def stage_codebooks(
 
 def read_parts(
     path: PathLike,
-) -> tuple[list[Codebook], RvqConfig, TrainingSummary | None]:
-    """The codebooks of every stage, the config and the training summary of a model
-    file, every part checked (see :func:`viva_glyph.core.load`)."""
+) -> tuple[list[Codebook], RvqConfig, TrainingSummary | None, EncodeSettings]:
+    """The codebooks of every stage, the config, the training summary and the encoding
+    settings of a model file, every part checked (see :func:`viva_glyph.core.load`)."""
     stack, config, meta = read_model(path)
     training = _training(meta, path)
+    encoding = EncodeSettings()
+    if "encoding" in meta:
+        try:
+            encoding = EncodeSettings.from_dict(json.loads(meta["encoding"]))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise _fail(path, f"encoding settings are not valid: {exc}") from None
     try:
         books = codebooks_of_stages(stage_codebooks(stack, config), dtype=stack.dtype)
     except ValueError as exc:  # e.g. values whose squared distances would overflow
         raise _fail(path, str(exc)) from None
-    return books, config, training
+    return books, config, training, encoding
 
 
 def _training(meta: dict[str, str], path: PathLike) -> TrainingSummary | None:
@@ -184,7 +192,10 @@ def _training(meta: dict[str, str], path: PathLike) -> TrainingSummary | None:
 
 
 def _metadata(
-    config: RvqConfig, dtype: np.dtype[Any], training: TrainingSummary | None
+    config: RvqConfig,
+    dtype: np.dtype[Any],
+    training: TrainingSummary | None,
+    encoding: EncodeSettings | None,
 ) -> dict[str, str]:
     c = config
     cfg: dict[str, Any] = {
@@ -212,6 +223,8 @@ def _metadata(
                 f"(a model file allows at most {MAX_JSON_DEPTH}): flatten its params"
             )
         meta["training"] = text
+    if encoding is not None and encoding != EncodeSettings():
+        meta["encoding"] = json.dumps(encoding.to_dict())
     return meta
 
 
@@ -220,6 +233,7 @@ def write_model(
     config: RvqConfig,
     books: Sequence[Codebook],
     training: TrainingSummary | None,
+    encoding: EncodeSettings | None = None,
 ) -> None:
     """Write an encoder's parts as a model file, atomically.
 
@@ -232,4 +246,4 @@ def write_model(
         stack = np.stack([b.vectors for b in books])
     else:  # stages of different sizes: their rows one after the other
         stack = np.concatenate([b.vectors for b in books])
-    write_file(path, [(TENSOR, stack)], _metadata(config, stack.dtype, training))
+    write_file(path, [(TENSOR, stack)], _metadata(config, stack.dtype, training, encoding))

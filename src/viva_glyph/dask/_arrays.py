@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.checks import check_code_shape, check_matrix, positive_int
+from viva_glyph.checks import num_stages as stage_count
 from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.core.nearest import chunk_rows
 
@@ -135,7 +136,11 @@ def _decode_block(codes: NDArray[Any], encoder: RvqEncoder) -> NDArray[Any]:
 
 
 def encode(
-    encoder: RvqEncoder, X: da.Array, *, beam_size: int = 1, num_stages: int | None = None
+    encoder: RvqEncoder,
+    X: da.Array,
+    *,
+    beam_size: int | None = None,
+    num_stages: int | None = None,
 ) -> da.Array:
     """Lazy residual codes of a dask array, block by block.
 
@@ -147,8 +152,8 @@ def encode(
     ----------
     encoder : RvqEncoder
     X : dask.array.Array, shape (N, D), real dtype
-    beam_size : int
-        1 for greedy encoding, B > 1 for beam search.
+    beam_size : int, optional
+        1 for greedy encoding, B > 1 for beam search; default: the model's encoding.
     num_stages : int, optional
         Encode only the first m <= M stages.
 
@@ -157,8 +162,8 @@ def encode(
     dask.array.Array, shape (N, m), dtype ``encoder.code_dtype``, chunked by rows
     """
     enc = _check_encoder(encoder)
-    m = enc._stages(num_stages)
-    beam = positive_int(beam_size, "beam_size")
+    m = stage_count(num_stages, enc.config.num_stages)
+    beam = enc.encoding.beam_size if beam_size is None else positive_int(beam_size, "beam_size")
     x = as_dask_matrix(X, enc.config.dimension)
     rows = aligned_rows(x.chunks[0], rows_per_chunk(enc))
     if rows != x.chunks[0]:

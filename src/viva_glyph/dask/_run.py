@@ -25,7 +25,7 @@ def run_encode(
     scheduler: str | None,
     local_cluster: int | None,
     progress: bool,
-    beam_size: int = 1,
+    beam_size: int | None = None,
     num_stages: int | None = None,
     timeout: float | None = None,
     quiet: bool = False,

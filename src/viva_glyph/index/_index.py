@@ -47,8 +47,9 @@ class RvqIndex:
         How ``||x'||^2`` is kept (see :mod:`viva_glyph.index._norms`);
         ``"none"`` only with ``metric="ip"``. The quantized modes are trained
         on the first batch added.
-    beam_size : int
-        Beam width used by :meth:`add` to encode (1 = greedy).
+    beam_size : int, optional
+        Beam width :meth:`add` encodes with (1 = greedy); default: the encoder's
+        (:attr:`~viva_glyph.RvqEncoder.encoding`).
     nlist : int, optional
         Number of IVF lists; the coarse k-means is trained by :meth:`train`
         or by the first :meth:`add`.
@@ -69,7 +70,7 @@ class RvqIndex:
         *,
         metric: str = "l2",
         norm: str = "float",
-        beam_size: int = 1,
+        beam_size: int | None = None,
         nlist: int | None = None,
         centroids: ArrayLike | None = None,
     ) -> None:
@@ -92,7 +93,11 @@ class RvqIndex:
         self.encoder = encoder
         self.metric = metric
         self.norm = norm
-        self.beam_size = positive_int(beam_size, "beam_size")
+        self.beam_size = (
+            encoder.encoding.beam_size
+            if beam_size is None
+            else positive_int(beam_size, "beam_size")
+        )
         self.nlist = None if nlist is None else positive_int(nlist, "nlist")
         if self.nlist is not None and self.nlist > MAX_NLIST:
             raise ValueError(f"nlist must be <= {MAX_NLIST}, got {self.nlist}")

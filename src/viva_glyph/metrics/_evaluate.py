@@ -104,7 +104,7 @@ def evaluate(
     encoder: RvqEncoder,
     vectors: Any,
     *,
-    beam_size: int = 1,
+    beam_size: int | None = None,
     block_rows: int = BLOCK_ROWS,
     progress: bool = False,
     name: str = "X",
@@ -116,8 +116,8 @@ def evaluate(
     encoder : RvqEncoder
     vectors : array_like, shape (N, D), or viva_glyph.files.VectorFile
         Memory maps and vector files are read one block at a time.
-    beam_size : int
-        Passed to :meth:`RvqEncoder.encode`.
+    beam_size : int, optional
+        Passed to :meth:`RvqEncoder.encode` (default: the model's encoding).
     block_rows : int
         Rows per block.
     progress : bool
@@ -136,6 +136,7 @@ def evaluate(
     """
     if not isinstance(encoder, RvqEncoder):
         raise TypeError(f"encoder must be an RvqEncoder, got {type(encoder).__name__}")
+    beam_size = encoder.encoding.beam_size if beam_size is None else beam_size
     c = encoder.config
     total = int(np.shape(vectors)[0]) if hasattr(vectors, "shape") else None
     err = np.zeros(c.num_stages, dtype=np.float64)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from viva_glyph.checks import num_stages as stage_count
 from viva_glyph.checks import positive_int
 from viva_glyph.torch import _distributed as ddp
 from viva_glyph.torch._checks import (
@@ -294,14 +295,6 @@ class ResidualVQ(nn.Module):
         row = bad_row(x2) if self.check_finite else None
         return None if row is None else bad_row_error(x, x2, row)
 
-    def _stages(self, num_stages: int | None) -> int:
-        if num_stages is None:
-            return self.num_stages
-        m = positive_int(num_stages, "num_stages")
-        if m > self.num_stages:
-            raise ValueError(f"num_stages must be <= {self.num_stages}, got {m}")
-        return m
-
     def _books(self, m: int) -> Tensor:
         return self.codebook.detach()[:m].float()
 
@@ -328,7 +321,7 @@ class ResidualVQ(nn.Module):
         -------
         RvqOutput
         """
-        m = self._stages(num_stages)
+        m = stage_count(num_stages, self.num_stages)
         if self.training:
             return train_step(self, x, flatten(x, self.dim), m)
         return self._quantize(x, self._rows(x), m, None)
@@ -354,7 +347,7 @@ class ResidualVQ(nn.Module):
         -------
         Tensor, shape (..., m), int64
         """
-        m = self._stages(num_stages)
+        m = stage_count(num_stages, self.num_stages)
         x2 = self._rows(x)
         p = self._run(x2, m, None, train=False, grad=False)
         return p.codes.view(*x.shape[:-1], m)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph.core import RvqConfig, RvqEncoder, TrainingSummary
+from viva_glyph.core import EncodeSettings, RvqConfig, RvqEncoder, TrainingSummary
 from viva_glyph.core.beam import use_lut
 from viva_glyph.train._params import ITERATIONS, FitParams
 from viva_glyph.train._refine import refine_codebooks
@@ -102,7 +102,8 @@ def train_rows(
         refine_selected=selected,
     )
     _log.info("fit done in %.3f s: training MSE %.6g", summary.seconds, stage_mse[-1])
-    return RvqEncoder(books, config, training=summary)
+    encoding = EncodeSettings(beam_size=params.beam_size)  # encode as it was trained
+    return RvqEncoder(books, config, training=summary, encoding=encoding)
 
 
 def train_sample(
@@ -188,8 +189,9 @@ def fit(
         k-means, each stage with its own K; ``refine`` needs equal sizes.
     beam_size : int
         1: greedy residual k-means. B > 1: stage m is trained on the residuals
-        of the B-beam encoding of stages 1..m-1; encode with the same
-        ``beam_size`` for the best results. Bounded by memory: B * K * rows *
+        of the B-beam encoding of stages 1..m-1, and the model records B as its
+        encoding (:attr:`RvqEncoder.encoding`): ``encode`` then searches with B
+        unless told otherwise. Bounded by memory: B * K * rows *
         4 bytes must fit in half the available memory (the error says the
         largest B that fits).
     iterations : int
