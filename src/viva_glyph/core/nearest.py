@@ -29,13 +29,10 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-
-if TYPE_CHECKING:
-    from viva_glyph.core.codebook import Codebook
 
 __all__ = [
     "BRUTE_FORCE_WORK",
@@ -280,6 +277,25 @@ def running_update(
     drift += grow * np.sqrt(norm2)
 
 
+class CodebookLike(Protocol):
+    """What a decision needs of a codebook (:class:`viva_glyph.core.codebook.Codebook`)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def vectors(self) -> NDArray[Any]: ...
+    @property
+    def vectors64(self) -> NDArray[np.float64]: ...
+    @property
+    def norms(self) -> NDArray[np.float64]: ...
+    @property
+    def table(self) -> NDArray[Any]: ...
+    @property
+    def centered(
+        self,
+    ) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64], NDArray[Any]]: ...
+
+
 class Residuals:
     """What the codes chosen so far leave of n rows: ``r = x - sum_m C_m[q_m]``.
 
@@ -309,7 +325,7 @@ class Residuals:
     ----------
     codes : list of ndarray, shape (n,), intp
         The codes chosen so far, one array per stage.
-    books : list of Codebook
+    books : list of CodebookLike
         The codebooks they came from.
     """
 
@@ -325,17 +341,19 @@ class Residuals:
         self.norm2: NDArray[np.float64] | None = None
         self.drift: NDArray[np.float64] | None = None
         self.codes: list[NDArray[np.intp]] = []
-        self.books: list[Codebook] = []
+        self.books: list[CodebookLike] = []
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
-    def take_nearest(self, book: Codebook, work: NDArray[Any] | None = None) -> NDArray[np.intp]:
+    def take_nearest(
+        self, book: CodebookLike, work: NDArray[Any] | None = None
+    ) -> NDArray[np.intp]:
         """The exact nearest code of every residual row, subtracted from the residual.
 
         Parameters
         ----------
-        book : Codebook
+        book : CodebookLike
             The next stage's codebook (K, D), of the compute dtype.
         work : ndarray, optional
             Scratch of at least n * K entries of the compute dtype.
@@ -395,7 +413,7 @@ class Residuals:
         self.books.append(book)
         return q
 
-    def _brute_force(self, book: Codebook) -> NDArray[np.intp]:
+    def _brute_force(self, book: CodebookLike) -> NDArray[np.intp]:
         """:meth:`take_nearest` by every float64 distance: the exact nearest by definition."""
         if self.exact_rows is None:
             self.exact_rows = np.array(self.source, dtype=np.float64)
