@@ -38,7 +38,16 @@ NOT_CODE = {"text", "json", "toml", "yaml", "csv"}
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 NO_TEST = re.compile(r"^\s*<!--\s*no-test:(.*?)-->\s*$")
 #: Optional packages: a block that needs one that is missing is skipped, not failed.
-OPTIONAL = {"torch", "dask", "distributed", "safetensors", "matplotlib", "pyarrow", "zarr"}
+OPTIONAL = {
+    "torch",
+    "dask",
+    "distributed",
+    "safetensors",
+    "matplotlib",
+    "pyarrow",
+    "zarr",
+    "sklearn",
+}
 
 
 def _vectors(rows: int, dim: int, seed: int) -> np.ndarray:

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 4 evaluation
     "metrics": 4,
     # 5 add-ons
-    "index": 5, "semantic": 5, "dask": 5, "torch": 5,
+    "index": 5, "semantic": 5, "dask": 5, "torch": 5, "sklearn": 5,
     # 6 applications
     "demo": 6, "cli": 6,
     # top: the spec facade and the package root; nothing inside imports them
