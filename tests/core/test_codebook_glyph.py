@@ -96,3 +96,65 @@ def test_encoder_codes_to_glyphs() -> None:
     np.testing.assert_array_equal(
         enc.decode(glyph.glyph_ids_to_codes(ids, 256, 4)), enc.decode(codes)
     )
+
+
+def test_encoder_glyph_ids_take_the_sizes_from_the_encoder() -> None:
+    """Per-stage sizes (3, 5, 2): id of (i1, i2, i3) is (i1 * 5 + i2) * 2 + i3 by hand; a
+    prefix of m stages uses the first m sizes."""
+    rng = np.random.default_rng(0)
+    enc = vg.from_codebooks([rng.normal(size=(k, 4)) for k in (3, 5, 2)])
+    tokens = RvqTokens((2, 4, 1), 0.0)
+    assert enc.glyph_id(tokens) == 29 == tokens.to_glyph_id([3, 5, 2])
+    assert enc.glyph_id([2, 4]) == 14 and enc.glyph_id(np.array([1], dtype=np.uint8)) == 1
+    codes = np.array([[2, 4, 1], [0, 0, 0], [1, 2, 0], [2, 4, 0]], dtype=np.uint8)
+    ids = enc.glyph_ids(codes)
+    assert ids.dtype == np.uint64
+    np.testing.assert_array_equal(ids, [29, 0, 14, 28])
+    np.testing.assert_array_equal(enc.glyph_ids(codes[:, :2]), [14, 0, 7, 14])
+    back = enc.codes_from_glyph_ids(ids)
+    assert back.dtype == enc.code_dtype
+    np.testing.assert_array_equal(back, codes)
+    np.testing.assert_array_equal(enc.codes_from_glyph_ids([14, 7], num_stages=2), [[2, 4], [1, 2]])
+
+
+def test_encoder_glyph_ids_match_the_spec_api() -> None:
+    enc = vg.new(vg.default_config())
+    x = np.random.default_rng(1).uniform(-1, 1, (50, 6))
+    codes = enc.encode(x)
+    ids = enc.glyph_ids(codes)
+    np.testing.assert_array_equal(ids, glyph.codes_to_glyph_ids(codes, 256))
+    for row, gid in zip(x[:5], ids[:5], strict=True):
+        tokens = vg.encode(enc, row)
+        assert enc.glyph_id(tokens) == tokens.to_glyph_id(256) == int(gid)
+    np.testing.assert_array_equal(enc.codes_from_glyph_ids(ids), codes)
+
+
+def test_encoder_glyph_id_beyond_uint64() -> None:
+    """5 stages of 65536 codes: 2**80 glyphs. One id stays an exact int (checked against
+    the digits by hand); the uint64 array form refuses, naming pack_codes."""
+    enc = vg.from_codebooks(np.zeros((5, 65536, 1), dtype=np.float32))
+    top = [65535, 1, 0, 2, 65534]
+    expect = sum(d * 65536 ** (4 - j) for j, d in enumerate(top))
+    assert expect > 2**64 and enc.glyph_id(top) == expect
+    assert RvqTokens.from_glyph_id(expect, 65536, 5).indices == tuple(top)
+    with pytest.raises(ValueError, match="pack_codes"):
+        enc.glyph_ids(np.array([top]))
+    np.testing.assert_array_equal(enc.glyph_ids(np.array([top[:4]])), [expect // 65536])
+
+
+def test_encoder_glyph_id_errors() -> None:
+    enc = vg.from_codebooks([np.eye(3), np.eye(3)[:2]])  # sizes (3, 2)
+    with pytest.raises(ValueError, match=r"expected \[0, 2\) at stage 1, tokens row 0 holds 2"):
+        enc.glyph_id([0, 2])
+    with pytest.raises(ValueError, match=r"1 <= m <= 2, got \(3,\)"):
+        enc.glyph_id([0, 0, 0])
+    with pytest.raises(ValueError, match=r"shape \(m,\), got shape \(2, 2\)"):
+        enc.glyph_id([[0, 0], [1, 1]])
+    with pytest.raises(TypeError, match="integers"):
+        enc.glyph_id([0.0, 1.0])
+    with pytest.raises(ValueError, match="row 1"):
+        enc.glyph_ids(np.array([[0, 0], [3, 0]]))
+    with pytest.raises(ValueError, match=r"\[0, 3 \* 2\)"):
+        enc.codes_from_glyph_ids([6])
+    with pytest.raises(ValueError, match="num_stages must be <= 2"):
+        enc.codes_from_glyph_ids([0], num_stages=3)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from viva_glyph.checks import as_matrix, as_vector, check_codes, check_norms, positive_int
 from viva_glyph.checks import num_stages as stage_count
+from viva_glyph.core import glyph
 from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
 from viva_glyph.core.codebook import Codebook
 from viva_glyph.core.config import EncodeSettings, RvqConfig
@@ -24,6 +25,14 @@ from viva_glyph.core.search import encode, greedy
 from viva_glyph.core.summary import TrainingSummary
 
 __all__ = ["RvqEncoder", "load", "save"]
+
+
+class _Tokens(Protocol):
+    """What :meth:`RvqEncoder.glyph_id` reads of ``RvqTokens``: its indices."""
+
+    @property
+    def indices(self) -> Sequence[int]: ...
+
 
 #: Encoding hands the engine chunks of this many cache-sized row blocks at a time
 #: (the engine splits them into pieces over its threads).
@@ -270,6 +279,90 @@ class RvqEncoder:
             The file cannot be written (nothing is left behind).
         """
         write_model(path, self.config, self.codebooks, self.training, self.encoding)
+
+    # -- glyph ids ----------------------------------------------------------------
+    def glyph_id(self, tokens: _Tokens | Sequence[int] | ArrayLike) -> int:
+        """Glyph id of one token sequence, the codebook sizes taken from this encoder.
+
+        ``encoder.glyph_id(tokens)`` equals ``tokens.to_glyph_id(K)`` (or the
+        per-stage sizes) for this encoder's K: the indices read as a mixed-radix
+        number, stage 1 most significant (see :mod:`viva_glyph.core.glyph`).
+
+        Parameters
+        ----------
+        tokens : RvqTokens, sequence of int or array_like of int, shape (m,), 1 <= m <= M
+            Fewer than M indices are the first m stages (as ``encode(...,
+            num_stages=m)`` gives them); their id uses the first m sizes.
+
+        Returns
+        -------
+        int
+            Exact, in ``[0, K_1 * ... * K_m)`` (a Python int, never truncated).
+
+        Raises
+        ------
+        ValueError
+            More indices than stages, or an index outside its stage's codebook.
+        TypeError
+            Non-integer indices.
+        """
+        arr = np.asarray(getattr(tokens, "indices", tokens))
+        if arr.ndim != 1:
+            raise ValueError(
+                f"tokens must be one sequence of indices, shape (m,), got shape {arr.shape} "
+                "(glyph_ids takes (N, m) codes)"
+            )
+        c = self.config
+        row = check_codes(arr, c.num_stages, c.stage_sizes, "tokens", vector=True)[0]
+        return glyph.glyph_id(row.tolist(), c.stage_sizes[: len(row)])
+
+    def glyph_ids(self, codes: ArrayLike) -> NDArray[np.uint64]:
+        """Glyph ids of many token sequences, the codebook sizes taken from this encoder.
+
+        Equals ``viva_glyph.core.glyph.codes_to_glyph_ids(codes, sizes)`` with this
+        encoder's per-stage sizes (their first m for m columns).
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, m), 1 <= m <= M
+            As :meth:`encode` gives them.
+
+        Returns
+        -------
+        ndarray, shape (N,), uint64
+
+        Raises
+        ------
+        ValueError
+            A code outside its stage's codebook (naming the row), more columns
+            than stages, or ids beyond uint64 (a product of sizes above 2**64:
+            use :func:`viva_glyph.core.glyph.pack_codes`).
+        """
+        arr = check_codes(codes, self.config.num_stages, self.config.stage_sizes)
+        return glyph.codes_to_glyph_ids(arr, self.config.stage_sizes[: arr.shape[1]])
+
+    def codes_from_glyph_ids(self, ids: ArrayLike, num_stages: int | None = None) -> NDArray[Any]:
+        """Codes of glyph ids: the inverse of :meth:`glyph_ids`.
+
+        Parameters
+        ----------
+        ids : array_like of int, shape (N,)
+        num_stages : int, optional
+            m, when the ids were made from the first m stages only (default M).
+
+        Returns
+        -------
+        codes : ndarray, shape (N, m), dtype :attr:`code_dtype`
+
+        Raises
+        ------
+        ValueError
+            An id outside ``[0, K_1 * ... * K_m)``.
+        TypeError
+            Ids that are not a 1-D integer array.
+        """
+        sizes = self.config.stage_sizes[: stage_count(num_stages, self.config.num_stages)]
+        return glyph.glyph_ids_to_codes(ids, sizes).astype(self.code_dtype, copy=False)
 
     # -- decoding -----------------------------------------------------------------
     def decode(
