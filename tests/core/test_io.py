@@ -324,6 +324,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=120)
 @given(
     shape=st.lists(st.integers(-5, 1 << 62), min_size=0, max_size=4),

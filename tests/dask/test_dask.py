@@ -46,6 +46,7 @@ def encoder() -> vg.RvqEncoder:
     return vg.new(RvqConfig(4, 16, 1024), seed=3)
 
 
+@pytest.mark.slow
 def test_encode_equals_in_memory_bit_for_bit(
     client: Any, encoder: vg.RvqEncoder, tmp_path: Path
 ) -> None:
@@ -193,6 +194,7 @@ async def _crash() -> None:
     os._exit(1)  # a hard crash: no cleanup, the nanny notices and restarts the worker
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_encode(client: Any, encoder: vg.RvqEncoder, tmp_path: Path) -> None:
     x = _data(48_000, 16, seed=8)
     np.save(tmp_path / "x.npy", x)
@@ -229,6 +231,7 @@ def _heldout_mse(enc: vg.RvqEncoder, h: np.ndarray, beam: int) -> float:
     return float(np.mean(diff**2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("beam", "persist", "max_samples", "chunk", "gather"),
     [

@@ -25,6 +25,7 @@ def _data(n: int, d: int, seed: int) -> np.ndarray:
     return (centres[rng.integers(0, 32, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("beam", "persist", "chunk"), [(1, None, 7_000), (3, False, 5_000)])
 def test_fit_with_mixed_sizes_equals_in_memory_fit(
     client: Any, tmp_path: Path, beam: int, persist: bool | None, chunk: int

@@ -13,6 +13,8 @@ import pytest
 
 from viva_glyph import files
 
+pytestmark = pytest.mark.slow  # fuzz loops
+
 SECONDS = 1.0  # per format: a few seconds in CI in all
 
 

@@ -232,17 +232,19 @@ def test_top1_is_brute_force_argmin(seed, n, k, metric) -> None:
     np.testing.assert_allclose(got, np.sort(ref, axis=1)[:, :kk], atol=2 * tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", ["chi2", "narrow", "exponential"])
 def test_cqint8_levels_not_worse_than_faiss_1d_kmeans(dist) -> None:
-    """Our optimal 1-D k-means against FAISS's (exact on a sample of 65,536, in float32)."""
+    """Our optimal 1-D k-means against FAISS's (exact on a sample of 65,536, in float32):
+    20,000 values, so both solve the whole problem exactly (ours in float64)."""
     faiss = pytest.importorskip("faiss")
     from viva_glyph.index._norms import train_norms
 
     rng = np.random.default_rng(0)
     x = {
-        "chi2": rng.standard_normal(50_000) ** 2 * 3 + 10,
-        "narrow": rng.standard_normal(50_000) * 0.1 + 5,
-        "exponential": rng.exponential(size=50_000),
+        "chi2": rng.standard_normal(20_000) ** 2 * 3 + 10,
+        "narrow": rng.standard_normal(20_000) * 0.1 + 5,
+        "exponential": rng.exponential(size=20_000),
     }[dist]
     ours = train_norms("cqint8", x).astype(np.float64)
     assert np.unique(ours).shape[0] == 256

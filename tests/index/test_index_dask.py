@@ -72,6 +72,7 @@ def test_merge_keeps_shard_order_for_ties_and_puts_empty_last() -> None:
         search_shards([], np.zeros((1, 2)), 1)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried(client, tmp_path) -> None:
     whole, paths, _ = make_shards(tmp_path, 40_000, 4)
     Q = np.random.default_rng(2).standard_normal((4000, D))  # about a second per shard task

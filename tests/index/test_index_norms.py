@@ -86,6 +86,7 @@ def faiss_decoded_norms(faiss, enc: RvqEncoder, codes: np.ndarray, norms: np.nda
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [3000, GROUPS + 20_000])
 @pytest.mark.parametrize(
     ("norm", "faiss_mode"), [("qint8", "ST_norm_qint8"), ("cqint8", "ST_norm_cqint8")]

@@ -173,6 +173,7 @@ def test_kmeans_init_survives_first_ema_step() -> None:
     assert err0 < 0.5 * float((rnd(x).quantized - x).pow(2).mean())
 
 
+@pytest.mark.slow
 def test_kmeans_init_close_to_faiss() -> None:
     faiss = pytest.importorskip("faiss")
     x = mixture(4000, 8, 5, centers=40)

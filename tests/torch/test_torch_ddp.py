@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 mp = pytest.importorskip("torch.multiprocessing")
 
+pytestmark = pytest.mark.slow  # two spawned processes per test
+
 STEPS = 6
 
 
