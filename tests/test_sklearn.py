@@ -199,3 +199,12 @@ def test_import_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyP
     monkeypatch.delitem(sys.modules, "viva_glyph.sklearn")
     with pytest.raises(ImportError, match=r"pip install 'viva-glyph\[sklearn\]'"):
         import viva_glyph.sklearn  # noqa: F401
+
+
+def test_a_preset_trains_and_transforms_as_fit_does() -> None:
+    x = np.random.default_rng(5).normal(size=(900, 6))
+    rq = ResidualQuantizer(num_stages=2, codebook_size=8, preset="quality", random_state=4)
+    codes = rq.fit(x).transform(x)
+    ref = vg.fit(x, num_stages=2, codebook_size=8, preset="quality", seed=4)
+    assert rq.encoder_ == ref and rq.encoder_.encoding.beam_size == 32
+    np.testing.assert_array_equal(codes, ref.encode(x))

@@ -75,10 +75,11 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         K, the codes per stage (codes are uint8 up to 256, uint16 up to
         65536, else int32), or one size per stage (then ``num_stages`` must
         equal its length). ``fit`` needs at least K rows.
-    beam_size : int, default 1
+    beam_size : int, optional
         1: greedy residual k-means and greedy encoding. B > 1 trains each
         stage on the residuals of a B-beam encoding and ``transform``
         encodes with the same beam (better codes, about B times slower).
+        Default: the preset's (1 for ``"fast"``).
     iterations : int, default 10
         Most Lloyd iterations of each dimension step of a stage's k-means
         (see :func:`viva_glyph.fit`).
@@ -88,6 +89,10 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     max_samples : int, optional
         Train on a uniform random sample of at most this many rows
         (default ``256 * codebook_size``); all rows are encoded.
+    preset : {"fast", "balanced", "quality"}, optional
+        What to train for (:func:`viva_glyph.fit`; default ``"fast"``):
+        ``"balanced"`` and ``"quality"`` give lower errors for slower encoding;
+        ``transform`` encodes as the fitted model records.
     random_state : int, RandomState instance or None, default None
         Sampling and k-means seeding. An int gives the same codebooks on
         every fit, those of ``viva_glyph.fit(X, ..., seed=random_state)``.
@@ -120,10 +125,11 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self,
         num_stages: int = 8,
         codebook_size: int | Sequence[int] = 256,
-        beam_size: int = 1,
+        beam_size: int | None = None,
         iterations: int = ITERATIONS,
         refine: int = 0,
         max_samples: int | None = None,
+        preset: str | None = None,
         random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.num_stages = num_stages
@@ -132,6 +138,7 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.iterations = iterations
         self.refine = refine
         self.max_samples = max_samples
+        self.preset = preset
         self.random_state = random_state
 
     def _seed(self) -> int:
@@ -196,6 +203,7 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             refine=self.refine,
             max_samples=self.max_samples,
             seed=self._seed(),
+            preset=self.preset,
         )
         return self
 
@@ -219,7 +227,7 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         check_is_fitted(self)
         x = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self.encoder_.encode(x, beam_size=self.beam_size)
+        return self.encoder_.encode(x)  # as the model records (its beam)
 
     def inverse_transform(self, X: ArrayLike) -> NDArray[np.floating[Any]]:
         """Vectors from codes: the sum of the chosen codebook entries.
@@ -263,7 +271,7 @@ class ResidualQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         check_is_fitted(self)
         x = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        _, errors = self.encoder_.encode_with_errors(x, beam_size=self.beam_size)
+        _, errors = self.encoder_.encode_with_errors(x)
         return -float(np.sum(errors**2) / x.size)
 
     def __sklearn_tags__(self) -> Any:

@@ -106,6 +106,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "max_samples": args.sample,
         "seed": args.seed,
         "progress": _show_progress(args),
+        "preset": args.preset,
     }
     dask = _dask_options(args)
     if dask is not None:

@@ -30,7 +30,7 @@ from viva_glyph.cli._commands import cmd_eval as cmd_eval
 from viva_glyph.cli._commands import cmd_fit as cmd_fit
 from viva_glyph.cli._commands import cmd_info as cmd_info
 from viva_glyph.files import Terminated, removing_temps_on_signals, terminated_by
-from viva_glyph.train import ITERATIONS
+from viva_glyph.train import ITERATIONS, PRESETS
 
 __all__ = ["main"]
 
@@ -121,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="codes per stage K, or one size per stage: 16,256,256 (256)",
     )
-    p.add_argument("--beam", type=positive, default=1, help="beam width used in training (1)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="what to train for: fast (greedy, the default), balanced or quality (beam "
+        "search on more rows per code, stages refitted; the model records its beam)",
+    )
+    p.add_argument(
+        "--beam", type=positive, help="beam width used in training (the preset's; fast: 1)"
+    )
     p.add_argument(
         "--iterations",
         type=positive,

@@ -34,6 +34,11 @@ class TrainingSummary:
         each refinement iterate; empty without refinement.
     refine_selected : int
         Index into ``refine_mse`` of the iterate kept (0: no refinement step).
+    rounds_mse : tuple of float
+        Held-out MSE per component of the stage-wise codebooks (first) and after
+        each block-coordinate round tried (a preset's); empty without rounds.
+    rounds_kept : int
+        Rounds kept (the codebooks after that many rounds are the model's).
     """
 
     stage_mse: tuple[float, ...]
@@ -42,6 +47,8 @@ class TrainingSummary:
     params: dict[str, Any] = field(default_factory=dict)
     refine_mse: tuple[float, ...] = ()
     refine_selected: int = 0
+    rounds_mse: tuple[float, ...] = ()
+    rounds_kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (lists for tuples)."""
@@ -49,6 +56,7 @@ class TrainingSummary:
         d["stage_mse"] = list(self.stage_mse)
         d["iterations"] = list(self.iterations)
         d["refine_mse"] = list(self.refine_mse)
+        d["rounds_mse"] = list(self.rounds_mse)
         return d
 
     @classmethod
@@ -80,6 +88,8 @@ class TrainingSummary:
                 params=dict(params),
                 refine_mse=tuple(float(v) / scale for v in refine),
                 refine_selected=_as_int(d.get("refine_selected", 0)),
+                rounds_mse=tuple(float(v) for v in d.get("rounds_mse", ())),
+                rounds_kept=_as_int(d.get("rounds_kept", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed training summary {_short(d)}: {exc!r}") from exc

@@ -290,12 +290,13 @@ def fit(
     *,
     num_stages: int | None = None,
     codebook_size: int | Sequence[int] | None = None,
-    beam_size: int = 1,
+    beam_size: int | None = None,
     iterations: int = ITERATIONS,
     refine: int = 0,
     max_samples: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    preset: str | None = None,
     persist: bool | None = None,
     gather: bool | None = None,
 ) -> RvqEncoder:
@@ -313,8 +314,9 @@ def fit(
     num_stages : int, optional
     codebook_size : int or sequence of int, optional
         One size for every stage, or one per stage (e.g. ``[16, 256, 256]``).
-    beam_size : int
-        B > 1 trains every stage on the residuals of the B-beam encoding.
+    beam_size : int, optional
+        B > 1 trains every stage on the residuals of the B-beam encoding
+        (default: the preset's).
     iterations : int
         Most Lloyd iterations per dimension step of a stage's k-means, as in memory.
     refine : int
@@ -326,6 +328,8 @@ def fit(
     seed : int
     progress : bool
         tqdm bar over the stages.
+    preset : {"fast", "balanced", "quality"}, optional
+        As in memory; the presets' rounds need the sample gathered (``gather``).
     persist : bool, optional
         Training on the workers only: keep each stage's residuals in their memory
         while it trains; default: when they (with their leading principal axes,
@@ -346,8 +350,9 @@ def fit(
     """
     t0 = time.perf_counter()
     params = FitParams(
-        config, num_stages, codebook_size, beam_size, iterations, refine, max_samples, seed
-    )
+        config, num_stages, codebook_size, beam_size, iterations, refine, max_samples, seed,
+        preset,
+    )  # fmt: skip
     if persist is not None and not isinstance(persist, bool):
         raise TypeError(f"persist must be a bool or None, got {type(persist).__name__}")
     if gather is not None and not isinstance(gather, bool):
@@ -356,10 +361,11 @@ def fit(
     n, dim = (int(s) for s in x.shape)
     cfg, rows = params.resolve(n, dim)
     local = gather if gather is not None else rows * dim * 4 <= GATHER_SHARE * memory_available()
-    if params.refine and not local:
+    if (params.refine or params.rounds) and not local:
         raise ValueError(
-            "refine > 0 needs the sample in memory: fit with gather=True (or without "
-            "refinement), or refine in memory with viva_glyph.fit on a sample"
+            f"{'refine > 0' if params.refine else f'preset {params.preset!r}'} needs the "
+            "sample in memory: fit with gather=True, or in memory with viva_glyph.fit on "
+            "a sample"
         )
     rng = np.random.default_rng(params.seed)
     idx = params.sample_rows(n, rows, rng)
@@ -379,7 +385,7 @@ def fit(
     record["persisted"] = bool(keep)
     _log.info("fitting %s on %d of %d rows (%d blocks, persist=%s)", cfg, rows, n,
               x.numblocks[0], keep)  # fmt: skip
-    data = _DaskTraining(x, k, params.beam_size, use_lut(cfg, params.beam_size), keep)
+    data = _DaskTraining(x, k, params.train_beam, use_lut(cfg, params.train_beam), keep)
     data.checked()
     return train_rows(
         data, params, cfg, rng, progress=progress, desc="viva_glyph.dask.fit", record=record,

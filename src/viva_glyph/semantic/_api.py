@@ -120,7 +120,7 @@ def fit(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     bal = check_balance(balance)
     params = FitParams(codebook_size=sizes, beam_size=beam_size, seed=seed)
-    beam = params.beam_size
+    beam = params.train_beam
     if beam > 1 and bal is not None:
         raise ValueError("beam_size > 1 needs balance=None")
     check_normalize(normalize_residuals, (1.0,) * levels, metric, beam, levels)

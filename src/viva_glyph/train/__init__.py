@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from viva_glyph.train import kmeans, rows, stages
 from viva_glyph.train._fit import fit, train_rows, train_sample
-from viva_glyph.train._params import ITERATIONS, SAMPLES_PER_CODE, FitParams
+from viva_glyph.train._params import ITERATIONS, PRESETS, SAMPLES_PER_CODE, FitParams, Preset
 
 __all__ = [
     "ITERATIONS",
+    "PRESETS",
     "SAMPLES_PER_CODE",
     "FitParams",
+    "Preset",
     "fit",
     "kmeans",
     "rows",

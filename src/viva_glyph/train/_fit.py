@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from viva_glyph.core import EncodeSettings, RvqConfig, RvqEncoder, TrainingSumma
 from viva_glyph.core.beam import use_lut
 from viva_glyph.train._params import ITERATIONS, FitParams
 from viva_glyph.train._refine import refine_codebooks
+from viva_glyph.train._rounds import beam_codes, stage_rounds
 from viva_glyph.train.stages import LocalRows, TrainingRows, run_stages
 
 __all__ = ["fit", "train_rows", "train_sample"]
@@ -46,8 +48,9 @@ def train_rows(
     record: dict[str, Any],
     started: float,
 ) -> RvqEncoder:
-    """The stage loop on an executor's training rows, refinement when held-out rows are
-    given (``params.refine`` rounds), and the encoder with its training summary.
+    """The stage loop on an executor's training rows; then, given held-out rows, the
+    preset's block-coordinate rounds and ``params.refine`` rounds of refinement; and the
+    encoder with its training summary and encoding.
 
     Parameters
     ----------
@@ -60,7 +63,8 @@ def train_rows(
     rng : numpy Generator
         The fit's generator, after the sample was drawn with it.
     held : ndarray, shape (h, D), float32, optional
-        Rows the stages never see, to pick the refinement iterate (in memory only).
+        Rows the stages never see, to judge the rounds and the refinement iterates
+        (in memory only).
     progress : bool
         Show a tqdm progress bar (needs tqdm).
     desc : str
@@ -70,25 +74,34 @@ def train_rows(
     started : float
         ``time.perf_counter()`` when the fit started (for the summary's seconds).
     """
-    rounds = params.refine if held is not None else 0
+    rounds = params.rounds if held is not None else 0
+    refine = params.refine if held is not None else 0
     _log.info("fitting %s on %d rows", config, data.shape[0])
     bar = None
     if progress:
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-        bar = tqdm(total=config.num_stages + rounds, desc=desc, unit="step")
+        bar = tqdm(total=config.num_stages + rounds + refine, desc=desc, unit="step")
     try:
-        beam = params.beam_size
+        beam = params.train_beam
         books, stage_mse, n_iters = run_stages(
             data, config.num_stages, config.stage_sizes, beam, use_lut(config, beam),
             params.iterations, rng, bar,
         )  # fmt: skip
+        rounds_mse: list[float] = []
+        kept = 0
+        if rounds:
+            assert held is not None and isinstance(data, LocalRows)
+            books, rounds_mse, kept = stage_rounds(
+                books, data.rows, held, params.round_beam, rounds, bar
+            )
         refine_mse: list[float] = []
         selected = 0
-        if held is not None and rounds:
-            assert isinstance(data, LocalRows)
+        if refine:
+            assert held is not None and isinstance(data, LocalRows)
+            codes = data.best_codes() if not kept else beam_codes(books, data.rows, beam)
             books, refine_mse, selected = refine_codebooks(
-                books, data.rows, data.best_codes(), held, beam, rounds, bar
+                books, data.rows, codes, held, beam, refine, bar
             )
     finally:
         if bar is not None:
@@ -100,9 +113,11 @@ def train_rows(
         params=record,
         refine_mse=tuple(refine_mse),
         refine_selected=selected,
+        rounds_mse=tuple(rounds_mse),
+        rounds_kept=kept,
     )
     _log.info("fit done in %.3f s: training MSE %.6g", summary.seconds, stage_mse[-1])
-    encoding = EncodeSettings(beam_size=params.beam_size)  # encode as it was trained
+    encoding = EncodeSettings(beam_size=params.encode_beam)  # encode as it was trained for
     return RvqEncoder(books, config, training=summary, encoding=encoding)
 
 
@@ -117,6 +132,10 @@ def train_sample(
     started: float | None = None,
 ) -> RvqEncoder:
     """Train codebooks on a checked float32 sample held in memory.
+
+    With a preset's rounds or with ``refine``, a tenth of the sample is held out to
+    judge them; when no round is kept (and nothing is refined), the stages are
+    trained again on the whole sample, so the held-out tenth costs nothing.
 
     Parameters
     ----------
@@ -136,23 +155,35 @@ def train_sample(
     """
     t0 = time.perf_counter() if started is None else started
     k = config.codebook_size
+    record = params.record(config, int(sample.shape[0])) if record is None else record
+    lut = use_lut(config, params.train_beam)
     hold = None
-    if params.refine:  # a slice the stage-wise codebooks never see, to pick the refine iterate
+    if params.refine or params.rounds:  # a slice the stages never see, to judge what follows
         hold = np.zeros(sample.shape[0], dtype=bool)
         hold[rng.choice(sample.shape[0], max(1, sample.shape[0] // 10), replace=False)] = True
         if sample.shape[0] - int(hold.sum()) < k:
             raise ValueError(
-                f"refine holds out a tenth of the sample, leaving fewer than "
-                f"codebook_size = {k} rows to train on: give more rows or refine=0"
+                f"the fit holds out a tenth of the sample, leaving fewer than "
+                f"codebook_size = {k} rows to train on: give more rows, or fit with "
+                "refine=0 and the preset 'fast'"
             )
     train = sample if hold is None else sample[~hold]
-    data = LocalRows(train, k, params.beam_size, use_lut(config, params.beam_size))
-    return train_rows(
-        data, params, config, rng,
-        held=None if hold is None else sample[hold], progress=progress,
-        record=params.record(config, int(sample.shape[0])) if record is None else record,
-        started=t0,
+    held = None if hold is None else sample[hold]
+    enc = train_rows(
+        LocalRows(train, k, params.train_beam, lut), params, config, rng,
+        held=held, progress=progress, record=record, started=t0,
     )  # fmt: skip
+    summary = enc.training
+    if hold is not None and not params.refine and summary is not None and not summary.rounds_kept:
+        _log.info("no round kept: the stages again, on the whole sample")
+        again = train_rows(
+            LocalRows(sample, k, params.train_beam, lut), params, config, rng,
+            progress=progress, record=record, started=t0,
+        )  # fmt: skip
+        assert again.training is not None
+        summary = replace(again.training, rounds_mse=summary.rounds_mse)
+        enc = RvqEncoder(again.codebooks, config, training=summary, encoding=again.encoding)
+    return enc
 
 
 def fit(
@@ -161,12 +192,13 @@ def fit(
     *,
     num_stages: int | None = None,
     codebook_size: int | Sequence[int] | None = None,
-    beam_size: int = 1,
+    beam_size: int | None = None,
     iterations: int = ITERATIONS,
     refine: int = 0,
     max_samples: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    preset: str | None = None,
 ) -> RvqEncoder:
     """Fit RVQ codebooks to data.
 
@@ -187,13 +219,13 @@ def fit(
         length. N and ``max_samples`` (default ``256 * max K``) must be at least
         the largest size. Per-stage sizes train with the same stage-wise
         k-means, each stage with its own K; ``refine`` needs equal sizes.
-    beam_size : int
+    beam_size : int, optional
         1: greedy residual k-means. B > 1: stage m is trained on the residuals
-        of the B-beam encoding of stages 1..m-1, and the model records B as its
-        encoding (:attr:`RvqEncoder.encoding`): ``encode`` then searches with B
-        unless told otherwise. Bounded by memory: B * K * rows *
-        4 bytes must fit in half the available memory (the error says the
-        largest B that fits).
+        of the B-beam encoding of stages 1..m-1, and (without a preset) the model
+        records B as its encoding (:attr:`RvqEncoder.encoding`): ``encode`` then
+        searches with B unless told otherwise. Default: the preset's (1 for
+        ``"fast"``). Bounded by memory: B * K * rows * 4 bytes must fit in half the
+        available memory (the error says the largest B that fits).
     iterations : int
         Most Lloyd iterations of each of the dimension steps of a stage's
         progressive k-means (:func:`viva_glyph.train.kmeans.progressive_kmeans`, up
@@ -206,12 +238,21 @@ def fit(
         the sample is held out; the iterate with the lowest held-out MSE wins.
     max_samples : int, optional
         Train on at most this many rows (>= codebook_size); default
-        ``256 * codebook_size`` (FAISS's rule), so a large memory map is sampled,
-        never read whole.
+        ``256 * codebook_size`` (FAISS's rule; 1,024 per code for the presets
+        ``"balanced"`` and ``"quality"``), so a large memory map is sampled, never
+        read whole.
     seed : int
         Same data, parameters and seed give bit-identical codebooks.
     progress : bool
         Show a tqdm progress bar (needs tqdm).
+    preset : {"fast", "balanced", "quality"}, optional
+        What to train for (default ``"fast"``, the greedy fit above). ``"balanced"``
+        and ``"quality"`` train for beam search on more rows per code (1,024 by
+        default), then refit each stage's codebook given the other stages' codes in
+        rounds that are kept only while they lower the error of a held-out tenth of
+        the sample, and record the beam to encode with (4 and 32): better codes for
+        slower encoding (``benchmarks/bench_quality.py``). Parameters given
+        explicitly override the preset's (see :data:`viva_glyph.train.PRESETS`).
 
     Returns
     -------
@@ -230,7 +271,8 @@ def fit(
     """
     t0 = time.perf_counter()
     params = FitParams(
-        config, num_stages, codebook_size, beam_size, iterations, refine, max_samples, seed
-    )
+        config, num_stages, codebook_size, beam_size, iterations, refine, max_samples, seed,
+        preset,
+    )  # fmt: skip
     sample, cfg, rng = params.draw(X)
     return train_sample(sample, params, cfg, rng, progress=progress, started=t0)

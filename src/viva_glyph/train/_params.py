@@ -10,7 +10,7 @@ configuration. The fits then trust it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,14 @@ from viva_glyph.checks import (
 )
 from viva_glyph.core import RvqConfig, default_config, stage_sizes
 
-__all__ = ["ITERATIONS", "MAX_REFINE_UNKNOWNS", "SAMPLES_PER_CODE", "FitParams"]
+__all__ = [
+    "ITERATIONS",
+    "MAX_REFINE_UNKNOWNS",
+    "PRESETS",
+    "SAMPLES_PER_CODE",
+    "FitParams",
+    "Preset",
+]
 
 #: Rows per code read by default (FAISS's max_points_per_centroid): more rarely helps.
 SAMPLES_PER_CODE = 256
@@ -33,6 +40,42 @@ SAMPLES_PER_CODE = 256
 ITERATIONS = 10
 #: Most unknowns (M K) of refinement's least-squares system.
 MAX_REFINE_UNKNOWNS = 8192
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a preset of :func:`viva_glyph.fit` trains, and how its models encode.
+
+    Attributes
+    ----------
+    beam_size : int
+        Beam of the stage-wise, beam-aware training.
+    rounds : int
+        Most block-coordinate rounds after it (each kept only if held-out rows
+        gain; :mod:`viva_glyph.train`).
+    round_beam : int
+        Beam the rounds encode with, and judge the held-out rows at.
+    encode_beam : int
+        The beam the model records (:class:`~viva_glyph.core.EncodeSettings`).
+    samples_per_code : int
+        Rows per code read by default (``max_samples`` overrides).
+    """
+
+    beam_size: int
+    rounds: int
+    round_beam: int
+    encode_beam: int
+    samples_per_code: int
+
+
+#: The presets: ``"fast"`` is greedy training and encoding; ``"balanced"`` and
+#: ``"quality"`` train for beam search with more rows per code and refit each stage's
+#: codebook given the others (``benchmarks/bench_quality.py`` measures them).
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(beam_size=1, rounds=0, round_beam=1, encode_beam=1, samples_per_code=256),
+    "balanced": Preset(beam_size=4, rounds=8, round_beam=2, encode_beam=4, samples_per_code=1024),
+    "quality": Preset(beam_size=5, rounds=6, round_beam=32, encode_beam=32, samples_per_code=1024),
+}
 
 
 @dataclass(frozen=True)
@@ -48,16 +91,29 @@ class FitParams:
     codebook_size : int or sequence of int, optional
         K for every stage, or one size per stage (``num_stages`` then defaults
         to its length).
-    beam_size : int
-        1: greedy residual k-means; B > 1: beam-aware training.
+    beam_size : int, optional
+        1: greedy residual k-means; B > 1: beam-aware training. Default: the preset's.
     iterations : int
         Most Lloyd iterations of each dimension step of a stage's k-means.
     refine : int
         Rounds of joint least-squares refinement (0: none; equal sizes only).
     max_samples : int, optional
-        Train on at most this many rows (default ``256 * max K``).
+        Train on at most this many rows (default: the preset's rows per code, 256
+        for ``"fast"``, times the largest K).
     seed : int
         Same data, parameters and seed give bit-identical codebooks.
+    preset : {"fast", "balanced", "quality"}, optional
+        What to train for (:data:`PRESETS`; default ``"fast"``): the training beam,
+        the block-coordinate rounds, the rows per code and the beam the model
+        records for encoding. Parameters given explicitly override the preset's.
+        Without a preset, a model trained at ``beam_size`` B records B.
+
+    Attributes
+    ----------
+    train_beam, rounds, round_beam, encode_beam : int
+        What the preset and ``beam_size`` make of them: the beam of the stage-wise
+        training, the block-coordinate rounds and their beam, and the beam the
+        model records for encoding.
 
     Raises
     ------
@@ -69,11 +125,16 @@ class FitParams:
     config: RvqConfig | None = None
     num_stages: int | None = None
     codebook_size: int | Sequence[int] | None = None
-    beam_size: int = 1
+    beam_size: int | None = None
     iterations: int = ITERATIONS
     refine: int = 0
     max_samples: int | None = None
     seed: int = 0
+    preset: str | None = None
+    train_beam: int = field(init=False, default=1)
+    rounds: int = field(init=False, default=0)
+    round_beam: int = field(init=False, default=1)
+    encode_beam: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -98,7 +159,18 @@ class FitParams:
             put("codebook_size", sizes)
         elif size is not None:
             put("codebook_size", positive_int(size, "codebook_size"))
-        put("beam_size", positive_int(self.beam_size, "beam_size"))
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        preset = PRESETS[self.preset or "fast"]
+        if self.beam_size is None:
+            put("train_beam", preset.beam_size)
+            put("encode_beam", preset.encode_beam)
+        else:
+            put("beam_size", positive_int(self.beam_size, "beam_size"))
+            put("train_beam", self.beam_size)
+            put("encode_beam", preset.encode_beam if self.preset else self.beam_size)
+        put("rounds", preset.rounds)
+        put("round_beam", preset.round_beam)
         put("iterations", positive_int(self.iterations, "iterations"))
         put("refine", non_negative_int(self.refine, "refine"))
         put("seed", non_negative_int(self.seed, "seed"))
@@ -162,7 +234,8 @@ class FitParams:
         k = cfg.codebook_size
         if n < k:
             raise ValueError(f"fit needs at least codebook_size = {k} rows, got N = {n}")
-        limit = min(n, SAMPLES_PER_CODE * k) if self.max_samples is None else self.max_samples
+        per_code = PRESETS[self.preset or "fast"].samples_per_code
+        limit = min(n, per_code * k) if self.max_samples is None else self.max_samples
         if limit < k:
             raise ValueError(f"max_samples must be >= codebook_size = {k}, got {limit}")
         rows = min(limit, n)
@@ -172,7 +245,7 @@ class FitParams:
     def _check_beam(self, rows: int, k: int) -> None:
         """Raise unless the beam's candidate scores (B * K * rows float32) fit in half
         the memory available."""
-        beam = self.beam_size
+        beam = self.train_beam
         budget = memory_available() // 2
         need = beam * k * rows * 4
         if beam > 1 and need > budget:
@@ -202,10 +275,11 @@ class FitParams:
             "num_stages": config.num_stages,
             "dimension": config.dimension,
             "codebook_size": config.codebook_size if config.uniform else list(config.stage_sizes),
-            "beam_size": self.beam_size,
+            "beam_size": self.train_beam,
             "iterations": self.iterations,
             "refine": self.refine,
             "max_samples": self.max_samples,
             "seed": self.seed,
             "samples_used": rows,
+            "preset": self.preset or "fast",
         }

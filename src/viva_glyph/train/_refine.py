@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.core import Codebook, RvqConfig
-from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
-from viva_glyph.core.search import encode
+from viva_glyph.core import Codebook
+from viva_glyph.train._rounds import beam_codes
 from viva_glyph.train.kmeans import accumulate
 
 __all__ = ["REFINE_RIDGE", "lsq_codebooks", "refine_codebooks"]
@@ -26,14 +25,6 @@ _log = logging.getLogger(__name__)
 
 #: Ridge weight pulling each refined codeword towards its previous value.
 REFINE_RIDGE = 1.0
-
-
-def _codes(books: list[Codebook], x: NDArray[np.float32], beam: int) -> NDArray[np.intp]:
-    """The beam codes of the (checked) training rows x: the encoder's residual loop."""
-    config = RvqConfig(len(books), x.shape[1], books[0].size)
-    beam = check_beam_size(config, beam, len(books), np.float32)
-    lut = use_lut(config, beam)
-    return encode(books, x, beam, lut=lut, tables=EncoderTables(books) if lut else None)
 
 
 def _mse(books: list[Codebook], x: NDArray[Any], codes: NDArray[Any]) -> float:
@@ -117,14 +108,14 @@ def refine_codebooks(
     selected : int
         Index of the kept iterate.
     """
-    errors = [_mse(books, xh, _codes(books, xh, beam))]
+    errors = [_mse(books, xh, beam_codes(books, xh, beam))]
     best, best_books = 0, books
     current = books
     for r in range(1, rounds + 1):
         stack = np.stack([b.vectors for b in current]).astype(np.float64)
         new = lsq_codebooks(xt, codes_t, stack)
         current = [Codebook(v, dtype=np.float32) for v in new]
-        err = _mse(current, xh, _codes(current, xh, beam))
+        err = _mse(current, xh, beam_codes(current, xh, beam))
         errors.append(err)
         _log.info(
             "refinement %d/%d: held-out MSE %.6g per component (before: %.6g)",
@@ -138,5 +129,5 @@ def refine_codebooks(
         if bar is not None:
             bar.update(1)
         if r < rounds:
-            codes_t = _codes(current, xt, beam)
+            codes_t = beam_codes(current, xt, beam)
     return best_books, errors, best
