@@ -253,7 +253,7 @@ def minilm_embed(texts: list[str], max_len: int = 128, batch: int = 64) -> np.nd
     return out
 
 
-def minilm(n_test: int = 5_000, texts: int = 30_000):
+def minilm(n_test: int = 4_000, texts: int = 20_000):
     """MiniLM embeddings of ``texts`` docstring paragraphs (a fixed random choice among them),
     (train, test); cached as a .npy."""
     path = CACHE / f"minilm_paragraphs_{texts}.npy"
