@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +339,179 @@ def test_an_unwritable_output_is_refused_before_any_input_is_read(
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "not writable" in lines[0], res.stderr
+
+
+# -- an output that is one of the inputs ------------------------------------------------
+@pytest.fixture(scope="module")
+def every_input(tmp_path_factory: Any) -> Path:
+    """One folder holding an input of every kind the commands read."""
+    from viva_glyph import semantic
+    from viva_glyph.index import RvqIndex
+
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    enc = vg.from_codebooks(rng.normal(size=(2, 16, 5)).astype(np.float32))
+    enc.save(d / "m.safetensors")
+    np.save(d / "x.npy", x)
+    np.save(d / "codes.npy", enc.encode(x))
+    np.save(d / "q.npy", x[:7])
+    ids = semantic.fit(x, levels=2, codebook_size=8, suffix_size=300)
+    ids.save(d / "ids.safetensors")
+    (d / "keys.txt").write_text("\n".join(f"k{i}" for i in range(300)) + "\n")
+    with semantic.IdStore(d / "store.sqlite") as store:
+        store.assign(ids, x[:10], [f"k{i}" for i in range(10)])
+    index = RvqIndex(enc)
+    index.add(x)
+    index.save(d / "idx.vgindex")
+    return d
+
+
+#: Every command that writes a file: its argv with {out} for the output, the output's
+#: suffix, and the inputs it reads (names in the folder of ``every_input``).
+WRITERS = {
+    "fit": (["fit", "x.npy", "-o", "{out}"], ".safetensors", ["x.npy"]),
+    "encode": (
+        ["encode", "m.safetensors", "x.npy", "-o", "{out}"],
+        ".npy",
+        ["m.safetensors", "x.npy"],
+    ),
+    "encode-cluster": (
+        ["encode", "m.safetensors", "x.npy", "-o", "{out}", "--local-cluster", "1"],
+        ".npy",
+        ["m.safetensors", "x.npy"],
+    ),
+    "decode": (
+        ["decode", "m.safetensors", "codes.npy", "-o", "{out}"],
+        ".npy",
+        ["m.safetensors", "codes.npy"],
+    ),
+    "eval": (
+        ["eval", "m.safetensors", "x.npy", "--plot", "{out}"],
+        ".png",
+        ["m.safetensors", "x.npy"],
+    ),
+    "ids fit": (
+        ["ids", "fit", "x.npy", "-o", "{out}", "--levels", "2", "--codebook-size", "8"],
+        ".safetensors",
+        ["x.npy"],
+    ),
+    "ids assign": (
+        ["ids", "assign", "ids.safetensors", "x.npy", "--keys", "keys.txt", "-o", "{out}"],
+        ".csv",
+        ["ids.safetensors", "x.npy", "keys.txt"],
+    ),
+    "ids assign --store": (
+        [
+            "ids",
+            "assign",
+            "ids.safetensors",
+            "x.npy",
+            "--keys",
+            "keys.txt",
+            "--store",
+            "store.sqlite",
+            "-o",
+            "{out}",
+        ],
+        ".csv",
+        ["store.sqlite"],
+    ),
+    "ids assign, store": (
+        [
+            "ids",
+            "assign",
+            "ids.safetensors",
+            "x.npy",
+            "--keys",
+            "keys.txt",
+            "--store",
+            "{out}",
+            "-o",
+            "ids.csv",
+        ],
+        ".sqlite",
+        ["ids.safetensors", "x.npy", "keys.txt"],
+    ),
+    "ids eval": (
+        ["ids", "eval", "ids.safetensors", "x.npy", "--plot", "{out}"],
+        ".png",
+        ["ids.safetensors", "x.npy"],
+    ),
+    "index build": (
+        ["index", "build", "m.safetensors", "x.npy", "-o", "{out}"],
+        ".vgindex",
+        ["m.safetensors", "x.npy"],
+    ),
+    "index search": (
+        [
+            "index",
+            "search",
+            "idx.vgindex",
+            "q.npy",
+            "-o",
+            "{out}",
+            "--rerank",
+            "5",
+            "--vectors",
+            "x.npy",
+        ],
+        ".npz",
+        ["idx.vgindex", "q.npy", "x.npy"],
+    ),
+}
+
+
+CASES = [
+    (command, name, spelling)
+    for command, (_, suffix, inputs) in WRITERS.items()
+    for name in inputs
+    for spelling in ("same", "dot", "symlink", "hardlink")
+    if spelling in ("symlink", "hardlink") or name.endswith(suffix)  # else refused by suffix
+]
+
+
+@pytest.mark.parametrize(("command", "name", "spelling"), CASES)
+def test_an_output_that_is_an_input_is_refused_before_any_work(
+    every_input: Path,
+    tmp_path: Path,
+    monkeypatch: Any,
+    capsys: Any,
+    command: str,
+    name: str,
+    spelling: str,
+) -> None:
+    # `ids assign m X.parquet -o X.parquet`, `index search idx Q.npz -o Q.npz`, `encode m X.npy
+    # -o X.npy` and `--store st.csv -o st.csv` exited 0 and replaced their input.
+    argv, suffix, _ = WRITERS[command]
+    work = tmp_path / "work"
+    shutil.copytree(every_input, work)
+    monkeypatch.chdir(work)
+    if spelling in ("same", "dot"):
+        out = name if spelling == "same" else f"./{name}"
+    elif spelling == "symlink":
+        out = f"alias{suffix}"
+        os.symlink(work / name, out)
+    else:
+        out = f"hard{suffix}"
+        os.link(name, out)
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    code, _, err = run(capsys, *[a.format(out=out) for a in argv])
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "is the same file as" in err and name in err, err
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before  # nothing written
+
+
+def test_an_output_inside_a_folder_input_is_refused(files: dict[str, Any], capsys: Any) -> None:
+    # A folder of Parquet files is one input: a codes.parquet written into it would be read
+    # as data by the next run.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = files["dir"] / "parts"
+    folder.mkdir()
+    pq.write_table(pa.table({"v": list(files["x"])}), folder / "a.parquet")
+    out = folder / "codes.parquet"
+    code, _, err = run(capsys, "encode", files["model"], str(folder), "-o", str(out))
+    assert code == 2 and "inside the data folder" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.parquet"]

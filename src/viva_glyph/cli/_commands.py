@@ -96,7 +96,7 @@ def _dask_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
-    check_output(args.output, (".safetensors",))
+    check_output(args.output, (".safetensors",), {"data": args.data})
     kwargs: dict[str, Any] = {
         "num_stages": args.stages,
         "codebook_size": args.codebook_size,
@@ -145,15 +145,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    dask = _dask_options(args)
+    inputs = {"model": args.model, "data": args.data}
+    check_output(args.output, (".npy", ".zarr") if dask else (".npy", ".parquet", ".zarr"), inputs)
     encoder = _load_model(args.model)
     m = encoder.config.num_stages if args.stages is None else args.stages
     if m > encoder.config.num_stages:
         raise UsageError(f"--stages {m} exceeds the model's {encoder.config.num_stages} stages")
-    dask = _dask_options(args)
     if dask is not None:
         from viva_glyph.dask import run_encode
 
-        check_output(args.output, (".npy", ".zarr"))
         run_encode(
             encoder,
             args.data,
@@ -166,7 +167,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {args.output}: {m} codes per vector ({encoder.code_dtype})")
         return 0
-    check_output(args.output, (".npy", ".parquet", ".zarr"))
     source = _open_data(args, args.data, encoder.config.dimension)
 
     def step(start: int, block: NDArray[Any]) -> NDArray[Any]:
@@ -180,8 +180,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    check_output(args.output, (".npy", ".zarr"), {"model": args.model, "codes": args.codes})
     encoder = _load_model(args.model)
-    check_output(args.output, (".npy", ".zarr"))
     source = _open_data(args, args.codes, None)
     c = encoder.config
     if source.shape[1] > c.num_stages:
@@ -212,9 +212,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from viva_glyph.metrics import evaluate
 
-    encoder = _load_model(args.model)
     if args.plot is not None:
-        check_output(args.plot, (".png",))
+        check_output(args.plot, (".png",), {"model": args.model, "data": args.data})
+    encoder = _load_model(args.model)
     source = _open_data(args, args.data, encoder.config.dimension)
     report = evaluate(
         encoder,

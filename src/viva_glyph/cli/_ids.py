@@ -19,7 +19,7 @@ from viva_glyph.cli._args import (
     non_negative_number,
     positive,
 )
-from viva_glyph.files import check_output
+from viva_glyph.files import check_distinct, check_output
 
 __all__ = ["register"]
 
@@ -117,7 +117,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """``ids fit``."""
     from viva_glyph import semantic
 
-    check_output(args.output, (".safetensors",))
+    check_output(args.output, (".safetensors",), {"data": args.data})
     ids = semantic.fit(
         _data(args.data, args.key),
         levels=args.levels,
@@ -157,7 +157,10 @@ def cmd_assign(args: argparse.Namespace) -> int:
     """``ids assign``."""
     from viva_glyph import semantic
 
-    check_output(args.output, (".parquet", ".csv"))
+    inputs = {"model": args.model, "data": args.data, "keys": args.keys}
+    check_output(args.output, (".parquet", ".csv"), {**inputs, "ID store": args.store})
+    if args.store is not None:
+        check_distinct(args.store, inputs, "ID store")
     if args.store is not None and args.keys is None:
         # row numbers as keys would give another file's rows the stored rows' IDs
         raise ValueError("--store keeps IDs by key: give --keys (a file of one key per line)")
@@ -213,7 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from viva_glyph import semantic
 
     if args.plot is not None:
-        check_output(args.plot, (".png",))
+        check_output(args.plot, (".png",), {"model": args.model, "data": args.data})
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
     if args.k >= x.shape[0]:

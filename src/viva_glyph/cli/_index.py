@@ -62,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from viva_glyph.core import load
     from viva_glyph.index import RvqIndex
 
-    check_output(args.output, (".vgindex",))
+    check_output(args.output, (".vgindex",), {"model": args.model, "data": args.data})
     encoder = load(args.model)
     index = RvqIndex(
         encoder, metric=args.metric, norm=args.norm, beam_size=args.beam, nlist=args.nlist
@@ -101,7 +101,8 @@ def _describe(index: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from viva_glyph.index import load
 
-    check_output(args.output, (".parquet", ".npz"))
+    inputs = {"index": args.index, "queries": args.queries, "vectors": args.vectors}
+    check_output(args.output, (".parquet", ".npz"), inputs)
     index = load(args.index)
     Q = np.asarray(_open(args.queries, args.key, index.dimension))
     if args.vectors is not None and args.rerank is None:

@@ -11,8 +11,10 @@ from viva_glyph.files._atomic import (
     Terminated,
     atomic_folder,
     atomic_output,
+    check_distinct,
     check_output,
     removing_temps_on_signals,
+    same_file,
     terminated_by,
 )
 from viva_glyph.files._safetensors import (
@@ -60,6 +62,7 @@ __all__ = [
     "ZarrWriter",
     "atomic_folder",
     "atomic_output",
+    "check_distinct",
     "check_output",
     "create_zarr",
     "header_problem",
@@ -70,6 +73,7 @@ __all__ = [
     "open_writer",
     "open_zarr",
     "removing_temps_on_signals",
+    "same_file",
     "save_array",
     "terminated_by",
     "write_file",

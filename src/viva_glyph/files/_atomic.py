@@ -24,7 +24,7 @@ import shutil
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,11 +33,13 @@ __all__ = [
     "Terminated",
     "atomic_folder",
     "atomic_output",
+    "check_distinct",
     "check_output",
     "fsync_folder",
     "fsync_tree",
     "remove_stale_temps",
     "removing_temps_on_signals",
+    "same_file",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -170,7 +172,58 @@ def _is_zarr_store(path: Path) -> bool:
     return any((path / n).is_file() for n in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name one file: equal once resolved (links, ``./x``, ``..``), or
+    :func:`os.path.samefile` (hard links, bind mounts) where both exist."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL character
+        pass
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them is missing
+        return False
+
+
+def _inside(path: PathLike, folder: PathLike) -> bool:
+    """Whether ``path`` lies below ``folder``, a folder the readers take as one input (a zarr
+    store, a folder of Parquet files)."""
+    p = Path(folder)
+    try:
+        if not p.is_dir() or not (_is_zarr_store(p) or any(p.glob("*.parquet"))):
+            return False
+        return p.resolve() in Path(path).resolve().parents
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def check_distinct(
+    path: PathLike, inputs: Mapping[str, PathLike | None], what: str = "output"
+) -> None:
+    """Raise ValueError when ``path`` (written by a command, called ``what``) is one of
+    ``inputs`` (:func:`same_file`) or lies inside a folder among them that is read as one
+    input (a zarr store, a folder of Parquet files); None inputs are skipped."""
+    for name, source in inputs.items():
+        if source is None:
+            continue
+        if same_file(path, source):
+            raise ValueError(
+                f"{what} {os.fspath(path)} is the same file as the {name} {os.fspath(source)}: "
+                "writing it would replace that input; give another path"
+            )
+        if _inside(path, source):
+            raise ValueError(
+                f"{what} {os.fspath(path)} is inside the {name} folder {os.fspath(source)}, "
+                "which is read as input; give a path outside it"
+            )
+
+
+def check_output(
+    path: PathLike,
+    suffixes: Sequence[str] = (),
+    inputs: Mapping[str, PathLike | None] | None = None,
+) -> Path:
     """Check, before any work, that ``path`` can take an output.
 
     Parameters
@@ -179,19 +232,25 @@ def check_output(path: PathLike, suffixes: Sequence[str] = ()) -> Path:
         A file, or for a ``.zarr`` suffix a store folder.
     suffixes : sequence of str
         Allowed suffixes (lower case, with the dot); empty accepts any.
+    inputs : mapping of str to path, optional
+        What the command reads, by the name to call it in the error (``"data"``,
+        ``"model"``; None values are skipped): the output may be none of them
+        (:func:`same_file`) nor lie inside a folder among them.
 
     Raises
     ------
     ValueError
-        For another suffix, an existing folder, device, pipe or socket in the
-        place of a file, an existing file or non-zarr folder in the place of a
-        store, a folder this process may not write in.
+        For another suffix, an output that is one of ``inputs``, an existing
+        folder, device, pipe or socket in the place of a file, an existing file
+        or non-zarr folder in the place of a store, a folder this process may
+        not write in.
     FileNotFoundError
         When the destination's folder does not exist.
     """
     target = Path(path)
     if "\0" in str(target):
         raise ValueError(f"output {str(target)!r} holds a NUL character")
+    check_distinct(target, inputs or {})
     suffix = target.suffix.lower()
     if suffixes and suffix not in suffixes:
         raise ValueError(f"output {target} must end in {' or '.join(suffixes)}")
