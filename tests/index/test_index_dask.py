@@ -97,3 +97,23 @@ def test_killed_worker_is_retried(client, tmp_path) -> None:
     assert killed, "no shard task was seen running: nothing was killed"
     assert_same(got, expected, "l2")
     assert (got[1] >= 0).all()
+
+
+def test_overlapping_shards_are_refused(tmp_path) -> None:
+    # The same shard twice returned each neighbour twice.
+    whole, paths, X = make_shards(tmp_path, 600, 3)
+    Q = np.random.default_rng(1).standard_normal((4, D))
+    with pytest.raises(ValueError, match=r"shard0\.vgindex.*shard0\.vgindex.*both hold id 0"):
+        search_shards([paths[0], paths[1], paths[0]], Q, 5)
+    enc = whole.encoder
+    extra = RvqIndex(enc)  # one id (450) of shard 2 among new ones, far from every query
+    extra.add(X[:3] + 100, ids=[1000, 450, 1001])
+    extra.save(tmp_path / "extra.vgindex")
+    with pytest.raises(ValueError, match=r"both hold id 450"):
+        search_shards([*paths, tmp_path / "extra.vgindex"], Q, 5)
+    for parity in (0, 1):  # even and odd ids: overlapping ranges, disjoint ids
+        part = RvqIndex(enc)
+        part.add(X[parity::2], ids=np.arange(parity, len(X), 2))
+        part.save(tmp_path / f"parity{parity}.vgindex")
+    halves = [tmp_path / "parity0.vgindex", tmp_path / "parity1.vgindex"]
+    assert_same(search_shards(halves, Q, 5), whole.search(Q, 5), "l2")

@@ -257,3 +257,81 @@ def test_bad_ids_and_norm_params_in_data(enc, X, tmp_path, norm, field, match) -
     index.save(path)
     with pytest.raises(IndexFormatError, match=match):
         load(path)
+
+
+def _hostile(enc, X, tmp_path, what):
+    """An index file holding one value that the constructor, add or add_codes refuses."""
+    norm = {"qint8_params": "qint8", "cqint8_params": "cqint8"}.get(what, "float")
+    nlist = 4 if what == "centroids" else None
+    index = built(enc, X, norm=norm, nlist=nlist)
+    s = index.store
+    if what in ("negative norm", "inf norm"):
+        s.norms = s.norms.copy()
+        s.norms[7] = -100.0 if what == "negative norm" else np.inf
+    elif what == "duplicate ids":
+        s.ids = s.ids.copy()
+        s.ids[11] = s.ids[200]
+    elif what == "centroids":
+        s.centroids = s.centroids.copy()
+        s.centroids[1, 2] = 1e30
+    elif what == "qint8_params":
+        s.norm_params = np.array([-5.0, s.norm_params[1]], np.float32)
+    elif what == "cqint8_params":
+        s.norm_params = s.norm_params.copy()
+        s.norm_params[0] = -1.0
+    elif what == "codebooks":  # each code under the encoder's limit, their sum over it
+        big = np.full((M, K, D), 3e18 / np.sqrt(D), np.float32)
+        index.encoder = RvqEncoder([Codebook(b) for b in big])
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("what", "match"),
+    [
+        ("negative norm", r"norms hold -100 at row 7"),
+        ("inf norm", r"norms hold inf at row 7"),
+        ("duplicate ids", r"ids hold 405 twice"),
+        ("centroids", r"centroids"),
+        ("qint8_params", r"norm_params"),
+        ("cqint8_params", r"norm_params"),
+        ("codebooks", r"codebooks"),
+    ],
+)
+def test_load_refuses_the_values_that_add_refuses(enc, X, tmp_path, what, match) -> None:
+    # A centroid coordinate of 1e30 gave L2 distances of -2.5e29 and garbage neighbours, a
+    # norm of -100 ranked its vector first for every query, duplicate ids loaded and then
+    # remove([id]) removed two rows.
+    path = _hostile(enc, X, tmp_path, what)
+    with pytest.raises(IndexFormatError, match=match):
+        load(path)
+
+
+@given(flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=4))
+def test_any_data_byte_flip_loads_a_sound_index_or_raises_format_error(
+    tmp_path_factory, flips
+) -> None:
+    """Flipped bytes in the tensors (not the header): the file is refused, or what loads
+    searches to distinct stored ids at finite distances, and removes one row per id."""
+    folder = tmp_path_factory.mktemp("flip")
+    rng = np.random.default_rng(0)
+    enc = RvqEncoder([Codebook(rng.standard_normal((4, 3))) for _ in range(2)])
+    index = RvqIndex(enc, centroids=rng.standard_normal((2, 3)))
+    index.add(rng.standard_normal((20, 3)), ids=np.arange(20) * 3)
+    path = folder / "a.vgindex"
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    for pos, value in flips:
+        data[8 + n + pos % (len(data) - 8 - n)] = value
+    path.write_bytes(bytes(data))
+    try:
+        back = load(path)
+    except IndexFormatError:
+        return
+    dist, ids = back.search(rng.standard_normal((5, 3)), 20, nprobe=2)
+    assert np.isfinite(dist).all()
+    assert (ids >= 0).all() and all(len(set(row)) == 20 for row in ids.tolist())
+    assert set(ids.ravel().tolist()) == set(back.ids.tolist())
+    assert back.remove(back.ids[:1]) == 1 and len(back) == 19

@@ -14,7 +14,8 @@ String metadata: ``format`` (``"viva-glyph-index"``), ``format_version``
 ``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
 (anything but a regular file refused, the header and every dtype, shape and
 offset checked against the metadata and the file size before any tensor data
-is read) and memory-maps codes, norms and ids.
+is read), memory-maps codes, norms and ids and checks every value the
+constructor, :meth:`RvqIndex.add` and :meth:`RvqIndex.add_codes` would refuse.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from viva_glyph.core import ModelFormatError
 from viva_glyph.core.codebook import Codebook
@@ -114,15 +116,28 @@ def load(path: PathLike) -> RvqIndex:
     stack = small["codebooks"]
     if not np.isfinite(stack).all():
         raise _fail(path, "codebooks hold NaN or inf")
-    try:
-        encoder = RvqEncoder([Codebook(b, dtype=stack.dtype) for b in stack])
-    except ValueError as exc:  # finite values too large to search with
-        raise _fail(path, str(exc)) from None
     nlist = meta["nlist"] or None
-    index = RvqIndex(
-        encoder, metric=meta["metric"], norm=meta["norm"], beam_size=meta["beam"], nlist=nlist
-    )
+    try:  # what the constructor refuses: codes too large for float32 scores
+        encoder = RvqEncoder([Codebook(b, dtype=stack.dtype) for b in stack])
+        index = RvqIndex(
+            encoder, metric=meta["metric"], norm=meta["norm"], beam_size=meta["beam"], nlist=nlist
+        )
+    except ValueError as exc:
+        raise _fail(path, f"codebooks: {exc}") from None
     s = index.store
+    if nlist:
+        cent = small["centroids"]
+        if not np.isfinite(cent).all():
+            raise _fail(path, "centroids hold NaN or inf")
+        try:  # as the constructor's centroids=: their norms plus the codebooks' reach
+            index._set_centroids(cent)
+        except ValueError as exc:
+            raise _fail(path, f"centroids: {exc}") from None
+        s.offsets = small["offsets"]
+        if s.offsets[0] != 0 or s.offsets[-1] != meta["count"] or (np.diff(s.offsets) < 0).any():
+            raise _fail(path, "IVF list offsets are not a partition of the rows")
+    else:
+        s.offsets = np.array([0, meta["count"]], dtype=np.int64)
     s.codes, s.ids = mapped["codes"], mapped["ids"]
     k = encoder.config.codebook_size
     small_k = k < 256**encoder.code_dtype.itemsize  # else every stored value is valid
@@ -130,27 +145,65 @@ def load(path: PathLike) -> RvqIndex:
         raise _fail(path, f"codes outside [0, {k})")
     if "norms" in layout:
         s.norms = mapped["norms"]
-        if meta["norm"] == "float" and not np.isfinite(s.norms).all():
-            raise _fail(path, "norms hold NaN or inf")
-    if s.ids.size and int(s.ids.min()) < 0:
-        raise _fail(path, "ids hold negative values")
+        if meta["norm"] == "float":
+            row = _first_row(s.norms, lambda v: ~(v >= 0) | ~np.isfinite(v))  # NaN, inf, < 0
+            if row is not None:
+                raise _fail(
+                    path,
+                    f"norms hold {_number(s.norms[row])} at row {row}; squared norms are finite "
+                    "and >= 0",
+                )
+    row = _first_row(s.ids, lambda v: v < 0)
+    if row is not None:
+        raise _fail(path, f"ids hold negative values ({int(s.ids[row])} at row {row})")
+    dup = _duplicate(s.ids)
+    if dup is not None:
+        raise _fail(path, f"ids hold {dup} twice; every id must be unique")
     if "norm_params" in layout:
         s.norm_params = small["norm_params"]
         if not np.isfinite(s.norm_params).all():
-            raise _fail(path, "norm parameters hold NaN or inf")
+            raise _fail(path, "norm_params (norm quantizer) hold NaN or inf")
+        if (s.norm_params < 0).any():
+            raise _fail(path, "norm_params (norm quantizer) hold a negative squared norm")
         if (np.diff(s.norm_params) < 0).any():
             what = (
                 "qint8 norm range is reversed"
                 if meta["norm"] == "qint8"
                 else ("cqint8 norm levels are not sorted")
             )
-            raise _fail(path, what)
-    if nlist:
-        s.centroids, s.offsets = small["centroids"], small["offsets"]
-        if not np.isfinite(s.centroids).all():
-            raise _fail(path, "centroids hold NaN or inf")
-        if s.offsets[0] != 0 or s.offsets[-1] != meta["count"] or (np.diff(s.offsets) < 0).any():
-            raise _fail(path, "IVF list offsets are not a partition of the rows")
-    else:
-        s.offsets = np.array([0, meta["count"]], dtype=np.int64)
+            raise _fail(path, f"norm_params: {what}")
     return index
+
+
+def _number(value: Any) -> str:
+    v = float(value)
+    return "NaN" if np.isnan(v) else f"{v:g}"
+
+
+#: Elements of a memory-mapped tensor checked per step (bounds the temporaries).
+_CHECK_ROWS = 1 << 20
+
+
+def _first_row(arr: NDArray[Any], bad: Any) -> int | None:
+    """The first position where ``bad(values)`` holds, read in bounded steps, or None."""
+    for a in range(0, arr.shape[0], _CHECK_ROWS):
+        hit = np.flatnonzero(bad(np.asarray(arr[a : a + _CHECK_ROWS])))
+        if hit.size:
+            return a + int(hit[0])
+    return None
+
+
+def _duplicate(ids: NDArray[np.int64]) -> int | None:
+    """An id stored twice, or None: a pass in bounded steps when the ids increase (a flat
+    index's default ids), else one sort of a copy (8 bytes an id)."""
+    rising = True
+    for a in range(0, max(ids.shape[0] - 1, 0), _CHECK_ROWS):
+        part = np.asarray(ids[a : a + _CHECK_ROWS + 1])
+        if not (part[1:] > part[:-1]).all():
+            rising = False
+            break
+    if rising:
+        return None
+    srt = np.sort(ids)
+    same = np.flatnonzero(srt[1:] == srt[:-1])
+    return int(srt[same[0]]) if same.size else None

@@ -3,7 +3,8 @@
 """Search a collection of index shards (one file each) on a Dask cluster.
 
 Each shard file is opened (memory-mapped) and searched by one task; one more
-task merges the per-shard top-k of every query. Shards hold disjoint ids; when
+task merges the per-shard top-k of every query. Shards hold disjoint ids (checked:
+see :func:`check_disjoint`); when
 they are the consecutive parts of one index, the result equals that index's
 (neighbours with equal scores come in shard order, as they come in storage
 order from one index). A task whose worker dies is run again by the scheduler
@@ -22,20 +23,71 @@ from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph.checks import as_matrix, positive_int, require_finite
 
-__all__ = ["merge_results", "search_shards"]
+__all__ = ["check_disjoint", "merge_results", "search_shards"]
 
 PathLike = str | os.PathLike[str]
 
 
 def _search_one(
     path: str, queries: NDArray[Any], k: int, nprobe: int
-) -> tuple[str, int, NDArray[np.float32], NDArray[np.int64]]:
+) -> tuple[str, int, NDArray[np.float32], NDArray[np.int64], tuple[int, int] | None]:
+    """One shard's top k, with the range of its ids (None when it is empty)."""
     from viva_glyph.index._file import load
 
     index = load(path)
     probe = min(nprobe, index.nlist) if index.nlist else 1
     d, i = index.search(queries, k, nprobe=probe)
-    return index.metric, index.dimension, d, i
+    ids = index.store.ids
+    span = (int(ids.min()), int(ids.max())) if len(index) else None
+    return index.metric, index.dimension, d, i, span
+
+
+def check_disjoint(spans: Sequence[tuple[int, int] | None], files: Sequence[str]) -> None:
+    """Raise ValueError naming two shards that hold one id.
+
+    Shards whose id ranges do not overlap (the consecutive parts of one index)
+    cost nothing more; the ids of shards whose ranges overlap are read and
+    sorted together (16 bytes an id).
+    """
+    from viva_glyph.files import same_file
+    from viva_glyph.index._file import load
+
+    order = sorted((span[0], span[1], s) for s, span in enumerate(spans) if span is not None)
+    groups: list[list[int]] = []
+    end = 0
+    for lo, hi, s in order:
+        if groups and lo <= end:
+            groups[-1].append(s)
+            end = max(end, hi)
+        else:
+            groups.append([s])
+            end = hi
+    for group in groups:
+        if len(group) < 2:
+            continue
+        parts = [np.asarray(load(files[s]).store.ids) for s in group]
+        ids = np.concatenate(parts)
+        owner = np.repeat(np.array(group), [p.shape[0] for p in parts])
+        rank = np.argsort(ids, kind="stable")
+        srt = ids[rank]
+        same = np.flatnonzero(srt[1:] == srt[:-1])
+        if same.size:
+            j = int(same[0])
+            a, b = (files[int(owner[rank[j]])], files[int(owner[rank[j + 1]])])
+            twice = " (the same file twice)" if same_file(a, b) else ""
+            raise ValueError(
+                f"shards {a} and {b} both hold id {int(srt[j])}{twice}; the shards of one "
+                "search must hold disjoint ids"
+            )
+
+
+def _merge(
+    parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64], Any]],
+    k: int,
+    files: Sequence[str],
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    check_disjoint([p[4] for p in parts], files)
+    return merge_results([p[:4] for p in parts], k)
 
 
 def _rerank_merged(
@@ -98,8 +150,9 @@ def search_shards(
     Parameters
     ----------
     paths : sequence of str or PathLike
-        Index files (:meth:`RvqIndex.save`) with disjoint ids; every worker must
-        be able to read them.
+        Index files (:meth:`RvqIndex.save`) with disjoint ids (two shards that
+        hold one id raise ValueError, see :func:`check_disjoint`); every worker
+        must be able to read them.
     Q : array_like, shape (nq, D) or (D,)
     k, nprobe, rerank :
         As :meth:`RvqIndex.search` (nprobe is capped at each shard's nlist).
@@ -141,7 +194,7 @@ def search_shards(
     shared = delayed(q, pure=True)  # one key, shipped once per worker
     search = delayed(_search_one, pure=True)
     parts = [search(f, shared, depth, nprobe) for f in files]
-    merged = delayed(merge_results, pure=True)(parts, depth)
+    merged = delayed(_merge, pure=True)(parts, depth, files)
     if rerank is not None:
         metric = delayed(lambda p: p[0], pure=True)(parts[0])
         final = delayed(_rerank_merged, pure=True)
