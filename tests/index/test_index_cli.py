@@ -120,3 +120,20 @@ def run_err(folder, good) -> str:
     )  # fmt: skip
     assert proc.returncode == 2
     return proc.stderr
+
+
+def test_k_beyond_the_index_is_capped_with_a_notice(files, capsys) -> None:
+    # -k 100000 on 19,000 vectors silently wrote a 1.2 GB .npz of empty slots.
+    folder, _, X, Q = files
+    built = folder / "k.vgindex"
+    assert run("index", "build", folder / "model.safetensors", folder / "x.npy", "-o", built) == 0
+    capsys.readouterr()
+    out = folder / "k.npz"
+    assert run("index", "search", built, folder / "q.npy", "-k", 100_000, "-o", out) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "100000" in err and "500" in err, err
+    with np.load(out) as res:
+        assert res["ids"].shape == (len(Q), len(X))
+        assert (np.sort(res["ids"], axis=1) == np.arange(len(X))).all()
+    assert run("index", "search", built, folder / "q.npy", "-k", 10**5, "-o", out, "-q") == 0
+    assert capsys.readouterr().err == ""

@@ -117,3 +117,23 @@ def test_overlapping_shards_are_refused(tmp_path) -> None:
         part.save(tmp_path / f"parity{parity}.vgindex")
     halves = [tmp_path / "parity0.vgindex", tmp_path / "parity1.vgindex"]
     assert_same(search_shards(halves, Q, 5), whole.search(Q, 5), "l2")
+
+
+def test_sharded_search_deeper_than_the_shards(tmp_path) -> None:
+    # Each shard returned (queries, depth) lists padded to the depth asked: 240 MB a shard
+    # for 200 queries at rerank=100,000 over 150 vectors.
+    import tracemalloc
+
+    whole, paths, X = make_shards(tmp_path, 600, 4)
+    Q = np.random.default_rng(1).standard_normal((200, D))
+    tracemalloc.start()
+    try:
+        got = search_shards(paths, Q, 5, rerank=100_000, vectors=tmp_path / "x.npy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak >> 20
+    assert_same(got, whole.search(Q, 5, rerank=100_000, vectors=X), "l2")
+    d, i = search_shards(paths, Q[:3], 700)  # more than the 600 vectors: empty slots last
+    assert i.shape == (3, 700) and (i[:, 600:] == -1).all() and np.isinf(d[:, 600:]).all()
+    assert_same((d[:, :600], i[:, :600]), whole.search(Q[:3], 600), "l2")

@@ -105,6 +105,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_output(args.output, (".parquet", ".npz"), inputs)
     index = load(args.index)
     Q = np.asarray(_open(args.queries, args.key, index.dimension))
+    most = max(len(index), 1)
+    if args.k > most:  # every column past the index's size would be empty
+        if args.rerank is not None and args.rerank < args.k:
+            raise ValueError(f"--rerank must be >= -k ({args.k}), got {args.rerank}")
+        if not args.quiet:
+            print(
+                f"viva-glyph: note: -k {args.k} is more than the {len(index)} vectors of "
+                f"{args.index}; writing {most} neighbours per query",
+                file=sys.stderr,
+            )
+        args.k = most
     if args.vectors is not None and args.rerank is None:
         raise ValueError("--vectors is only used with --rerank R")
     vectors = None

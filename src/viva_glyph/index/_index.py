@@ -19,7 +19,7 @@ from viva_glyph.index._save import write_index
 from viva_glyph.index._scan import scan
 from viva_glyph.index._store import Store
 
-__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "RvqIndex", "save"]
+__all__ = ["MAX_K", "MAX_NLIST", "METRICS", "QUERY_BATCH", "SEARCH_BYTES", "RvqIndex", "save"]
 
 METRICS = ("l2", "ip", "cosine")
 #: Largest k (and re-ranking depth) a search accepts: bounds the (nq, k) results.
@@ -28,6 +28,13 @@ MAX_K = 100_000
 MAX_NLIST = 1 << 24
 #: Queries per scan batch: bounds the (batch, M, K) lookup tables.
 QUERY_BATCH = 4096
+#: Bytes a batch of queries may hold per candidate of the search depth: the scan's top
+#: lists (float32 score, int64 position), their sort's orders and copies, and re-ranking's
+#: float64 scores and order.
+CANDIDATE_BYTES = 64
+#: Bytes of those per-candidate arrays at once: a deep search (large k or rerank) takes
+#: fewer queries per batch (rerank=100,000 held 22 GB with 4,096 queries).
+SEARCH_BYTES = 64 << 20
 #: Rows encoded per step of :meth:`RvqIndex.add` (memory maps are streamed).
 ADD_ROWS = 1 << 16
 
@@ -321,7 +328,10 @@ class RvqIndex:
         nprobe : int
             IVF lists scanned per query (1 <= nprobe <= nlist); ignored by flat indexes.
         rerank : int, optional
-            Re-score the best ``rerank >= k`` candidates exactly and keep the k best.
+            Re-score the best ``rerank >= k`` candidates exactly and keep the k best
+            (at most every stored vector: a larger depth re-scores them all). Deep
+            searches run fewer queries at a time, so the memory beyond the result
+            stays within about :data:`SEARCH_BYTES`.
         vectors : array_like or path of a .npy, shape (>= max id + 1, D), optional
             Originals addressed by id for re-ranking (a path is memory-mapped);
             without it re-ranking uses the decoded codes.
@@ -356,21 +366,25 @@ class RvqIndex:
                 raise ValueError(f"Q row {int(np.flatnonzero(qn == 0)[0])} is zero: no cosine")
             q64 = q64 / qn[:, None]
         nq = q64.shape[0]
-        dist = np.empty((nq, k), dtype=np.float32)
-        pos = np.empty((nq, k), dtype=np.int64)
+        # no more candidates than stored vectors: the columns past them stay empty
+        filled = min(k, max(len(self), 1))
+        depth = min(depth, max(len(self), 1))
+        batch = max(1, min(QUERY_BATCH, SEARCH_BYTES // (CANDIDATE_BYTES * depth)))
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        pos = np.full((nq, k), -1, dtype=np.int64)
         terms = vector_terms(self)
-        for a in range(0, nq, QUERY_BATCH):
-            qb = q64[a : a + QUERY_BATCH]
+        for a in range(0, nq, batch):
+            qb = q64[a : a + batch]
             sc, ps = scan(scan_input(self, qb, nprobe, terms), depth)
             if source is not None:
-                s64, ps = rerank_exact(self.metric, qb, ps, source, k)
+                s64, ps = rerank_exact(self.metric, qb, ps, source, filled)
                 sc = s64.astype(np.float32)
             else:
-                sc, ps = sc[:, :k], ps[:, :k]
+                sc, ps = sc[:, :filled], ps[:, :filled]
                 if self.metric == "l2":
                     sc = sc + np.einsum("nd,nd->n", qb, qb).astype(np.float32)[:, None]
-            dist[a : a + qb.shape[0]] = sc if self.metric == "l2" else -sc
-            pos[a : a + qb.shape[0]] = ps
+            dist[a : a + qb.shape[0], :filled] = sc if self.metric == "l2" else -sc
+            pos[a : a + qb.shape[0], :filled] = ps
         found = pos >= 0
         ids = np.full(pos.shape, -1, dtype=np.int64)
         ids[found] = self.store.ids[pos[found]]

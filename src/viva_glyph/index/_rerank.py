@@ -9,8 +9,8 @@ from numpy.typing import NDArray
 
 __all__ = ["exact_scores", "gather_rows", "rerank"]
 
-#: float64 candidate values re-scored at once (16 MiB).
-BLOCK_ELEMENTS = 1 << 21
+#: float64 candidate values re-scored at once (8 MiB; their differences to the query as much).
+BLOCK_ELEMENTS = 1 << 20
 
 
 def gather_rows(vectors: Any, rows: NDArray[np.int64], dimension: int) -> NDArray[np.float64]:
@@ -80,14 +80,18 @@ def rerank(
     nq, r = positions.shape
     d = queries.shape[1]
     scores = np.empty((nq, r), dtype=np.float64)
-    step = max(1, BLOCK_ELEMENTS // max(1, r * d))  # bounds the (rows, R, D) candidates
-    for a in range(0, nq, step):
-        pos = positions[a : a + step]
-        valid = pos >= 0
-        cand = np.zeros((*pos.shape, d), dtype=np.float64)
-        cand[valid] = fetch(pos[valid])
-        block = exact_scores(metric, queries[a : a + step], cand)
-        block[~valid] = np.inf
-        scores[a : a + step] = block
+    # blocks of (rows, cols) candidates of D values each, BLOCK_ELEMENTS at most (a row's
+    # candidates are cut too when R x D alone passes it)
+    cols = max(1, min(r, BLOCK_ELEMENTS // max(1, d)))
+    rows = max(1, BLOCK_ELEMENTS // (cols * max(1, d)))
+    for a in range(0, nq, rows):
+        for c in range(0, r, cols):
+            pos = positions[a : a + rows, c : c + cols]
+            valid = pos >= 0
+            cand = np.zeros((*pos.shape, d), dtype=np.float64)
+            cand[valid] = fetch(pos[valid])
+            block = exact_scores(metric, queries[a : a + rows], cand)
+            block[~valid] = np.inf
+            scores[a : a + rows, c : c + cols] = block
     order = np.argsort(scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)

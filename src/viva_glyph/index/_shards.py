@@ -36,7 +36,7 @@ def _search_one(
 
     index = load(path)
     probe = min(nprobe, index.nlist) if index.nlist else 1
-    d, i = index.search(queries, k, nprobe=probe)
+    d, i = index.search(queries, min(k, max(len(index), 1)), nprobe=probe)  # no empty slots
     ids = index.store.ids
     span = (int(ids.min()), int(ids.max())) if len(index) else None
     return index.metric, index.dimension, d, i, span
@@ -81,15 +81,6 @@ def check_disjoint(spans: Sequence[tuple[int, int] | None], files: Sequence[str]
             )
 
 
-def _merge(
-    parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64], Any]],
-    k: int,
-    files: Sequence[str],
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    check_disjoint([p[4] for p in parts], files)
-    return merge_results([p[:4] for p in parts], k)
-
-
 def _rerank_merged(
     merged: tuple[NDArray[np.float32], NDArray[np.int64]],
     metric: str,
@@ -111,18 +102,15 @@ def _rerank_merged(
     def fetch(rows: NDArray[np.int64]) -> NDArray[np.float64]:
         return gather_rows(arr, rows, q.shape[1])
 
-    scores, best = rerank(metric, q, ids, fetch, k)
+    scores, best = rerank(metric, q, ids, fetch, min(k, ids.shape[1]))
     dist = scores.astype(np.float32)
-    return (dist if metric == "l2" else -dist), best
+    return _pad(metric, dist if metric == "l2" else -dist, best, k)
 
 
-def merge_results(
+def _top(
     parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64]]], k: int
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Merge per-shard ``(metric, dimension, distances, ids)`` into one top-k per query.
-
-    Equal scores keep shard order (a stable sort); empty slots (-1) go last.
-    """
+) -> tuple[str, NDArray[np.float32], NDArray[np.int64]]:
+    """The metric and the best min(k, columns) of the shards' lists, stable, empty last."""
     metrics = {(p[0], p[1]) for p in parts}
     if len(metrics) != 1:
         raise ValueError(f"shards disagree on metric/dimension: {sorted(metrics)}")
@@ -132,7 +120,40 @@ def merge_results(
     key = d.astype(np.float64) if metric == "l2" else -d.astype(np.float64)
     key[i < 0] = np.inf
     order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    return metric, np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _pad(
+    metric: str, d: NDArray[np.float32], i: NDArray[np.int64], k: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """(nq, k) results: empty slots (-1, inf or -inf) past the columns given."""
+    dist = np.full((d.shape[0], k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    ids = np.full((d.shape[0], k), -1, dtype=np.int64)
+    dist[:, : d.shape[1]], ids[:, : d.shape[1]] = d, i
+    return dist, ids
+
+
+def merge_results(
+    parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64]]], k: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Merge per-shard ``(metric, dimension, distances, ids)`` into one top-k per query.
+
+    Equal scores keep shard order (a stable sort); empty slots (-1) go last, and
+    fill the columns the shards together cannot (fewer than k vectors).
+    """
+    return _pad(*_top(parts, k), k)
+
+
+def _merge(
+    parts: Sequence[tuple[str, int, NDArray[np.float32], NDArray[np.int64], Any]],
+    k: int,
+    files: Sequence[str],
+    pad: bool,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Check that the shards hold disjoint ids, merge their lists (padded to k or not)."""
+    check_disjoint([p[4] for p in parts], files)
+    metric, d, i = _top([p[:4] for p in parts], k)
+    return _pad(metric, d, i, k) if pad else (d, i)
 
 
 def search_shards(
@@ -194,7 +215,7 @@ def search_shards(
     shared = delayed(q, pure=True)  # one key, shipped once per worker
     search = delayed(_search_one, pure=True)
     parts = [search(f, shared, depth, nprobe) for f in files]
-    merged = delayed(_merge, pure=True)(parts, depth, files)
+    merged = delayed(_merge, pure=True)(parts, depth, files, rerank is None)
     if rerank is not None:
         metric = delayed(lambda p: p[0], pure=True)(parts[0])
         final = delayed(_rerank_merged, pure=True)
