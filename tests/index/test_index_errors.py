@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -198,3 +202,67 @@ def test_nlist_is_bounded(enc) -> None:
     with pytest.raises(ValueError, match=f"nlist must be <= {top}, got {10**12}"):
         RvqIndex(enc, nlist=10**12)
     assert RvqIndex(enc, nlist=top).nlist == top
+
+
+HANG = """
+import os, sys, numpy as np
+from viva_glyph.core.codebook import Codebook
+from viva_glyph.core.encoder import RvqEncoder
+from viva_glyph.index import RvqIndex, search_shards
+rng = np.random.default_rng(0)
+index = RvqIndex(RvqEncoder([Codebook(rng.standard_normal((8, 6))) for _ in range(2)]))
+index.add(rng.standard_normal((50, 6)))
+index.save(sys.argv[2])
+try:
+    if sys.argv[1] == "index":
+        index.search(np.zeros((1, 6)), 5, rerank=10, vectors=sys.argv[3])
+    else:
+        search_shards([sys.argv[2]], np.zeros((1, 6)), 5, rerank=10, vectors=sys.argv[3])
+except ValueError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("where", ["index", "shards"])
+def test_a_named_pipe_as_vectors_is_refused_without_blocking(tmp_path, where) -> None:
+    # search(..., rerank=10, vectors="f.npy") with f.npy a FIFO blocked forever.
+    fifo = tmp_path / "f.npy"
+    os.mkfifo(fifo)
+    res = subprocess.run(
+        [sys.executable, "-c", HANG, where, str(tmp_path / "a.vgindex"), str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert "named pipe" in res.stdout and "not a .npy file" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("where", ["index", "shards"])
+def test_vectors_files_that_are_no_npy_say_so(index, tmp_path, where) -> None:
+    # A text file as vectors gave numpy's "allow_pickle" message; a file of the wrong
+    # dimension gave "cannot reshape array of size 140".
+    from viva_glyph.index import search_shards
+
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+
+    def search(vectors):
+        if where == "index":
+            return index.search(np.zeros((1, 6)), 5, rerank=10, vectors=vectors)
+        return search_shards([path], np.zeros((1, 6)), 5, rerank=10, vectors=vectors)
+
+    (tmp_path / "t.npy").write_text("0.5 0.25\n" * 60)
+    with pytest.raises(ValueError, match=r"t\.npy is not a \.npy file") as info:
+        search(tmp_path / "t.npy")
+    assert "pickle" not in str(info.value)
+    np.save(tmp_path / "wide.npy", np.zeros((50, 7), np.float32))
+    with pytest.raises(ValueError, match=r"wide\.npy holds vectors of dimension 7.*dimension 6"):
+        search(tmp_path / "wide.npy")
+    np.save(tmp_path / "right.npy", np.zeros((50, 6), np.float32))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "right.npy").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"short\.npy.*truncated"):
+        search(tmp_path / "short.npy")
+    with pytest.raises(ValueError, match=r"is a folder"):
+        search(tmp_path)

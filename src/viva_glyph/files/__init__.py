@@ -17,6 +17,7 @@ from viva_glyph.files._atomic import (
     same_file,
     terminated_by,
 )
+from viva_glyph.files._binary import npy_header
 from viva_glyph.files._safetensors import (
     DTYPES,
     MAX_HEADER_BYTES,
@@ -67,6 +68,7 @@ __all__ = [
     "create_zarr",
     "header_problem",
     "json_depth",
+    "npy_header",
     "open_file",
     "open_parquet",
     "open_vectors",

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from viva_glyph.checks import as_matrix
 from viva_glyph.index import _norms
-from viva_glyph.index._rerank import gather_rows
+from viva_glyph.index._rerank import gather_rows, open_vectors
 from viva_glyph.index._scan import MODE_ADD, MODE_PLAIN, MODE_SCALE, ScanInput, scan_kernels
 from viva_glyph.threads import single_blas_thread
 
@@ -115,7 +115,7 @@ def rerank_source(
 
         return decoded
     if isinstance(vectors, (str, os.PathLike)):
-        vectors = np.load(os.fspath(vectors), mmap_mode="r", allow_pickle=False)
+        vectors = open_vectors(vectors, self.dimension)
     arr = as_matrix(vectors, self.dimension, "vectors")
     top = int(store.ids.max()) if len(self) else -1
     if arr.shape[0] <= top:

@@ -2,12 +2,79 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["exact_scores", "gather_rows", "rerank"]
+from viva_glyph.files import npy_header
+
+__all__ = ["exact_scores", "gather_rows", "open_vectors", "rerank"]
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _not_regular(mode: int) -> str | None:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def open_vectors(path: str | os.PathLike[str], dimension: int) -> NDArray[Any]:
+    """The (N, D) array of a ``.npy`` file of re-ranking vectors, memory-mapped.
+
+    Anything but a regular file (a named pipe would block the reader forever) is
+    refused without being read; the header is checked (a ``.npy`` file, numbers,
+    a matrix of ``dimension`` columns, no longer than the file) before the map.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and what it is instead.
+    OSError
+        When it cannot be read.
+    """
+    name = os.fspath(path)
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    info = os.fstat(fd)
+    what = _not_regular(info.st_mode)
+    if what is not None:
+        os.close(fd)
+        raise ValueError(f"vectors {name} is {what}, not a .npy file")
+    os.set_blocking(fd, True)
+    with open(fd, "rb", closefd=True) as fh:
+        head = fh.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            raise ValueError(
+                f"vectors {name} is not a .npy file (it starts with {head!r}); save the "
+                "vectors with numpy.save"
+            )
+        fh.seek(0)
+        (n, d), fortran, dtype = npy_header(fh, f"vectors {name}")
+        offset = fh.tell()
+        if d != dimension:
+            raise ValueError(
+                f"vectors {name} holds vectors of dimension {d}, but the index has dimension "
+                f"{dimension}"
+            )
+        if info.st_size < offset + n * d * dtype.itemsize:
+            raise ValueError(f"vectors {name}: truncated, shorter than its header's shape {(n, d)}")
+        if n == 0:
+            return np.empty((0, d), dtype=dtype)
+        arr: NDArray[Any] = np.memmap(
+            fh, dtype=dtype, mode="r", offset=offset, shape=(n, d), order="F" if fortran else "C"
+        )
+    return arr
+
 
 #: float64 candidate values re-scored at once (8 MiB; their differences to the query as much).
 BLOCK_ELEMENTS = 1 << 20

@@ -89,9 +89,9 @@ def _rerank_merged(
     k: int,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Re-score the merged candidates exactly from the originals (row = id), keep k."""
-    from viva_glyph.index._rerank import gather_rows, rerank
+    from viva_glyph.index._rerank import gather_rows, open_vectors, rerank
 
-    arr = np.load(vectors, mmap_mode="r", allow_pickle=False)
+    arr = open_vectors(vectors, queries.shape[1])
     ids = merged[1]
     if ids.size and int(ids.max()) >= arr.shape[0]:
         raise ValueError(f"{vectors} has {arr.shape[0]} rows but id {int(ids.max())} was found")
@@ -212,6 +212,10 @@ def search_shards(
                 f"sharded re-ranking needs rerank >= k ({k}) and vectors= (a .npy path), "
                 f"got rerank={depth}, vectors={vectors!r}"
             )
+    if rerank is not None:  # refused here, before any task: a pipe, another format or width
+        from viva_glyph.index._rerank import open_vectors
+
+        open_vectors(vectors, q.shape[1])  # type: ignore[arg-type]
     shared = delayed(q, pure=True)  # one key, shipped once per worker
     search = delayed(_search_one, pure=True)
     parts = [search(f, shared, depth, nprobe) for f in files]
