@@ -42,6 +42,19 @@ def _fail(path: PathLike, why: str) -> ValueError:
     return _KIND.fail(path, why)
 
 
+#: Settings every file holds (``normalize_residuals``, ``residual_scales`` and ``training``
+#: may be missing: files written before them load as not normalised, with no training record).
+REQUIRED = (
+    "levels",
+    "codebook_sizes",
+    "dimension",
+    "metric",
+    "balance",
+    "beam_size",
+    "suffix_size",
+)
+
+
 def _int(value: object, name: str, path: PathLike) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _fail(path, f"{name} {value!r} is not a positive int")
@@ -55,6 +68,9 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
         raise _fail(path, "'semantic' metadata is not JSON") from None
     if not isinstance(cfg, dict):
         raise _fail(path, "'semantic' metadata is not a JSON object")
+    missing = [name for name in REQUIRED if name not in cfg]
+    if missing:
+        raise _fail(path, f"'semantic' metadata lacks the field {missing[0]!r}")
     levels = _int(cfg.get("levels"), "levels", path)
     sizes = cfg.get("codebook_sizes")
     if not isinstance(sizes, list) or len(sizes) != levels or levels > MAX_LEVELS:
@@ -66,7 +82,7 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
     if cfg.get("metric") not in METRICS:
         raise _fail(path, f"metric {cfg.get('metric')!r} is not one of {METRICS}")
     try:
-        check_balance(cfg.get("balance"))
+        check_balance(cfg["balance"])
     except (TypeError, ValueError) as exc:
         raise _fail(path, str(exc)) from None
     if not isinstance(cfg.setdefault("normalize_residuals", False), bool):
@@ -77,6 +93,8 @@ def _settings(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
     ):
         raise _fail(path, f"residual_scales {scales!r} is not a list of numbers")
+    if scales is not None and not cfg["normalize_residuals"]:
+        raise _fail(path, "residual_scales are given, but normalize_residuals is false")
     if not isinstance(cfg.get("training", {}), dict):
         raise _fail(path, "training is not a JSON object")
     return cfg
