@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from viva_glyph import semantic
 
@@ -195,5 +198,213 @@ def test_a_store_busy_while_opening_is_waited_for(tmp_path, monkeypatch):
         assert len(store) == 0
     assert busy["left"] == 0
     busy["left"] = 10**9  # locked for good: a clear error once the timeout has passed
-    with pytest.raises(ValueError, match=r"locked by another process .*0\.5 s"):
-        semantic.IdStore(tmp_path / "s.db", timeout=0.5)
+    with pytest.raises(OSError, match=r"locked by another process .*0\.5 s"):
+        semantic.IdStore(tmp_path / "new.db", timeout=0.5)  # a new store: opening makes it
+    with semantic.IdStore(tmp_path / "s.db", timeout=0.5) as store:  # an existing one: no lock
+        assert len(store) == 0
+
+
+# -- read-only stores, readers beside a writer, one error for a lock, corrupt files -------
+READER = """
+import json, sys, numpy as np
+from viva_glyph import semantic
+ids = semantic.load(sys.argv[1])
+out = {}
+with semantic.IdStore(sys.argv[2], timeout=5) as store:
+    out["len"] = len(store)
+    out["get"] = store.get(["k1", "k7"], ids).tolist()
+    x = np.zeros((2, ids.dimension), np.float32)
+    out["known"] = store.assign(ids, x, ["k1", "k7"]).tolist()  # stored keys: a read
+    for what, call in (
+        ("assign", lambda: store.assign(ids, x, ["new1", "new2"])),
+        ("retire", lambda: store.retire(["k1"])),
+    ):
+        try:
+            call()
+            out[what] = "done"
+        except OSError as exc:
+            out[what] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs a child process without the right to override file modes:
+    as an unprivileged user where this interpreter runs as one, else (root) with every
+    capability dropped; skips the test when neither is possible here."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop the right to override modes")
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("")
+        probe.chmod(0o444)
+        check = (
+            f"import viva_glyph\ntry:\n    open({str(probe)!r}, 'a')\n"
+            "except PermissionError:\n    print('denied')"
+        )
+        for prefix in (
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"],
+            [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"],
+        ):
+            res = subprocess.run(
+                [*prefix, sys.executable, "-c", check],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": SRC},
+                check=False,
+            )
+            if res.stdout.strip() == "denied":
+                return prefix
+    pytest.skip("cannot drop the right to override file modes here (setpriv failed)")
+
+
+@pytest.mark.parametrize("folder_mode", [0o555, 0o755])
+def test_a_read_only_store_reads_and_says_read_only_on_writes(tmp_path, model, folder_mode):
+    # A store file 0444 in a 0555 folder, as a user who cannot write them, could not even
+    # be read: "attempt to write a readonly database".
+    ids, model_path = model
+    prefix = unprivileged()
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    x = np.random.default_rng(6).normal(size=(10, 8)).astype(np.float32)
+    with semantic.IdStore(folder / "s.sqlite") as store:
+        first = store.assign(ids, x, [f"k{i}" for i in range(10)])
+    before = (folder / "s.sqlite").read_bytes()
+    (folder / "s.sqlite").chmod(0o444)
+    folder.chmod(folder_mode)
+    try:
+        res = subprocess.run(
+            [*prefix, sys.executable, "-c", READER, str(model_path), str(folder / "s.sqlite")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+            timeout=120,
+            check=False,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["len"] == 10
+    assert out["get"] == first[[1, 7]].tolist() == out["known"]
+    for what in ("assign", "retire"):
+        assert "read-only" in out[what] and "s.sqlite" in out[what], out
+    assert (folder / "s.sqlite").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".sqlite") == ["s.sqlite"]
+
+
+def test_opening_and_reading_do_not_wait_for_a_writer(tmp_path, model):
+    # Opening took the write lock (BEGIN IMMEDIATE): a reader waited behind any writer
+    # for up to the timeout (600 s by default), then got a ValueError.
+    ids, _ = model
+    x = np.random.default_rng(7).normal(size=(5, 8)).astype(np.float32)
+    db = tmp_path / "s.sqlite"
+    with semantic.IdStore(db) as store:
+        first = store.assign(ids, x, list("abcde"))
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's assign, in progress
+    try:
+        t0 = time.monotonic()
+        with semantic.IdStore(db, timeout=3) as store:
+            assert len(store) == 5
+            np.testing.assert_array_equal(store.get(["c"], ids), first[2:3])
+            with pytest.raises(OSError, match="locked by another process"):
+                store.assign(ids, x[:1], ["f"])  # a write waits, then says why
+        assert time.monotonic() - t0 < 3 + 2.5  # only the write waited
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_lock_is_the_same_error_from_the_constructor_and_from_assign(tmp_path, model):
+    # The constructor said ValueError, assign OSError, for the same condition.
+    ids, _ = model
+    db = tmp_path / "new.sqlite"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a new, empty file: opening must create the store
+    try:
+        with pytest.raises(OSError, match=r"new\.sqlite.*locked by another process"):
+            semantic.IdStore(db, timeout=0.3)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    with semantic.IdStore(db) as store:
+        store.assign(ids, np.zeros((1, 8), np.float32), ["a"])
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with (
+            semantic.IdStore(db, timeout=0.3) as store,
+            pytest.raises(OSError, match=r"new\.sqlite.*locked by another process"),
+        ):
+            store.assign(ids, np.zeros((1, 8), np.float32), ["b"])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_bytes_that_are_no_utf8_in_the_schema_or_a_key_name_the_file(tmp_path, model):
+    # A byte flip inside sqlite_master gave a raw UnicodeDecodeError without the file name.
+    ids, _ = model
+    db = tmp_path / "s.sqlite"
+    with semantic.IdStore(db) as store:
+        store.assign(ids, np.zeros((2, 8), np.float32), ["a", "b"])
+    data = bytearray(db.read_bytes())
+    at = data.index(b"CREATE TABLE ids")
+    data[at + 7] = 0xFF  # inside the schema's SQL text
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"bad\.sqlite (is not a viva-glyph ID store|is corrupt)"):
+        semantic.IdStore(bad)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value = CAST(x'ff61' AS TEXT) WHERE name = 'format'")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match=r"s\.sqlite is not a viva-glyph ID store, or is corrupt"):
+        semantic.IdStore(db)
+
+
+@settings(max_examples=200)
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 7)), min_size=1, max_size=3)
+)
+def test_any_bit_flip_in_a_store_is_a_clear_error_or_a_sound_store(tmp_path_factory, flips):
+    """Open, count, check, read and write a store with flipped bits: ValueError or OSError
+    naming the file, or it works."""
+    folder = tmp_path_factory.mktemp("flip")
+    good = flip_source(folder)
+    data = bytearray(good.read_bytes())
+    for pos, bit in flips:
+        data[pos % len(data)] ^= 1 << bit
+    path = folder / "f.sqlite"
+    path.write_bytes(bytes(data))
+    ids = FLIP_MODEL[0]
+    try:
+        with semantic.IdStore(path, timeout=1) as store:
+            len(store)
+            store.check()
+            store.get(["a"], ids)
+            store.assign(ids, np.ones((1, ids.dimension), np.float32), ["z"])
+    except (ValueError, OSError) as exc:
+        assert "f.sqlite" in str(exc), exc
+    except KeyError:
+        pass  # a flip that makes key 'a' another key
+
+
+FLIP_MODEL: list[semantic.SemanticIds] = []
+
+
+def flip_source(folder: Path) -> Path:
+    if not FLIP_MODEL:
+        x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+        FLIP_MODEL.append(semantic.fit(x, levels=2, codebook_size=4, suffix_size=100))
+    path = folder / "good.sqlite"
+    with semantic.IdStore(path) as store:
+        store.assign(FLIP_MODEL[0], np.zeros((3, 3), np.float32), ["a", "b", "c"])
+    return path

@@ -6,11 +6,13 @@ ever share an ID) and ``key`` is unique. IDs are never deleted (``retire``
 only clears the key), and a new item of a glyph gets ``max(suffix) + 1`` of
 that glyph, so no key ever gets an ID that another key has or had.
 
-Every :meth:`IdStore.assign` is one ``BEGIN IMMEDIATE`` transaction in WAL
-mode: concurrent assigners (threads or processes) queue on SQLite's write
-lock, and a process killed in the middle leaves the store as it was before
-that call (SQLite rolls the unfinished transaction back on the next open).
-The embeddings are encoded before the lock is taken.
+Every :meth:`IdStore.assign` that adds keys is one ``BEGIN IMMEDIATE``
+transaction in WAL mode: concurrent assigners (threads or processes) queue on
+SQLite's write lock, and a process killed in the middle leaves the store as it
+was before that call (SQLite rolls the unfinished transaction back on the next
+open). The embeddings are encoded before the lock is taken. Opening, reading
+and an assign of stored keys only take no lock (WAL readers never wait for a
+writer), so they also work on a store this process may not write.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.request import pathname2url
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -44,6 +47,19 @@ from viva_glyph.semantic._storeparts import (
 from viva_glyph.semantic._unique import SuffixRangeError, glyph_keys, key_digits
 
 __all__ = ["IdStore", "model_fingerprint"]
+
+R = TypeVar("R")
+
+
+def _ranges(ids: SemanticIds) -> tuple[int, int]:
+    """Number of glyphs and of suffixes of a model: the ranges of its stored rows."""
+    return math.prod(ids.codebook_sizes), ids.suffix_size
+
+
+def _cannot_write(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's errors of a file or folder this process may not write."""
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
 
 
 class IdStore:
@@ -70,40 +86,93 @@ class IdStore:
             raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
         if not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        timeout = float(timeout)
+        self._timeout = float(timeout)
+        #: True when the store was opened read-only (a file or folder this process may not
+        #: write): reads work, a write raises OSError saying so.
+        self.read_only = False
+        self._con = self._connect(self.path, uri=False)
         try:
-            self._con = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            tables = self._tables()
+        except sqlite3.OperationalError as exc:
+            if not _cannot_write(exc):
+                self._con.close()
+                raise self._open_error(exc) from None
+            self._con.close()  # reading a WAL store needs files beside it: read-only
+            self._con = self._read_only()
+            tables = self._safely(self._tables)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            self._con.close()
+            raise self._open_error(exc) from None
+        if not self.read_only and not os.access(self.path, os.W_OK):
+            self.read_only = True
+        try:
+            if tables:
+                self._safely(lambda: self._verify(tables))  # reads only: no lock taken
+            else:
+                self._create()
+            self._con.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                target,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=uri,
             )
         except sqlite3.Error as exc:  # a folder, a missing folder, no permission
             raise ValueError(f"cannot open the ID store {self.path}: {exc}") from None
-        deadline, pause = time.monotonic() + timeout, 0.01
-        while True:
-            try:
-                self._open()
-                return
-            except sqlite3.OperationalError as exc:
-                # Switching to WAL or creating the schema while another process does the
-                # same can say "locked" at once, without SQLite's busy handler: retry.
-                if busy(exc) and time.monotonic() < deadline:
-                    time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
-                    pause = min(pause * 2, 0.5)
-                    continue
-                self._con.close()
-                if busy(exc):
-                    raise ValueError(
-                        f"{self.path} is locked by another process (waited {timeout:g} s; "
-                        "raise IdStore's timeout)"
-                    ) from None
-                if "unable to open" in str(exc):
-                    raise ValueError(f"cannot open the ID store {self.path}: {exc}") from None
-                raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
-            except sqlite3.DatabaseError as exc:
-                self._con.close()
-                raise ValueError(f"{self.path} is not a viva-glyph ID store: {exc}") from None
-            except ValueError:
-                self._con.close()
-                raise
+
+    def _read_only(self) -> sqlite3.Connection:
+        """A read-only connection to a store whose file or folder this process cannot write.
+
+        SQLite reads a WAL store through a shared-memory file beside it; where that
+        cannot be made and no write-ahead log is left, the file is read as immutable
+        (no other process can write it there either)."""
+        self.read_only = True
+        url = "file:" + pathname2url(os.path.abspath(self.path))
+        con = self._connect(url + "?mode=ro", uri=True)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return con
+        except sqlite3.OperationalError as exc:
+            con.close()
+            if not _cannot_write(exc):
+                raise self._open_error(exc) from None
+        wal = self.path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            raise OSError(
+                f"ID store {self.path} is read-only here and its write-ahead log {wal} cannot "
+                "be read without writing beside it; open it where the folder is writable"
+            )
+        return self._connect(url + "?mode=ro&immutable=1", uri=True)
+
+    def _safely(self, read: Callable[[], R]) -> R:
+        """``read()`` with SQLite's and decoding errors of a bad file as one clear error."""
+        try:
+            return read()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: BaseException) -> Exception:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError):
+            if busy(exc):
+                return OSError(
+                    f"ID store {self.path} is locked by another process (waited "
+                    f"{self._timeout:g} s; raise IdStore's timeout)"
+                )
+            if _cannot_write(exc):
+                return OSError(f"ID store {self.path} is read-only ({text}); nothing was changed")
+            if "unable to open" in text:
+                return ValueError(f"cannot open the ID store {self.path}: {text}")
+        if isinstance(exc, UnicodeDecodeError):
+            text = f"text that is not UTF-8 in its schema or rows ({exc.reason})"
+        return ValueError(f"{self.path} is not a viva-glyph ID store, or is corrupt: {text}")
 
     def _tables(self) -> dict[str, str | None]:
         rows = self._con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")
@@ -112,36 +181,55 @@ class IdStore:
     def _foreign(self, why: str) -> ValueError:
         return ValueError(f"{self.path} is a SQLite database but not a viva-glyph ID store ({why})")
 
-    def _open(self) -> None:
-        con = self._con
-        tables = self._tables()
-        if tables and not {"meta", "ids"} <= set(tables):
+    def _verify(self, tables: dict[str, str | None]) -> None:
+        """That an existing database is an ID store of this format (reads only)."""
+        if not {"meta", "ids"} <= set(tables):
             raise self._foreign(f"tables {sorted(tables)[:5]}")
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            tables = self._tables()  # again: another process may have made the store meanwhile
-            if not tables:
-                for sql in TABLES.values():
-                    con.execute(sql)  # not executescript: it would commit
-                con.executemany(
-                    "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)]
-                )
-            else:
-                for name, sql in TABLES.items():
-                    if not same_sql(tables.get(name), sql):
-                        raise self._foreign(f"table {name} is not the ID store's")
-                fmt = dict(con.execute("SELECT name, value FROM meta").fetchall())
-                if fmt.get("format") != FORMAT or fmt.get("version") != VERSION:
-                    raise self._foreign(
-                        f"format {fmt.get('format')!r}, version {fmt.get('version')!r}"
-                    )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
+        for name, sql in TABLES.items():
+            if not same_sql(tables.get(name), sql):
+                raise self._foreign(f"table {name} is not the ID store's")
+        fmt = dict(self._con.execute("SELECT name, value FROM meta").fetchall())
+        if fmt.get("format") != FORMAT or fmt.get("version") != VERSION:
+            raise self._foreign(f"format {fmt.get('format')!r}, version {fmt.get('version')!r}")
+
+    def _create(self) -> None:
+        """Make the schema in an empty database, waiting within the timeout for the write
+        lock (another process may be making it at the same moment)."""
+        if self.read_only:
+            raise OSError(f"ID store {self.path} is read-only and empty: cannot make the store")
+        con = self._con
+        deadline, pause = time.monotonic() + self._timeout, 0.01
+        while True:
+            try:
+                # Switching to WAL or creating the schema while another process does the
+                # same can say "locked" at once, without SQLite's busy handler: retry.
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    tables = self._tables()  # again: another process may have made it
+                    if not tables:
+                        for sql in TABLES.values():
+                            con.execute(sql)  # not executescript: it would commit
+                        con.executemany(
+                            "INSERT INTO meta VALUES (?, ?)",
+                            [("format", FORMAT), ("version", VERSION)],
+                        )
+                    else:
+                        self._verify(tables)
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+                return
+            except sqlite3.OperationalError as exc:
+                if busy(exc) and time.monotonic() < deadline:
+                    time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                    pause = min(pause * 2, 0.5)
+                    continue
+                raise self._open_error(exc) from None
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise self._open_error(exc) from None
 
     @locked
     def close(self) -> None:
@@ -161,19 +249,27 @@ class IdStore:
             self._con.execute("SELECT COUNT(*) FROM ids WHERE key IS NOT NULL").fetchone()[0]
         )
 
-    def _check_model(self, ids: SemanticIds) -> None:
-        """Inside a write transaction: bind the store to ``ids`` or check it is that model."""
+    def _model_state(self, ids: SemanticIds) -> bool:
+        """Whether the store is bound to ``ids`` (False: to no model yet); ValueError when
+        it was made with another model."""
         fp = model_fingerprint(ids)
         row = self._con.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
         if row is None:
+            return False
+        if row[0] != fp:
+            raise self._other_model(row[0], fp)
+        return True
+
+    def _check_model(self, ids: SemanticIds) -> None:
+        """Inside a write transaction: bind the store to ``ids`` or check it is that model."""
+        if not self._model_state(ids):
             layout = json.dumps(
                 {"codebook_sizes": list(ids.codebook_sizes), "suffix_size": ids.suffix_size}
             )
             self._con.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [("model", fp), ("layout", layout)]
+                "INSERT INTO meta VALUES (?, ?)",
+                [("model", model_fingerprint(ids)), ("layout", layout)],
             )
-        elif row[0] != fp:
-            raise self._other_model(row[0], fp)
 
     def _other_model(self, stored: str, fp: str) -> ValueError:
         return ValueError(
@@ -184,18 +280,19 @@ class IdStore:
     def _corrupt(self, why: str) -> ValueError:
         return ValueError(f"{self.path} is corrupt: {why}")
 
-    def _stored(self, ids: SemanticIds, key: str, glyph: object, suffix: object) -> None:
-        """Check one stored row read back (integers inside the model's glyph and suffix ranges)."""
-        total = math.prod(ids.codebook_sizes)
+    def _stored(self, ranges: tuple[int, int], key: str, glyph: object, suffix: object) -> None:
+        """Check one stored row read back: integers in [0, glyphs) and [0, suffixes), the
+        ``ranges`` of the model (or of the store's layout)."""
+        total, suffixes = ranges
         if (
             type(glyph) is not int
             or type(suffix) is not int
             or not 0 <= glyph < total
-            or not 0 <= suffix < ids.suffix_size
+            or not 0 <= suffix < suffixes
         ):
             raise self._corrupt(
                 f"key {key[:80]!r} holds glyph {glyph!r} and suffix {suffix!r}, expected "
-                f"integers in [0, {total}) and [0, {ids.suffix_size})"
+                f"integers in [0, {total}) and [0, {suffixes})"
             )
 
     def assign(
@@ -246,33 +343,65 @@ class IdStore:
     def _assign(
         self, ids: SemanticIds, names: list[str], glyph: NDArray[np.int64], err: NDArray[np.float64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """The transaction of :meth:`assign`: (glyph, suffix) of every key."""
-        n = len(names)
-        out_glyph = np.empty(n, dtype=np.int64)
-        out_suffix = np.empty(n, dtype=np.int64)
+        """The transactions of :meth:`assign`: (glyph, suffix) of every key.
+
+        Stored keys are read first without the write lock (a batch of stored keys is
+        a read, also on a read-only store); new keys are added in one ``BEGIN
+        IMMEDIATE`` transaction, which reads the stored keys again."""
         con = self._con
+        con.execute("BEGIN")
+        try:
+            bound = self._model_state(ids)
+            known, out_glyph, out_suffix = self._known(_ranges(ids), names)
+        finally:
+            if con.in_transaction:  # a read: nothing to keep
+                con.execute("ROLLBACK")
+        if bound and known.all():
+            return out_glyph, out_suffix
+        if self.read_only:
+            raise OSError(
+                f"ID store {self.path} is read-only: {int((~known).sum())} new key(s) such as "
+                f"{names[int(np.argmin(known))][:80]!r} cannot be stored; nothing was changed"
+            )
         con.execute("BEGIN IMMEDIATE")
         try:
             self._check_model(ids)
-            con.execute("CREATE TEMP TABLE IF NOT EXISTS batch (key TEXT PRIMARY KEY, pos INTEGER)")
-            con.execute("DELETE FROM batch")
-            con.executemany("INSERT INTO batch VALUES (?, ?)", zip(names, range(n), strict=True))
-            known = np.zeros(n, dtype=bool)
-            for pos, g, s in con.execute(
-                "SELECT b.pos, i.glyph, i.suffix FROM batch b JOIN ids i ON i.key = b.key"
-            ):
-                self._stored(ids, names[pos], g, s)
-                known[pos], out_glyph[pos], out_suffix[pos] = True, g, s
+            known, out_glyph, out_suffix = self._known(_ranges(ids), names)
             new = np.flatnonzero(~known)
             if new.size:
                 self._add(new, glyph, err, names, ids.suffix_size, out_glyph, out_suffix)
-            con.execute("DELETE FROM batch")
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
         return out_glyph, out_suffix
+
+    #: Keys looked up per query (SQLite allows at least 999 parameters).
+    _QUERY_KEYS = 900
+
+    def _known(
+        self, ranges: tuple[int, int], names: list[str]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
+        """Which keys are stored, and their (glyph, suffix) where they are (each row
+        checked against ``ranges``: see :meth:`_stored`)."""
+        n = len(names)
+        known = np.zeros(n, dtype=bool)
+        out_glyph = np.zeros(n, dtype=np.int64)
+        out_suffix = np.zeros(n, dtype=np.int64)
+        where = {name: i for i, name in enumerate(names)}
+        step = self._QUERY_KEYS
+        for a in range(0, n, step):
+            part = names[a : a + step]
+            marks = ",".join("?" * len(part))
+            rows = self._con.execute(
+                f"SELECT key, glyph, suffix FROM ids WHERE key IN ({marks})", part
+            ).fetchall()
+            for key, g, suffix in rows:
+                pos = where[key]
+                self._stored(ranges, key, g, suffix)
+                known[pos], out_glyph[pos], out_suffix[pos] = True, g, suffix
+        return known, out_glyph, out_suffix
 
     def _add(
         self,
@@ -330,20 +459,19 @@ class IdStore:
         """Stored IDs (N, L + 1) of ``keys``; KeyError naming the first unknown key."""
         check_model(ids)
         names = keys_text(keys, len(keys))
-        bound = self._con.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
-        if bound is not None and bound[0] != model_fingerprint(ids):
-            raise self._other_model(bound[0], model_fingerprint(ids))
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            self._model_state(ids)
+            known, glyph, suffix = self._known(_ranges(ids), names)
+        finally:
+            if con.in_transaction:  # a read: nothing to keep
+                con.execute("ROLLBACK")
+        if not known.all():
+            raise KeyError(f"key {names[int(np.argmin(known))]!r} is not in {self.path}")
         out = np.empty((len(names), ids.levels + 1), dtype=np.int64)
-        for i, name in enumerate(names):
-            row = self._con.execute(
-                "SELECT glyph, suffix FROM ids WHERE key = ?", (name,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"key {name!r} is not in {self.path}")
-            self._stored(ids, name, *row)
-            glyph = np.array([row[0]], dtype=np.int64)
-            out[i, : ids.levels] = key_digits(glyph, ids.codebook_sizes)[0]
-            out[i, ids.levels] = row[1]
+        out[:, : ids.levels] = key_digits(glyph, ids.codebook_sizes)
+        out[:, ids.levels] = suffix
         return out
 
     @locked

@@ -105,8 +105,8 @@ def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
     """Run a store's ``method`` holding its ``_lock`` (threads share its one connection).
 
     SQLite's errors become an OSError (full disk, read-only file, I/O error, a lock
-    held past the timeout) or a ValueError (a corrupt file); the method's own
-    transaction has been rolled back by then.
+    held past the timeout) or a ValueError (a corrupt file, text that is not UTF-8);
+    the method's own transaction has been rolled back by then.
     """
 
     def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -116,10 +116,20 @@ def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.OperationalError as exc:  # full disk, read-only file, I/O error, lock
-                why = f"locked by another process ({exc})" if busy(exc) else str(exc)
-                raise OSError(f"ID store {self.path}: {why}; nothing was changed") from None
+                text = str(exc)
+                if busy(exc):
+                    why = f" is locked by another process ({text})"
+                elif "readonly" in text.lower():
+                    why = f" is read-only ({text})"
+                else:
+                    why = f": {text}"
+                raise OSError(f"ID store {self.path}{why}; nothing was changed") from None
             except sqlite3.DatabaseError as exc:
                 raise ValueError(f"{self.path} is corrupt: {exc}") from None
+            except UnicodeDecodeError as exc:  # a stored key that is not UTF-8 text
+                raise ValueError(
+                    f"{self.path} is corrupt: it holds text that is not UTF-8 ({exc.reason})"
+                ) from None
 
     functools.update_wrapper(run, method)
     return run
