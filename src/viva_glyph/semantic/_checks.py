@@ -23,6 +23,7 @@ __all__ = [
     "check_normalize",
     "check_suffix_size",
     "str_keys",
+    "tie_order",
 ]
 
 #: Most levels: the levels and the suffix are named by the letters a..z in token strings.
@@ -137,6 +138,22 @@ def str_keys(keys: Sequence[str]) -> NDArray[Any]:
     if len(keys) * max(lengths, default=0) > max(KEY_CHARS, 8 * sum(lengths)):
         return _key_ranks(keys)
     return np.asarray(keys)
+
+
+def tie_order(keys: Sequence[Any], names: Sequence[str]) -> NDArray[Any]:
+    """What orders items of equal error by key, as :meth:`SemanticIds.unique` orders them:
+    int keys by value (ranks, so ints past 64 bits work too), any others by their text
+    (``names``, the keys as the ID store keeps them)."""
+    ints = all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in keys
+    )
+    if ints and len(keys):
+        values = [int(k) for k in keys]
+        order = sorted(range(len(values)), key=values.__getitem__)
+        ranks = np.empty(len(values), dtype=np.int64)
+        ranks[order] = np.arange(len(values))
+        return ranks
+    return str_keys(list(names))
 
 
 def _key_ranks(keys: Sequence[Any]) -> NDArray[np.int64]:

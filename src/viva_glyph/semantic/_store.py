@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph.core.nearest import code_dtype
-from viva_glyph.semantic._checks import str_keys
+from viva_glyph.semantic._checks import tie_order
 from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._storeparts import (
     FORMAT,
@@ -312,7 +312,10 @@ class IdStore:
         X : array_like, shape (N, D)
             Embeddings of the items (rows of already stored keys are not used).
         keys : sequence of str or int, length N
-            Distinct item keys (ints are stored as their decimal text).
+            Distinct item keys (ints are stored as their decimal text). New items
+            of one glyph are numbered as :meth:`SemanticIds.unique` numbers them:
+            by error, equal errors by key (by value when every key is an int, else
+            by text), so a first assign into an empty store gives unique's IDs.
         balanced : bool
             Balanced assignment over this batch (default: each item's own codes,
             so an ID does not depend on the batch it arrived in).
@@ -331,9 +334,10 @@ class IdStore:
         x = rows_source(X, ids.dimension)
         n = x.shape[0]
         names = keys_text(keys, n)
+        ties = tie_order(keys, names)
         codes, err = ids.codes_and_errors(x, balanced=balanced)
         glyph = glyph_keys(codes, ids.codebook_sizes, "the ID store (SQLite)")
-        out_glyph, out_suffix = self._assign(ids, names, glyph, err)
+        out_glyph, out_suffix = self._assign(ids, names, ties, glyph, err)
         result = np.empty((n, ids.levels + 1), dtype=code_dtype(max(ids.radices)))
         result[:, : ids.levels] = key_digits(out_glyph, ids.codebook_sizes)
         result[:, ids.levels] = out_suffix
@@ -341,7 +345,12 @@ class IdStore:
 
     @locked
     def _assign(
-        self, ids: SemanticIds, names: list[str], glyph: NDArray[np.int64], err: NDArray[np.float64]
+        self,
+        ids: SemanticIds,
+        names: list[str],
+        ties: NDArray[Any],
+        glyph: NDArray[np.int64],
+        err: NDArray[np.float64],
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The transactions of :meth:`assign`: (glyph, suffix) of every key.
 
@@ -369,7 +378,7 @@ class IdStore:
             known, out_glyph, out_suffix = self._known(_ranges(ids), names)
             new = np.flatnonzero(~known)
             if new.size:
-                self._add(new, glyph, err, names, ids.suffix_size, out_glyph, out_suffix)
+                self._add(new, glyph, err, names, ties, ids.suffix_size, out_glyph, out_suffix)
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -409,6 +418,7 @@ class IdStore:
         glyph: NDArray[np.int64],
         err: NDArray[np.float64],
         names: list[str],
+        ties: NDArray[Any],
         suffix_size: int,
         out_glyph: NDArray[np.int64],
         out_suffix: NDArray[np.int64],
@@ -428,8 +438,7 @@ class IdStore:
         for g_top, s_top in top.items():
             if type(s_top) is not int or not 0 <= s_top < suffix_size:
                 raise self._corrupt(f"glyph {g_top!r} holds suffix {s_top!r}")
-        key_arr = str_keys([names[i] for i in new])
-        order = np.lexsort((key_arr, err[new], g))  # by glyph, then error, then key
+        order = np.lexsort((ties[new], err[new], g))  # by glyph, then error, then key
         gs = g[order]
         first = np.ones(gs.size, dtype=bool)
         first[1:] = gs[1:] != gs[:-1]
