@@ -174,3 +174,25 @@ def test_normalize_residuals_and_reassign_candidates_from_the_command_line(files
     got = np.array([list(map(int, row.split())) for row in rows])
     expect = ids.unique(x.astype(np.float32), resolve="reassign", candidates=3)
     np.testing.assert_array_equal(got, expect)
+
+
+def test_the_suffix_range_advice_works_from_the_command_line(files, tmp_path):
+    # The advice named a suffix size the command line had no way to give (and a store
+    # refused the same model with another range).
+    import re
+
+    d, x = files
+    np.save(tmp_path / "dup.npy", np.repeat(x[:1], 300, axis=0).astype(np.float32))
+    (tmp_path / "keys.txt").write_text("".join(f"k{i}\n" for i in range(300)))
+    for store in (None, tmp_path / "s.sqlite"):
+        args = ["assign", str(d / "ids.safetensors"), str(tmp_path / "dup.npy")]
+        args += ["-o", str(tmp_path / "o.csv"), "--keys", str(tmp_path / "keys.txt")]
+        args += [] if store is None else ["--store", str(store)]
+        r = run(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        size = re.search(r"--suffix-size (\d+)", r.stderr)
+        assert size is not None, r.stderr
+        r = run(*args, "--suffix-size", size[1])
+        assert r.returncode == 0, r.stderr
+        rows = (tmp_path / "o.csv").read_text().splitlines()[1:]
+        assert len({row.split(",")[1] for row in rows}) == 300  # unique IDs

@@ -450,3 +450,28 @@ def test_store_and_unique_agree_on_any_batch(tmp_path_factory, crowded, rows, ke
         np.testing.assert_array_equal(
             store.assign(ids, batch, chosen), ids.unique(batch, keys=chosen)
         )
+
+
+def test_the_suffix_range_advice_works_on_a_store(tmp_path):
+    # "a suffix size of 9 would work", followed, gave "was made with another model".
+    import re
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    ids = semantic.fit(x, levels=1, codebook_size=4, suffix_size=8)
+    with semantic.IdStore(tmp_path / "s.db") as store:
+        first = store.assign(ids, np.repeat(x[:1], 6, axis=0), [f"a{i}" for i in range(6)])
+        with pytest.raises(semantic.SuffixRangeError) as info:
+            store.assign(ids, np.repeat(x[:1], 3, axis=0), [f"b{i}" for i in range(3)])
+        size = int(re.search(r"a suffix size of (\d+) would work", str(info.value))[1])
+        wider = ids.with_suffix_size(size)  # as the message says
+        later = store.assign(wider, np.repeat(x[:1], 3, axis=0), [f"b{i}" for i in range(3)])
+        assert f"ids.with_suffix_size({size})" in str(info.value)
+        assert later[:, 1].tolist() == [6, 7, 8]
+        np.testing.assert_array_equal(store.get([f"a{i}" for i in range(6)], wider), first)
+        store.check()
+        with pytest.raises(ValueError, match=r"suffixes up to 8.*suffix range 8"):
+            store.get(["a0"], ids)  # the narrower model cannot number what is stored now
+    other = semantic.fit(x + 1, levels=1, codebook_size=4, suffix_size=size)
+    with semantic.IdStore(tmp_path / "s.db") as store, pytest.raises(ValueError, match="another"):
+        store.assign(other, x[:1], ["c"])  # other codebooks are still another model

@@ -93,6 +93,12 @@ def register(subparsers: Any) -> None:
         "--store", help="SQLite ID store: keep stored keys' IDs, add new ones (needs --keys)"
     )
     _resolve_options(p)
+    p.add_argument(
+        "--suffix-size",
+        type=positive,
+        metavar="N",
+        help="number colliding items up to N (default: the model's suffix range)",
+    )
     p.add_argument("--trie", action="store_true", help="save the IDs' prefix trie in the model")
     p.set_defaults(func=cmd_assign)
 
@@ -165,15 +171,25 @@ def cmd_assign(args: argparse.Namespace) -> int:
         # row numbers as keys would give another file's rows the stored rows' IDs
         raise ValueError("--store keeps IDs by key: give --keys (a file of one key per line)")
     ids = semantic.load(args.model)
+    if args.suffix_size is not None:
+        ids = ids.with_suffix_size(args.suffix_size)
     x = _data(args.data, args.key)
     keys = _read_keys(args.keys, x.shape[0])
-    if args.store is not None:
-        if args.resolve != "suffix":
-            raise ValueError("--store numbers colliding items by suffix: drop --resolve")
-        with semantic.IdStore(args.store) as store:
-            uids = store.assign(ids, x, keys)
-    else:
-        uids = ids.unique(x, keys=keys, resolve=args.resolve, candidates=args.candidates)
+    try:
+        if args.store is not None:
+            if args.resolve != "suffix":
+                raise ValueError("--store numbers colliding items by suffix: drop --resolve")
+            with semantic.IdStore(args.store) as store:
+                uids = store.assign(ids, x, keys)
+        else:
+            uids = ids.unique(x, keys=keys, resolve=args.resolve, candidates=args.candidates)
+    except semantic.SuffixRangeError as exc:
+        if exc.needed is None:
+            raise
+        raise semantic.SuffixRangeError(
+            f"{exc} (from the command line: rerun with --suffix-size {exc.needed})",
+            needed=exc.needed,
+        ) from None
     tokens = ids.tokens(uids)
     _write_ids(args.output, keys, uids, tokens)
     if args.trie:

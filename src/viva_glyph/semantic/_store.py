@@ -249,27 +249,68 @@ class IdStore:
             self._con.execute("SELECT COUNT(*) FROM ids WHERE key IS NOT NULL").fetchone()[0]
         )
 
-    def _model_state(self, ids: SemanticIds) -> bool:
-        """Whether the store is bound to ``ids`` (False: to no model yet); ValueError when
-        it was made with another model."""
+    def _model_state(self, ids: SemanticIds) -> str:
+        """How the store stands to the model ``ids``: ``"bound"`` to it, ``"unbound"`` (no
+        model yet), or ``"resized"``: bound to the same model with another suffix range
+        that numbers every stored suffix (a store may move to a wider range, as a
+        :class:`SuffixRangeError` advises). ValueError for another model."""
         fp = model_fingerprint(ids)
         row = self._con.execute("SELECT value FROM meta WHERE name = 'model'").fetchone()
         if row is None:
-            return False
-        if row[0] != fp:
-            raise self._other_model(row[0], fp)
-        return True
+            return "unbound"
+        if row[0] == fp:
+            return "bound"
+        stored = self._layout()
+        if (
+            stored is not None
+            and stored[1] != ids.suffix_size
+            and model_fingerprint(ids.with_suffix_size(stored[1])) == row[0]
+        ):
+            top = self._con.execute("SELECT MAX(suffix) FROM ids").fetchone()[0]
+            if isinstance(top, int) and top >= ids.suffix_size:
+                raise ValueError(
+                    f"{self.path} holds suffixes up to {top}, beyond this model's suffix range "
+                    f"{ids.suffix_size}: use ids.with_suffix_size({top + 1}) or wider"
+                )
+            return "resized"
+        raise self._other_model(row[0], fp)
+
+    def _layout(self) -> tuple[tuple[int, ...], int] | None:
+        """The codebook sizes and suffix range the store was last bound with (None: no model
+        yet); ValueError when the record is not the store's."""
+        row = self._con.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
+        if row is None:
+            return None
+        try:
+            spec = json.loads(row[0])
+            sizes = tuple(spec["codebook_sizes"])
+            suffixes = spec["suffix_size"]
+            ok = (
+                sizes
+                and all(type(k) is int and k > 0 for k in sizes)
+                and type(suffixes) is int
+                and suffixes > 0
+                and math.prod(sizes) < 1 << 63
+            )
+        except (ValueError, TypeError, KeyError, RecursionError):
+            ok = False
+        if not ok:
+            raise self._corrupt(f"layout {str(row[0])[:80]!r} is not the store's")
+        return sizes, suffixes
 
     def _check_model(self, ids: SemanticIds) -> None:
-        """Inside a write transaction: bind the store to ``ids`` or check it is that model."""
-        if not self._model_state(ids):
-            layout = json.dumps(
-                {"codebook_sizes": list(ids.codebook_sizes), "suffix_size": ids.suffix_size}
-            )
-            self._con.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("model", model_fingerprint(ids)), ("layout", layout)],
-            )
+        """Inside a write transaction: bind the store to ``ids`` (or, for the same model of
+        another suffix range, move it to ``ids``) or check it is that model."""
+        state = self._model_state(ids)
+        if state == "bound":
+            return
+        layout = json.dumps(
+            {"codebook_sizes": list(ids.codebook_sizes), "suffix_size": ids.suffix_size}
+        )
+        self._con.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("model", model_fingerprint(ids)), ("layout", layout)],
+        )
 
     def _other_model(self, stored: str, fp: str) -> ValueError:
         return ValueError(
@@ -365,7 +406,7 @@ class IdStore:
         finally:
             if con.in_transaction:  # a read: nothing to keep
                 con.execute("ROLLBACK")
-        if bound and known.all():
+        if bound != "unbound" and known.all():
             return out_glyph, out_suffix
         if self.read_only:
             raise OSError(
@@ -453,7 +494,9 @@ class IdStore:
             raise SuffixRangeError(
                 f"{crowded} new items collided on one glyph that already holds "
                 f"{int(base[worst])} IDs, but the suffix range is {suffix_size}: a suffix size "
-                f"of {need} would work; nothing was stored"
+                f"of {need} would work (ids.with_suffix_size({need}) is this model with that "
+                "range, and this store takes it); nothing was stored",
+                needed=need,
             )
         rows = new[order]
         out_glyph[rows] = gs

@@ -24,7 +24,14 @@ __all__ = [
 
 
 class SuffixRangeError(ValueError):
-    """More items share one glyph than the model's suffix range can number."""
+    """More items share one glyph than the model's suffix range can number.
+
+    ``needed`` is the smallest suffix size that would have worked (None when unknown).
+    """
+
+    def __init__(self, message: str, *, needed: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ def check_range(rank: NDArray[np.int64], size: NDArray[np.int64], suffix_size: i
             f"{collided} items collided (largest group: {largest} items with one glyph), but "
             f"the suffix range is {suffix_size}: a suffix size of {largest} would work "
             f"(fit(..., suffix_size={largest}) or ids.with_suffix_size({largest})); "
-            "or fit more levels or larger codebooks"
+            "or fit more levels or larger codebooks",
+            needed=largest,
         )
 
 
