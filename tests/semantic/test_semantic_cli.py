@@ -196,3 +196,38 @@ def test_the_suffix_range_advice_works_from_the_command_line(files, tmp_path):
         assert r.returncode == 0, r.stderr
         rows = (tmp_path / "o.csv").read_text().splitlines()[1:]
         assert len({row.split(",")[1] for row in rows}) == 300  # unique IDs
+
+
+def test_lookup_keys_and_ids_in_a_store(files, tmp_path):
+    import csv
+    import json
+
+    d, _ = files
+    store = tmp_path / "s.sqlite"
+    r = run("assign", str(d / "ids.safetensors"), str(d / "x.npy"), "-o", str(tmp_path / "o.csv"),
+            "--keys", str(d / "keys.txt"), "--store", str(store))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "o.csv", newline="") as fh:
+        rows = {row["key"]: row for row in csv.DictReader(fh)}
+    r = run("lookup", str(store), "item-3", "item-1200")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"item-3\t{rows['item-3']['token_string']}",
+        f"item-1200\t{rows['item-1200']['token_string']}",
+    ]
+    tokens = rows["item-7"]["token_string"]
+    numbers = rows["item-8"]["tokens"].replace(" ", ",")
+    r = run("lookup", str(store), "--id", tokens, numbers, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert [g["key"] for g in got] == ["item-7", "item-8"]
+    assert got[0]["tokens"] == tokens and got[1]["id"] == [int(v) for v in numbers.split(",")]
+    for argv, message in (
+        (["lookup", str(store), "nobody"], "key 'nobody' is not in"),
+        (["lookup", str(store), "--id", "<a_0>"], "3 positions"),
+        (["lookup", str(tmp_path / "none.sqlite"), "k"], "no such file"),
+    ):
+        r = run(*argv)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert message in r.stderr, r.stderr
+    assert not (tmp_path / "none.sqlite").exists()

@@ -213,6 +213,8 @@ out = {}
 with semantic.IdStore(sys.argv[2], timeout=5) as store:
     out["len"] = len(store)
     out["get"] = store.get(["k1", "k7"], ids).tolist()
+    assert store.get(["k1", "k7"]).tolist() == out["get"]  # the lookups, without the model
+    assert store.keys_of(store.get(["k7", "k1"])) == ["k7", "k1"]
     x = np.zeros((2, ids.dimension), np.float32)
     out["known"] = store.assign(ids, x, ["k1", "k7"]).tolist()  # stored keys: a read
     for what, call in (
@@ -475,3 +477,52 @@ def test_the_suffix_range_advice_works_on_a_store(tmp_path):
     other = semantic.fit(x + 1, levels=1, codebook_size=4, suffix_size=size)
     with semantic.IdStore(tmp_path / "s.db") as store, pytest.raises(ValueError, match="another"):
         store.assign(other, x[:1], ["c"])  # other codebooks are still another model
+
+
+def test_lookup_by_key_and_by_id_without_the_model(tmp_path, model):
+    ids, _ = model
+    x = np.random.default_rng(10).normal(size=(40, 8)).astype(np.float32)
+    keys = [f"item-{i}" for i in range(40)]
+    db = tmp_path / "s.sqlite"
+    with semantic.IdStore(db) as store:
+        assigned = store.assign(ids, x, keys)
+        assert store.retire(["item-3"]) == 1
+    by_key = {k: row.tolist() for k, row in zip(keys, assigned, strict=True)}
+    by_id = {tuple(row): (None if k == "item-3" else k) for k, row in by_key.items()}
+    with semantic.IdStore(db, create=False) as store:
+        live = [k for k in keys if k != "item-3"]
+        got = store.get(live)  # key -> ID, from the store's own record of its layout
+        assert got.tolist() == [by_key[k] for k in live]
+        np.testing.assert_array_equal(store.get(live, ids), got)  # the same with the model
+        assert store.keys_of(assigned) == [by_id[tuple(r)] for r in assigned.tolist()]
+        assert (
+            store.keys_of(ids.tokens(assigned[:5]))
+            == [by_id[tuple(r)] for r in by_key.values()][:5]
+        )
+        assert store.keys_of(assigned[7]) == ["item-7"]  # one ID
+        assert store.tokens(assigned) == ids.tokens(assigned)  # the recorded ranges
+        np.testing.assert_array_equal(store.parse(store.tokens(assigned)), assigned)
+        free = next(
+            [a, b, s]
+            for a in range(16)
+            for b in range(16)
+            for s in range(3)
+            if (a, b, s) not in by_id
+        )
+        with pytest.raises(KeyError, match=r"is not in .*s\.sqlite"):
+            store.keys_of([free])
+        with pytest.raises(KeyError, match="item-3"):
+            store.get(["item-3"])
+        with pytest.raises(ValueError, match=r"codes column 0 must be in \[0, 16\)"):
+            store.keys_of([[16, 0, 0]])
+        with pytest.raises(ValueError, match=r"3 positions \(2 codes and a suffix\), got 2"):
+            store.keys_of([[1, 0]])
+    con = sqlite3.connect(db)
+    con.execute("UPDATE ids SET key = CAST(x'ff61' AS TEXT) WHERE key = 'item-9'")
+    con.commit()
+    con.close()
+    with semantic.IdStore(db) as store, pytest.raises(ValueError, match=r"s\.sqlite is corrupt"):
+        store.keys_of(assigned[9])
+    with pytest.raises(ValueError, match="not a viva-glyph ID store"):
+        semantic.IdStore(tmp_path / "missing.sqlite", create=False)
+    assert not (tmp_path / "missing.sqlite").exists()

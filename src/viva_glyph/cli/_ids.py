@@ -28,6 +28,8 @@ EXAMPLES = {
     "assign": "example:\n  viva-glyph ids assign ids.safetensors items.npy -o ids.parquet "
     "--keys keys.txt --store ids.sqlite",
     "eval": "example:\n  viva-glyph ids eval ids.safetensors items.npy --plot ids.png",
+    "lookup": "example:\n  viva-glyph ids lookup ids.sqlite item-17 item-42"
+    "\n  viva-glyph ids lookup ids.sqlite --id '<a_3><b_12><c_0><d_1>' 3,12,0,2",
 }
 
 
@@ -111,6 +113,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot")
     p.set_defaults(func=cmd_eval)
+
+    p = group("lookup", "the IDs of stored keys, or (--id) the keys of IDs, in an ID store")
+    p.add_argument("store", help="SQLite ID store (read only, never created)")
+    p.add_argument(
+        "values",
+        nargs="+",
+        metavar="KEY",
+        help="keys; with --id, IDs as token strings (<a_3><b_12><c_0>) or numbers (3,12,0)",
+    )
+    p.add_argument(
+        "--id", dest="by_id", action="store_true", help="look up IDs and print their keys"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_lookup)
 
 
 def _data(path: str, key: str | None) -> Any:
@@ -242,4 +258,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.to_json() if args.json else report.table())
     if args.plot is not None:
         report.plot(args.plot)
+    return 0
+
+
+def _parse_id(text: str) -> str | list[int]:
+    """One ID of the command line: a token string, or its numbers (``3,12,0`` or ``3 12 0``)."""
+    if text.lstrip().startswith("<"):
+        return text.strip()
+    parts = text.replace(",", " ").split()
+    try:
+        return [int(v) for v in parts]
+    except ValueError:
+        raise ValueError(
+            f"--id {text!r} is neither a token string (<a_3><b_12><c_0>) nor numbers (3,12,0)"
+        ) from None
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    """``ids lookup``: key -> ID, or with ``--id`` ID -> key."""
+    import json
+    import os
+
+    from viva_glyph import semantic
+    from viva_glyph.cli._commands import _printable
+
+    if not os.path.exists(args.store):
+        raise FileNotFoundError(2, "no such file", args.store)
+    with semantic.IdStore(args.store, create=False) as store:
+        try:
+            if args.by_id:
+                if store.radices is None:
+                    raise ValueError(f"{args.store} holds no IDs yet")
+                uids = [
+                    store.parse([v])[0].tolist() if isinstance(v, str) else v
+                    for v in map(_parse_id, args.values)
+                ]
+                keys = store.keys_of(uids)
+                rows: list[dict[str, Any]] = [
+                    {"id": [int(c) for c in u], "key": k} for u, k in zip(uids, keys, strict=True)
+                ]
+            else:
+                got = store.get(args.values)
+                rows = [{"key": k, "id": u} for k, u in zip(args.values, got.tolist(), strict=True)]
+        except KeyError as exc:  # an unknown key or ID: bad input, one line
+            raise ValueError(str(exc.args[0])) from None
+        tokens = store.tokens([r["id"] for r in rows])
+    for row, text in zip(rows, tokens, strict=True):
+        row["tokens"] = text
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        key = "(retired)" if row["key"] is None else _printable(str(row["key"]))
+        print(f"{row['tokens']}\t{key}" if args.by_id else f"{key}\t{row['tokens']}")
     return 0

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph.core.nearest import code_dtype
-from viva_glyph.semantic._checks import tie_order
+from viva_glyph.semantic._checks import check_codes, tie_order
 from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._storeparts import (
     FORMAT,
@@ -44,6 +44,7 @@ from viva_glyph.semantic._storeparts import (
     model_fingerprint,
     same_sql,
 )
+from viva_glyph.semantic._tokens import format_tokens, parse_tokens
 from viva_glyph.semantic._unique import SuffixRangeError, glyph_keys, key_digits
 
 __all__ = ["IdStore", "model_fingerprint"]
@@ -71,6 +72,9 @@ class IdStore:
         SQLite file; created when missing.
     timeout : float
         Seconds to wait for another process's write lock.
+    create : bool
+        Make the store when ``path`` is missing or empty (default); False only
+        opens an existing store (for reading: nothing is created).
 
     Raises
     ------
@@ -78,8 +82,15 @@ class IdStore:
         When ``path`` is not a SQLite database, or is one that is not an ID store.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float = 600.0, create: bool = True
+    ) -> None:
         self.path = os.fspath(path)
+        if not isinstance(create, (bool, np.bool_)):
+            raise TypeError(f"create must be a bool, got {type(create).__name__}")
+        if not create and not os.path.isfile(self.path):
+            what = "does not exist" if not os.path.exists(self.path) else "is not a file"
+            raise ValueError(f"{self.path} is not a viva-glyph ID store: it {what}")
         self._lock = threading.RLock()  # one connection, shared by the threads that use it
         self._closed = False
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
@@ -108,6 +119,8 @@ class IdStore:
         try:
             if tables:
                 self._safely(lambda: self._verify(tables))  # reads only: no lock taken
+            elif not create:
+                raise ValueError(f"{self.path} is not a viva-glyph ID store: it holds no tables")
             else:
                 self._create()
             self._con.execute("PRAGMA synchronous=FULL")
@@ -160,7 +173,7 @@ class IdStore:
 
     def _open_error(self, exc: BaseException) -> Exception:
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError):
+        if isinstance(exc, sqlite3.OperationalError) and "could not decode" not in text.lower():
             if busy(exc):
                 return OSError(
                     f"ID store {self.path} is locked by another process (waited "
@@ -242,6 +255,28 @@ class IdStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    @locked
+    def radices(self) -> tuple[int, ...] | None:
+        """Ranges of the stored IDs' positions: the codebook sizes, then the suffix range,
+        as the store was last bound (None before the first :meth:`assign`)."""
+        layout = self._layout()
+        return None if layout is None else (*layout[0], layout[1])
+
+    def tokens(self, uids: ArrayLike) -> list[str]:
+        """Token strings (``<a_3><b_12><c_0>``) of IDs, by the store's recorded ranges."""
+        return format_tokens(uids, self._recorded())
+
+    def parse(self, texts: Sequence[str] | str) -> NDArray[np.int64]:
+        """IDs (N, L + 1) of token strings, by the store's recorded ranges."""
+        return parse_tokens(texts, self._recorded())
+
+    def _recorded(self) -> tuple[int, ...]:
+        radices = self.radices
+        if radices is None:
+            raise ValueError(f"{self.path} holds no IDs yet: it records no codebook sizes")
+        return radices
 
     @locked
     def __len__(self) -> int:
@@ -507,24 +542,112 @@ class IdStore:
         )
 
     @locked
-    def get(self, keys: Sequence[str | int], ids: SemanticIds) -> NDArray[Any]:
-        """Stored IDs (N, L + 1) of ``keys``; KeyError naming the first unknown key."""
-        check_model(ids)
+    def get(self, keys: Sequence[str | int], ids: SemanticIds | None = None) -> NDArray[Any]:
+        """The stored IDs of keys (key -> ID).
+
+        Parameters
+        ----------
+        keys : sequence of str or int
+        ids : SemanticIds, optional
+            The store's model, checked to be it; by default the store's own record
+            of its codebook sizes and suffix range is used.
+
+        Returns
+        -------
+        ndarray, shape (N, L + 1), int64
+
+        Raises
+        ------
+        KeyError
+            Naming the first key that is not stored (or was retired).
+        """
+        if ids is not None:
+            check_model(ids)
         names = keys_text(keys, len(keys))
         con = self._con
         con.execute("BEGIN")
         try:
-            self._model_state(ids)
-            known, glyph, suffix = self._known(_ranges(ids), names)
+            sizes, suffixes = self._ranges_of(ids)
+            known, glyph, suffix = self._known((math.prod(sizes), suffixes), names)
         finally:
             if con.in_transaction:  # a read: nothing to keep
                 con.execute("ROLLBACK")
         if not known.all():
             raise KeyError(f"key {names[int(np.argmin(known))]!r} is not in {self.path}")
-        out = np.empty((len(names), ids.levels + 1), dtype=np.int64)
-        out[:, : ids.levels] = key_digits(glyph, ids.codebook_sizes)
-        out[:, ids.levels] = suffix
+        out = np.empty((len(names), len(sizes) + 1), dtype=np.int64)
+        out[:, : len(sizes)] = key_digits(glyph, sizes)
+        out[:, len(sizes)] = suffix
         return out
+
+    @locked
+    def keys_of(
+        self, uids: ArrayLike | Sequence[str] | str, ids: SemanticIds | None = None
+    ) -> list[str | None]:
+        """The keys of stored IDs (ID -> key): None for an ID whose key was retired.
+
+        Parameters
+        ----------
+        uids : array_like of int, shape (N, L + 1) or (L + 1,), or token strings
+            IDs as :meth:`assign` returns them, or as ``SemanticIds.tokens`` writes
+            them (``"<a_3><b_12><c_0>"``).
+        ids : SemanticIds, optional
+            The store's model, checked to be it; by default the store's own record
+            of its codebook sizes and suffix range is used.
+
+        Raises
+        ------
+        KeyError
+            Naming the first ID the store never gave.
+        ValueError
+            For IDs of another shape or out of the ranges.
+        """
+        if ids is not None:
+            check_model(ids)
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            sizes, suffixes = self._ranges_of(ids)
+            radices = (*sizes, suffixes)
+            texts = [uids] if isinstance(uids, str) else uids
+            if isinstance(texts, Sequence) and texts and all(isinstance(u, str) for u in texts):
+                codes = parse_tokens([str(u) for u in texts], radices)
+            else:
+                codes = check_codes(uids, radices)
+            if codes.shape[1] != len(radices):
+                raise ValueError(
+                    f"IDs must have {len(radices)} positions ({len(sizes)} codes and a suffix), "
+                    f"got {codes.shape[1]}"
+                )
+            glyph = glyph_keys(codes[:, : len(sizes)], sizes, "the ID store (SQLite)")
+            pairs = list(zip(glyph.tolist(), codes[:, -1].tolist(), strict=True))
+            found: dict[tuple[int, int], str | None] = {}
+            step = self._QUERY_KEYS // 2
+            for a in range(0, len(pairs), step):
+                part = pairs[a : a + step]
+                values = "VALUES " + ",".join("(?, ?)" for _ in part)
+                flat = [v for pair in part for v in pair]
+                query = f"SELECT glyph, suffix, key FROM ids WHERE (glyph, suffix) IN ({values})"
+                for g, suffix, key in con.execute(query, flat):
+                    if key is not None and not isinstance(key, str):
+                        raise self._corrupt(f"glyph {g} suffix {suffix} holds key {key!r}")
+                    found[(g, suffix)] = key
+        finally:
+            if con.in_transaction:  # a read: nothing to keep
+                con.execute("ROLLBACK")
+        for row, pair in enumerate(pairs):
+            if pair not in found:
+                text = format_tokens(codes[row : row + 1], radices)[0]
+                raise KeyError(f"ID {text} is not in {self.path}")
+        return [found[pair] for pair in pairs]
+
+    def _ranges_of(self, ids: SemanticIds | None) -> tuple[tuple[int, ...], int]:
+        """Codebook sizes and suffix range to read rows with: the model's (checked to be
+        the store's), else the store's record (one glyph of one ID for an empty store)."""
+        if ids is not None:
+            self._model_state(ids)
+            return ids.codebook_sizes, ids.suffix_size
+        layout = self._layout()
+        return layout if layout is not None else ((1,), 1)
 
     @locked
     def retire(self, keys: Sequence[str | int]) -> int:

@@ -117,6 +117,8 @@ def locked(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
                 return method(self, *args, **kwargs)
             except sqlite3.OperationalError as exc:  # full disk, read-only file, I/O error, lock
                 text = str(exc)
+                if "could not decode" in text.lower():  # a stored key that is not UTF-8 text
+                    raise ValueError(f"{self.path} is corrupt: {text}") from None
                 if busy(exc):
                     why = f" is locked by another process ({text})"
                 elif "readonly" in text.lower():
