@@ -11,7 +11,8 @@ Tensors, in this order (a tensor appears only when the index has it):
 String metadata: ``format`` (``"viva-glyph-index"``), ``format_version``
 (``"1"``), ``config`` (JSON num_stages/dimension/codebook_size), ``metric``,
 ``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
-``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
+``norm_seen`` (the norms the quantized-norm grid was trained on; files without it
+load as N), ``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
 (anything but a regular file refused, the header and every dtype, shape and
 offset checked against the metadata and the file size before any tensor data
 is read), memory-maps codes, norms and ids and checks every value the
@@ -66,11 +67,24 @@ def _meta(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
             raise ValueError("range")
     except (ValueError, TypeError, KeyError, RecursionError):
         raise _fail(path, "config, count, nlist or beam_size is not valid") from None
+    try:  # files written before it: the grid is taken to have seen the stored norms
+        seen = int(meta.get("norm_seen", count))
+        if not 0 <= seen <= 1 << 62:
+            raise ValueError("range")
+    except ValueError:
+        raise _fail(path, f"norm_seen {meta.get('norm_seen')!r} is not a count") from None
     if meta.get("metric") not in METRICS or meta.get("norm") not in NORM_MODES:
         raise _fail(path, f"metric {meta.get('metric')!r} / norm {meta.get('norm')!r} unknown")
     if meta["norm"] == "none" and meta["metric"] != "ip":
         raise _fail(path, 'norm "none" with a metric other than "ip"')
-    return {**meta, "config": config, "count": count, "nlist": nlist, "beam": beam}
+    return {
+        **meta,
+        "config": config,
+        "count": count,
+        "nlist": nlist,
+        "beam": beam,
+        "norm_seen": seen,
+    }
 
 
 #: Tensors memory-mapped on load (one row each per vector); the others are read.
@@ -159,6 +173,7 @@ def load(path: PathLike) -> RvqIndex:
     dup = _duplicate(s.ids)
     if dup is not None:
         raise _fail(path, f"ids hold {dup} twice; every id must be unique")
+    s.norm_seen = meta["norm_seen"]
     if "norm_params" in layout:
         s.norm_params = small["norm_params"]
         if not np.isfinite(s.norm_params).all():

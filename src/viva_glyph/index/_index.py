@@ -230,7 +230,7 @@ class RvqIndex:
             drop_pages(x, start, start + codes.shape[0])
             if progress is not None:
                 progress(min(start + ADD_ROWS, n))
-        self.store.finish_append()
+        self.store.finish_append(self._stored_norms)
 
     def add_codes(
         self,
@@ -281,7 +281,21 @@ class RvqIndex:
                 )
         self.store.reserve(n)
         self.store.append(arr.astype(self.encoder.code_dtype), nrm, new_ids, lst)
-        self.store.finish_append()
+        self.store.finish_append(self._stored_norms)
+
+    def _stored_norms(self) -> NDArray[np.float64]:
+        """Exact ``||x'||^2`` (with IVF: of centroid + residual) of every stored row, in
+        storage order, recomputed from the codes in blocks."""
+        s = self.store
+        out = np.empty(len(self), dtype=np.float64)
+        for a in range(0, len(self), ADD_ROWS):
+            codes = np.asarray(s.codes[a : a + ADD_ROWS])
+            recon = self.decode64(codes)
+            if s.centroids is not None:
+                pos = np.arange(a, a + codes.shape[0], dtype=np.int64)
+                recon += s.centroids[s.list_of(pos)]
+            out[a : a + codes.shape[0]] = np.einsum("nd,nd->n", recon, recon)
+        return out
 
     def decode64(self, codes: NDArray[Any]) -> NDArray[np.float64]:
         """Reconstructions (n, D) float64 of codes (n, M): the sum of the chosen entries."""

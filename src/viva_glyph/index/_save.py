@@ -43,7 +43,7 @@ def write_index(
     and ``offsets`` (nlist + 1,) I64 (IVF). String metadata: ``format``,
     ``format_version``, ``config`` (JSON num_stages/dimension/codebook_size),
     ``metric``, ``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
-    ``library_version``.
+    ``norm_seen`` (the norms the quantized-norm grid was trained on), ``library_version``.
     """
     c = encoder.config
     meta = {
@@ -57,6 +57,7 @@ def write_index(
         "beam_size": str(beam_size),
         "nlist": str(nlist or 0),
         "count": str(len(store.ids)),
+        "norm_seen": str(store.norm_seen),
         "library_version": __version__,
     }
     tensors: list[tuple[str, NDArray[Any]]] = [
