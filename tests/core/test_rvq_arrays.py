@@ -103,3 +103,43 @@ def test_integer_and_float64_inputs_are_accepted() -> None:
     enc = vg.new(RvqConfig(2, 3, 16))
     ints = np.array([[1, 0, -1], [0, 0, 0]])
     np.testing.assert_array_equal(enc.encode(ints), enc.encode(ints.astype(np.float32)))
+
+
+@given(
+    exponent=st.integers(-1000, 0),
+    float32=st.booleans(),
+    beam=st.sampled_from([1, 3]),
+    seed=st.integers(0, 3),
+)
+def test_codes_do_not_depend_on_a_power_of_two_scale(exponent, float32, beam, seed) -> None:
+    """Codebooks and vectors scaled by 2^e (exact in floating point while nothing underflows)
+    get the same codes, and errors scaled by 2^e. A float64 model at 1e-200 gave every row
+    code 0 (wrong from about 1e-181): the squared distances underflowed."""
+    dtype = np.float32 if float32 else np.float64
+    if float32:
+        exponent = max(exponent, -100)  # float32 values ~2^-10 stay normal down to 2^-116
+    rng = np.random.default_rng(seed)
+    books = rng.standard_normal((3, 16, 6)) * 0.5 ** np.arange(3)[:, None, None]
+    x = rng.standard_normal((300, 6))
+    ref_codes, ref_err = vg.from_codebooks(books.astype(dtype)).encode_with_errors(
+        x.astype(dtype), beam_size=beam
+    )
+    small = vg.from_codebooks(np.ldexp(books, exponent).astype(dtype))
+    codes, err = small.encode_with_errors(np.ldexp(x, exponent).astype(dtype), beam_size=beam)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_allclose(err, np.ldexp(ref_err, exponent), rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(
+        small.encode(np.ldexp(x[:5], exponent).astype(dtype), beam_size=beam), ref_codes[:5]
+    )
+    one = np.ldexp(x[3], exponent).astype(dtype)  # one vector: the lean one-row path
+    np.testing.assert_array_equal(small.encode(one, beam_size=beam), ref_codes[3])
+    if beam == 1:
+        codes3, err3 = small.encode_vector(one)
+        assert list(codes3) == ref_codes[3].tolist()
+        np.testing.assert_allclose(err3, np.ldexp(ref_err[3], exponent), rtol=1e-12)
+
+
+def test_vectors_far_above_a_tiny_model_are_refused_naming_the_limit() -> None:
+    tiny = vg.from_codebooks(np.random.default_rng(0).standard_normal((2, 8, 3)) * 1e-200)
+    with pytest.raises(ValueError, match=r"X row 1 has norm .* above the limit"):
+        tiny.encode(np.array([[0.0, 0.0, 0.0], [1e120, 0.0, 0.0]]))

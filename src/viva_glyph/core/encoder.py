@@ -13,7 +13,14 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from viva_glyph.checks import as_matrix, as_vector, check_codes, check_norms, positive_int
+from viva_glyph.checks import (
+    as_matrix,
+    as_vector,
+    check_codes,
+    check_norms,
+    norm_limit,
+    positive_int,
+)
 from viva_glyph.checks import num_stages as stage_count
 from viva_glyph.core import glyph
 from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
@@ -64,7 +71,16 @@ class RvqEncoder:
     encoding : EncodeSettings
     """
 
-    __slots__ = ("_stack", "_tables", "codebooks", "config", "encoding", "training")
+    __slots__ = (
+        "_scaled",
+        "_shift",
+        "_stack",
+        "_tables",
+        "codebooks",
+        "config",
+        "encoding",
+        "training",
+    )
 
     def __init__(
         self,
@@ -106,6 +122,14 @@ class RvqEncoder:
             stack.setflags(write=False)
         self._stack = stack
         self._tables: EncoderTables | None = None  # built by the first table-path beam search
+        # Codebooks so small that squared distances would underflow are searched scaled
+        # by a power of two (exact), their inputs too: the same codes as at scale 1.
+        self._shift = _tiny_shift(books)
+        self._scaled: RvqEncoder | None = None
+        if self._shift:
+            self._scaled = RvqEncoder(
+                [Codebook(np.ldexp(cb.vectors, self._shift), dtype=cb.dtype) for cb in books]
+            )
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -207,9 +231,10 @@ class RvqEncoder:
         error : float
         """
         row = as_vector(x, self.config.dimension)[None, :]  # float64, finite
-        check_norms(row, 0, self.dtype, "input")
-        codes, residual = greedy(row, self.codebooks)
-        return tuple(codes[0].tolist()), float(np.sqrt(residual.sq_errors()[0]))
+        row = self._search_rows(row, 0, "input")
+        codes, residual = greedy(row, self._engine.codebooks)
+        error = float(np.ldexp(np.sqrt(residual.sq_errors()[0]), -self._shift))
+        return tuple(codes[0].tolist()), error
 
     def encode_with_errors(
         self, X: ArrayLike, num_stages: int | None = None, *, beam_size: int | None = None
@@ -234,38 +259,64 @@ class RvqEncoder:
         if beam_size is None:
             beam_size = self.encoding.beam_size
         m = stage_count(num_stages, self.config.num_stages)
-        books = self.codebooks[:m]
+        engine = self._engine
+        books = engine.codebooks[:m]
         if beam_size == 1 and x.shape[0] == 1:  # one row: the residual loop itself
-            check_norms(x, 0, self.dtype)
-            few, residual = greedy(x, books)
-            err = np.sqrt(residual.sq_errors()) if errors else None
+            few, residual = greedy(self._search_rows(x, 0), books)
+            err = np.ldexp(np.sqrt(residual.sq_errors()), -self._shift) if errors else None
             return few.astype(self.code_dtype), err
         beam = check_beam_size(self.config, positive_int(beam_size, "beam_size"), m, self.dtype)
         n = x.shape[0]
         codes = np.empty((n, m), dtype=self.code_dtype)
         errs = np.empty(n, dtype=np.float64) if errors else None
         lut = beam > 1 and use_lut(self.config, beam, self.dtype.itemsize)
-        if lut and self._tables is None:
-            self._tables = EncoderTables(self.codebooks)
+        if lut and engine._tables is None:
+            engine._tables = EncoderTables(engine.codebooks)
         for rows in self._row_chunks(n, ENGINE_CHUNKS):
-            chunk = x[rows]
-            self._check_rows(chunk, rows.start)
+            chunk = self._search_rows(x[rows], rows.start)
             if beam == 1:  # greedy: exact decisions, float64 errors
                 out = None if errs is None else errs[rows]
                 codes[rows] = encode(books, chunk, 1, sq_errors=out)
                 if out is not None:
                     np.sqrt(out, out=out)
+                    if self._shift:
+                        np.ldexp(out, -self._shift, out=out)
                 continue
             chunk = chunk.astype(self.dtype, copy=False)
-            codes[rows] = encode(books, chunk, beam, lut=lut, tables=self._tables)
+            codes[rows] = encode(books, chunk, beam, lut=lut, tables=engine._tables)
             if errs is not None:
-                diff = chunk.astype(np.float64) - self._decode_rows(codes[rows], np.float64)
-                errs[rows] = np.sqrt(np.einsum("nd,nd->n", diff, diff))
+                diff = chunk.astype(np.float64) - engine._decode_rows(codes[rows], np.float64)
+                errs[rows] = np.ldexp(np.sqrt(np.einsum("nd,nd->n", diff, diff)), -self._shift)
         return codes, errs
 
-    def _check_rows(self, chunk: NDArray[Any], start: int) -> None:
-        """Rows must be finite and within the norm limit of the codebooks' dtype."""
-        check_norms(chunk, start, self.dtype)
+    @property
+    def _engine(self) -> RvqEncoder:
+        """The encoder that searches: this one, or its copy scaled by 2^_shift."""
+        return self if self._scaled is None else self._scaled
+
+    def _search_rows(self, chunk: NDArray[Any], start: int, name: str = "X") -> NDArray[Any]:
+        """Rows checked (finite, within the norm limit of the codebooks' dtype) and, for
+        a model searched scaled by 2^_shift, scaled alike (exact) within that limit."""
+        check_norms(chunk, start, self.dtype, name)
+        if not self._shift:
+            return chunk
+        rows64 = np.asarray(chunk, dtype=np.float64)
+        limit = float(np.ldexp(norm_limit(self.dtype), -self._shift))
+        scale = np.abs(rows64).max(axis=1)
+        if float(scale.max(initial=0.0)) * np.sqrt(rows64.shape[1]) > limit:
+            unit = np.divide(rows64, scale[:, None], out=np.zeros_like(rows64),
+                             where=scale[:, None] > 0)  # fmt: skip
+            norms = scale * np.sqrt(np.einsum("nd,nd->n", unit, unit))  # no overflow
+            bad = np.flatnonzero(norms > limit)
+            if bad.size:
+                row = int(bad[0])
+                raise ValueError(
+                    f"{name} row {start + row} has norm {norms[row]:.4g}, above the limit "
+                    f"{limit:.4g} of this model, whose codes are searched scaled by "
+                    f"2^{self._shift} (its largest code entry is "
+                    f"{_top_entry(self.codebooks):.4g}), beyond which squared distances overflow"
+                )
+        return np.ldexp(rows64, self._shift)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write this encoder to a model file (safetensors), atomically: a temporary
@@ -448,3 +499,18 @@ def _rebuild(
 ) -> RvqEncoder:
     """An encoder from its pickled parts (see ``RvqEncoder.__reduce__``)."""
     return RvqEncoder(codebooks, training=training, encoding=encoding)
+
+
+def _tiny_shift(books: Sequence[Codebook]) -> int:
+    """0, or the power of two that brings the largest code entry's magnitude into [0.5, 1)
+    when it is so small (below 2^(min_exp / 4): 2^-255 for float64, 2^-31 for float32)
+    that squared distances would lose bits to underflow."""
+    top = _top_entry(books)
+    if top == 0.0 or top >= 2.0 ** (np.finfo(books[0].dtype).minexp / 4):
+        return 0
+    return -int(np.frexp(top)[1])
+
+
+def _top_entry(books: Sequence[Codebook]) -> float:
+    """Largest magnitude of a code entry (norms of tiny codes underflow, entries do not)."""
+    return max(float(np.abs(cb.vectors).max()) for cb in books)
