@@ -119,6 +119,10 @@ def as_matrix(data: object, dim: int | None, name: str = "X") -> NDArray[Any]:
     """
     arr = _to_array(data, name)
     if arr.ndim == 1:
+        if arr.shape[0] == 0:  # name the shape given, not the (1, 0) made of it
+            _check_dtype(arr, name)
+            want = "a vector (D,)" if dim is None else f"{dim} values"
+            raise ValueError(f"{name} is empty: got shape (0,), expected {want}")
         arr = arr.reshape(1, -1)
     check_matrix(arr, dim, name, shapes="a vector (D,) or a matrix (N, D)")
     return arr

@@ -129,3 +129,17 @@ def test_every_seed_is_checked_alike(call: int) -> None:
             fn(bad)
     with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
         fn(-1)
+
+
+@pytest.mark.parametrize("empty", [[], np.zeros(0), np.zeros(0, np.float32)])
+def test_an_empty_vector_is_reported_with_the_shape_given(empty) -> None:
+    # vg.encode(enc, []) said "got shape (1, 0)": the shape it made of the input.
+    enc = vg.new(vg.default_config())
+    for call in (
+        lambda: vg.encode(enc, empty),
+        lambda: vg.reconstruct(enc, empty),
+        lambda: enc.encode(empty),
+    ):
+        with pytest.raises(ValueError, match=r"is empty: got shape \(0,\)") as info:
+            call()
+        assert "(1, 0)" not in str(info.value)

@@ -137,3 +137,13 @@ def test_sharded_search_deeper_than_the_shards(tmp_path) -> None:
     d, i = search_shards(paths, Q[:3], 700)  # more than the 600 vectors: empty slots last
     assert i.shape == (3, 700) and (i[:, 600:] == -1).all() and np.isinf(d[:, 600:]).all()
     assert_same((d[:, :600], i[:, :600]), whole.search(Q[:3], 600), "l2")
+
+
+def test_one_shard_given_as_a_path_is_one_shard(tmp_path) -> None:
+    # search_shards("a.vgindex", ...) split the string into characters: "No such file: 'd'".
+    whole, paths, _ = make_shards(tmp_path, 300, 1)
+    Q = np.random.default_rng(1).standard_normal((5, D))
+    for one in (paths[0], str(paths[0])):
+        assert_same(search_shards(one, Q, 4), whole.search(Q, 4), "l2")
+    with pytest.raises(TypeError, match="paths must be"):
+        search_shards(b"a.vgindex", Q, 4)

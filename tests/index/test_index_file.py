@@ -335,3 +335,11 @@ def test_any_data_byte_flip_loads_a_sound_index_or_raises_format_error(
     assert (ids >= 0).all() and all(len(set(row)) == 20 for row in ids.tolist())
     assert set(ids.ravel().tolist()) == set(back.ids.tolist())
     assert back.remove(back.ids[:1]) == 1 and len(back) == 19
+
+
+def test_a_named_pipe_is_not_an_index_file(tmp_path) -> None:
+    # "... is a named pipe (FIFO), not a index file"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(IndexFormatError, match=r"named pipe \(FIFO\), not an index file"):
+        load(fifo)

@@ -195,7 +195,8 @@ def _open(path: PathLike, kind: FileKind) -> tuple[io.FileIO, int]:
                 os.set_blocking(fd, True)
             return io.FileIO(fd, "rb"), info.st_size
         os.close(fd)
-    raise kind.error(f"{os.fspath(path)} is {what}, not a {kind.what} (not a regular file)")
+    article = "an" if kind.what[:1].lower() in "aeiou" else "a"
+    raise kind.error(f"{os.fspath(path)} is {what}, not {article} {kind.what} (not a regular file)")
 
 
 def _read_exact(fh: io.FileIO, n: int, path: PathLike, kind: FileKind) -> bytes:

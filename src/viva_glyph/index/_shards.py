@@ -157,7 +157,7 @@ def _merge(
 
 
 def search_shards(
-    paths: Sequence[PathLike],
+    paths: Sequence[PathLike] | PathLike,
     Q: ArrayLike,
     k: int,
     *,
@@ -170,7 +170,7 @@ def search_shards(
 
     Parameters
     ----------
-    paths : sequence of str or PathLike
+    paths : sequence of str or PathLike, or one path
         Index files (:meth:`RvqIndex.save`) with disjoint ids (two shards that
         hold one id raise ValueError, see :func:`check_disjoint`); every worker
         must be able to read them.
@@ -195,6 +195,13 @@ def search_shards(
 
     from viva_glyph.dask import current_client
 
+    if isinstance(paths, (str, os.PathLike)):  # one shard (a str is no sequence of paths)
+        paths = [paths]
+    if isinstance(paths, bytes) or not isinstance(paths, Sequence):
+        raise TypeError(
+            f"paths must be a sequence of index file paths (or one path), got "
+            f"{type(paths).__name__}"
+        )
     files = [os.fspath(p) for p in paths]
     if not files:
         raise ValueError("search_shards needs at least one shard file, got none")
