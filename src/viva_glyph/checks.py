@@ -7,9 +7,13 @@ callers that stream (:func:`require_finite`).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import operator
 import os
+import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,12 +31,17 @@ __all__ = [
     "check_norms",
     "check_scale",
     "checked_rows",
+    "has_package",
+    "install_hint",
     "memory_available",
+    "missing_package",
     "non_negative_int",
     "norm_limit",
     "num_stages",
+    "optional_import",
     "positive_int",
     "require_finite",
+    "require_package",
 ]
 
 
@@ -374,3 +383,61 @@ def memory_available() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):  # neither Linux nor POSIX sysconf
         return 8 << 30
+
+
+# -- optional dependencies ----------------------------------------------------------------
+#: The extra of viva-glyph that installs each optional package (by its top-level name).
+EXTRAS = {
+    "safetensors": "cli",
+    "tqdm": "cli",
+    "matplotlib": "cli",
+    "pyarrow": "parquet",
+    "numba": "fast",
+    "threadpoolctl": "fast",
+    "torch": "torch",
+    "dask": "dask",
+    "distributed": "dask",
+    "zarr": "dask",
+}
+
+
+def install_hint(package: str) -> str:
+    """``pip install 'viva-glyph[EXTRA]'``: what installs an optional package."""
+    return f"pip install 'viva-glyph[{EXTRAS.get(package.split('.')[0], 'all')}]'"
+
+
+def missing_package(package: str, what: str) -> ModuleNotFoundError:
+    """The error for an optional package that is not installed: ``WHAT needs PACKAGE: pip
+    install 'viva-glyph[EXTRA]'`` (a ModuleNotFoundError, so an ImportError, naming it)."""
+    top = package.split(".")[0]
+    return ModuleNotFoundError(f"{what} needs {top}: {install_hint(top)}", name=top)
+
+
+def optional_import(module: str, what: str) -> ModuleType:
+    """Import ``module`` of an optional package, or raise :func:`missing_package`'s error
+    (``what`` says what needs it). A module missing inside the package is not hidden."""
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != top:
+            raise
+        raise missing_package(top, what) from None
+
+
+def has_package(package: str) -> bool:
+    """Whether an optional package is installed (checked without importing it)."""
+    top = package.split(".")[0]
+    if top in sys.modules:
+        return sys.modules[top] is not None
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_package(package: str, what: str) -> None:
+    """Check, without importing it, that an optional package is installed (before any
+    work that needs it at its end); raise :func:`missing_package`'s error if not."""
+    if not has_package(package):
+        raise missing_package(package, what)

@@ -135,10 +135,15 @@ def run(
     write : callable
         Receives the text to show, line by line (``print`` by default).
     """
+    from viva_glyph.checks import require_package
     from viva_glyph.files import save_array
     from viva_glyph.metrics import evaluate
     from viva_glyph.train import fit
 
+    # what the end of the run needs, checked before a folder is made or anything fitted
+    require_package("matplotlib", "the demo (it writes report.png)")
+    if progress:
+        require_package("tqdm", "the demo's progress bars")
     t0 = time.perf_counter()
     folder = _folder(out, force)
     write(f"writing to {folder}")

@@ -15,6 +15,8 @@ DATA_HELP = "vectors: .npy, .npz, .fvecs, .bvecs, .csv, .tsv, .parquet or .zarr"
 
 __all__ = [
     "DATA_HELP",
+    "OUTPUT_PACKAGES",
+    "check_packages",
     "codebook_sizes",
     "command_group",
     "non_negative",
@@ -111,3 +113,24 @@ def command_group(
         return p
 
     return add
+
+
+#: The optional package that writes each kind of output.
+OUTPUT_PACKAGES = {
+    ".parquet": ("pyarrow", "writing Parquet"),
+    ".zarr": ("zarr", "writing a zarr store"),
+    ".png": ("matplotlib", "writing a plot"),
+}
+
+
+def check_packages(*outputs: str | None) -> None:
+    """Before any work: the optional packages the command's outputs need are installed
+    (ImportError naming the extra otherwise, which the command line reports in one line)."""
+    from pathlib import Path
+
+    from viva_glyph.checks import require_package
+
+    for out in outputs:
+        if out is not None and Path(out).suffix.lower() in OUTPUT_PACKAGES:
+            package, what = OUTPUT_PACKAGES[Path(out).suffix.lower()]
+            require_package(package, what)

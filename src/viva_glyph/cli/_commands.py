@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from viva_glyph.checks import check_codes, require_finite
+from viva_glyph.cli._args import check_packages
 from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.files import check_output
 
@@ -31,7 +32,10 @@ class UsageError(Exception):
 
 # -- helpers ----------------------------------------------------------------------------
 def _show_progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and sys.stderr.isatty()
+    from viva_glyph.checks import has_package
+
+    # a bar is only shown: without tqdm (the cli extra) the work runs without one
+    return not args.quiet and sys.stderr.isatty() and has_package("tqdm")
 
 
 def _bar(total: int, show: bool, desc: str) -> Any:
@@ -97,6 +101,7 @@ def _dask_options(args: argparse.Namespace) -> dict[str, Any] | None:
 # -- commands ---------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
     check_output(args.output, (".safetensors",), {"data": args.data})
+    check_packages(args.output)
     kwargs: dict[str, Any] = {
         "num_stages": args.stages,
         "codebook_size": args.codebook_size,
@@ -148,6 +153,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     dask = _dask_options(args)
     inputs = {"model": args.model, "data": args.data}
     check_output(args.output, (".npy", ".zarr") if dask else (".npy", ".parquet", ".zarr"), inputs)
+    check_packages(args.output)
     encoder = _load_model(args.model)
     m = encoder.config.num_stages if args.stages is None else args.stages
     if m > encoder.config.num_stages:
@@ -181,6 +187,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     check_output(args.output, (".npy", ".zarr"), {"model": args.model, "codes": args.codes})
+    check_packages(args.output)
     encoder = _load_model(args.model)
     source = _open_data(args, args.codes, None)
     c = encoder.config
@@ -214,6 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         check_output(args.plot, (".png",), {"model": args.model, "data": args.data})
+        check_packages(args.plot)
     encoder = _load_model(args.model)
     source = _open_data(args, args.data, encoder.config.dimension)
     report = evaluate(

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from viva_glyph.checks import optional_import
 from viva_glyph.cli._args import (
     DATA_HELP,
+    check_packages,
     codebook_sizes,
     command_group,
     non_negative_number,
@@ -140,6 +142,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from viva_glyph import semantic
 
     check_output(args.output, (".safetensors",), {"data": args.data})
+    check_packages(args.output)
     ids = semantic.fit(
         _data(args.data, args.key),
         levels=args.levels,
@@ -181,6 +184,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
     inputs = {"model": args.model, "data": args.data, "keys": args.keys}
     check_output(args.output, (".parquet", ".csv"), {**inputs, "ID store": args.store})
+    check_packages(args.output, args.model if args.trie else None)
     if args.store is not None:
         check_distinct(args.store, inputs, "ID store")
     if args.store is not None and args.keys is None:
@@ -222,8 +226,8 @@ def _write_ids(path: str, keys: list[str], uids: np.ndarray, tokens: list[str]) 
     suffix = Path(path).suffix.lower()
     with atomic_output(path, suffix) as tmp:
         if suffix == ".parquet":
-            import pyarrow as pa  # type: ignore[import-untyped]
-            import pyarrow.parquet as pq  # type: ignore[import-untyped]
+            pa = optional_import("pyarrow", "writing Parquet")
+            pq = optional_import("pyarrow.parquet", "writing Parquet")
 
             table = pa.table(
                 {
@@ -249,6 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         check_output(args.plot, (".png",), {"model": args.model, "data": args.data})
+        check_packages(args.plot)
     ids = semantic.load(args.model)
     x = _data(args.data, args.key)
     if args.k >= x.shape[0]:

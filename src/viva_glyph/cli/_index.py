@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.cli._args import DATA_HELP, command_group, positive
+from viva_glyph.checks import has_package, optional_import
+from viva_glyph.cli._args import DATA_HELP, check_packages, command_group, positive
 from viva_glyph.files import check_output
 
 __all__ = ["register"]
@@ -33,7 +34,8 @@ EXAMPLES = {
 def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
     from viva_glyph.metrics import progress_bar
 
-    return progress_bar(total, not args.quiet and sys.stderr.isatty(), desc)
+    show = not args.quiet and sys.stderr.isatty() and has_package("tqdm")
+    return progress_bar(total, show, desc)
 
 
 def _open(path: str, key: str | None, dimension: int) -> NDArray[Any]:
@@ -103,6 +105,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     inputs = {"index": args.index, "queries": args.queries, "vectors": args.vectors}
     check_output(args.output, (".parquet", ".npz"), inputs)
+    check_packages(args.output)
     index = load(args.index)
     Q = np.asarray(_open(args.queries, args.key, index.dimension))
     most = max(len(index), 1)
@@ -159,8 +162,8 @@ def _write_results(path: str, dist: NDArray[np.float32], ids: NDArray[np.int64])
             with open(tmp, "wb") as fh:
                 np.savez(fh, distances=dist, ids=ids)
             return
-        import pyarrow as pa  # type: ignore[import-untyped]
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        pa = optional_import("pyarrow", "writing Parquet")
+        pq = optional_import("pyarrow.parquet", "writing Parquet")
 
         k = ids.shape[1]
         table = pa.table(

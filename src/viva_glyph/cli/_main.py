@@ -190,17 +190,11 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename}"
     if isinstance(exc, ModuleNotFoundError):
-        extra = {
-            "pyarrow": "parquet",
-            "safetensors": "cli",
-            "matplotlib": "cli",
-            "tqdm": "cli",
-            "zarr": "dask",
-            "dask": "dask",
-            "distributed": "dask",
-        }
-        hint = extra.get((exc.name or "").split(".")[0], "all")
-        return f"needs the optional package {exc.name!r}: pip install 'viva-glyph[{hint}]'"
+        from viva_glyph.checks import install_hint
+
+        if "pip install" in str(exc):  # the library's own message: what needs which extra
+            return " ".join(str(exc).split())
+        return f"needs the optional package {exc.name!r}: {install_hint(exc.name or '')}"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text
 

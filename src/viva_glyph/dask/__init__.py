@@ -18,17 +18,21 @@ without one, dask's local threaded scheduler does.
 
 from __future__ import annotations
 
-from viva_glyph.dask._arrays import aligned_rows, decode, encode, rows_per_chunk
-from viva_glyph.dask._compute import (
+from viva_glyph.checks import require_package
+
+require_package("dask", "viva_glyph.dask")
+
+from viva_glyph.dask._arrays import aligned_rows, decode, encode, rows_per_chunk  # noqa: E402
+from viva_glyph.dask._compute import (  # noqa: E402
     compute,
     connect,
     connect_timeout,
     current_client,
     worker_environ,
 )
-from viva_glyph.dask._fit import fit
-from viva_glyph.dask._io import from_npy, from_parquet, from_zarr, open_array, write_codes
-from viva_glyph.dask._run import run_encode, run_fit
+from viva_glyph.dask._fit import fit  # noqa: E402
+from viva_glyph.dask._io import from_npy, from_parquet, from_zarr, open_array, write_codes  # noqa: E402
+from viva_glyph.dask._run import run_encode, run_fit  # noqa: E402
 
 __all__ = [
     "aligned_rows",

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from viva_glyph.checks import positive_int
+from viva_glyph.checks import optional_import, positive_int
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -57,7 +57,8 @@ def compute(items: Sequence[Any], *, progress: bool = False, desc: str = "tasks"
     futures = client.compute(list(items))
     if progress:
         from distributed import as_completed
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+        tqdm = optional_import("tqdm.auto", "a progress bar").tqdm
 
         with tqdm(total=len(futures), desc=desc, unit="task") as bar:
             for _ in as_completed(futures):
@@ -275,8 +276,10 @@ def connect(
     if scheduler is None and local_cluster is None:
         yield None
         return
-    from distributed import Client, LocalCluster
+    from viva_glyph.checks import optional_import
 
+    distributed = optional_import("distributed", "a dask cluster (scheduler, local_cluster)")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
     seconds = connect_timeout(timeout)
     if scheduler is not None:
         if not isinstance(scheduler, str) or not scheduler:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.checks import check_code_shape, positive_int
+from viva_glyph.checks import check_code_shape, optional_import, positive_int
 from viva_glyph.files import (
     VectorFile,
     atomic_folder,
@@ -178,7 +178,7 @@ class _ZarrTarget:
         self.path = path
 
     def write(self, block: NDArray[Any], start: int) -> int:
-        import zarr
+        zarr = optional_import("zarr", "writing a zarr store")
 
         arr = zarr.open_array(self.path, mode="r+")
         arr[start : start + block.shape[0]] = block

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph.checks import optional_import
+
 __all__ = ["ParquetRows", "is_number", "read_text"]
 
 _CHUNK_ROWS = 1 << 14
@@ -141,8 +143,8 @@ class ParquetRows:
     """
 
     def __init__(self, files: Sequence[str], columns: Sequence[str] | None, name: str) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        pa = optional_import("pyarrow", "reading Parquet data")
+        pq = optional_import("pyarrow.parquet", "reading Parquet data")
 
         self.files, self.name = list(files), name
         try:
@@ -213,7 +215,7 @@ class ParquetRows:
 
     def _group(self, g: int, dim: int | None) -> NDArray[Any]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
         if self._cache is not None and self._cache[0] == g:
             return self._cache[1]

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.checks import check_matrix
+from viva_glyph.checks import check_matrix, optional_import
 from viva_glyph.files._binary import load_npz, open_npy, open_vecs
 from viva_glyph.files._tables import ParquetRows, read_text
 from viva_glyph.files._writers import NpyWriter, ParquetWriter, ZarrWriter, open_writer, save_array
@@ -233,7 +233,7 @@ class _ZarrRows:
         self._arr: Any = arr
 
     def _open(self) -> Any:
-        import zarr
+        zarr = optional_import("zarr", "reading a zarr store")
 
         if "://" not in self.url and not Path(self.url).exists():
             raise FileNotFoundError(2, "no such zarr store", self.url)

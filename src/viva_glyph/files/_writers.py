@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph.checks import optional_import
 from viva_glyph.files._atomic import atomic_folder, atomic_output, check_output
 
 __all__ = [
@@ -115,15 +116,15 @@ class ParquetWriter(_BlockWriter):
     suffix = ".parquet"
 
     def _open(self, tmp: Path) -> None:
-        import pyarrow as pa  # type: ignore[import-untyped]
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        pa = optional_import("pyarrow", "writing Parquet")
+        pq = optional_import("pyarrow.parquet", "writing Parquet")
 
         pa_type = pa.from_numpy_dtype(self.dtype)
         self._schema = pa.schema([(f"stage_{i + 1}", pa_type) for i in range(self.shape[1])])
         self._pq = pq.ParquetWriter(tmp, self._schema)
 
     def _write(self, block: NDArray[Any]) -> None:
-        import pyarrow as pa
+        import pyarrow as pa  # type: ignore[import-untyped]
 
         arrays = [pa.array(block[:, i]) for i in range(block.shape[1])]
         self._pq.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
@@ -134,8 +135,7 @@ class ParquetWriter(_BlockWriter):
 
 def create_zarr(path: PathLike, shape: tuple[int, int], dtype: Any, chunk_rows: int) -> Any:
     """New zarr v3 array at ``path``: chunks of ``chunk_rows`` full rows, compressed."""
-    import zarr
-
+    zarr = optional_import("zarr", "writing a zarr store")
     rows = max(1, min(int(chunk_rows), int(shape[0])))
     return zarr.create_array(
         os.fspath(path), shape=shape, chunks=(rows, max(1, int(shape[1]))), dtype=dtype

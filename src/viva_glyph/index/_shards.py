@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph.checks import as_matrix, positive_int, require_finite
+from viva_glyph.checks import as_matrix, optional_import, positive_int, require_finite
 
 __all__ = ["check_disjoint", "merge_results", "search_shards"]
 
@@ -190,8 +190,8 @@ def search_shards(
 
     Runs on the current dask.distributed client, else on dask's local scheduler.
     """
-    from dask.base import compute
-    from dask.delayed import delayed
+    compute = optional_import("dask.base", "search_shards").compute
+    delayed = optional_import("dask.delayed", "search_shards").delayed
 
     from viva_glyph.dask import current_client
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.checks import as_matrix, require_finite
+from viva_glyph.checks import as_matrix, optional_import, require_finite
 from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.core.glyph import codes_to_glyph_ids
 from viva_glyph.metrics._report import EvalReport, StageRow
@@ -209,6 +209,5 @@ def progress_bar(total: int | None, show: bool, desc: str) -> Any:
     """A tqdm bar on stderr counting vectors, or None when ``show`` is false."""
     if not show:
         return None
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
+    tqdm = optional_import("tqdm", "a progress bar").tqdm
     return tqdm(total=total, unit="vec", unit_scale=True, desc=desc, file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from viva_glyph.checks import optional_import
+
 __all__ = ["EvalReport", "StageRow"]
 
 
@@ -167,7 +169,7 @@ class EvalReport:
 
 
 def _plot(report: EvalReport, path: str | os.PathLike[str]) -> None:
-    from matplotlib.figure import Figure
+    Figure = optional_import("matplotlib.figure", "report.plot()").Figure
 
     from viva_glyph.files import atomic_output
 

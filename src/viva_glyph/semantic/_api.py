@@ -15,6 +15,7 @@ from viva_glyph.checks import (
     check_magnitude,
     check_scale,
     checked_rows,
+    optional_import,
     positive_int,
 )
 from viva_glyph.core.codebook import Codebook
@@ -154,8 +155,7 @@ def fit(
             check_scale(float(np.abs(sample).max()))
         bar = None
         if progress:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
+            tqdm = optional_import("tqdm.auto", "semantic.fit(progress=True)").tqdm
             bar = tqdm(total=levels, desc="semantic.fit", unit="level")
         try:
             if beam > 1:  # cosine: the core fit's training on the unit rows

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from viva_glyph.checks import as_matrix, non_negative_int, positive_int, require_finite
+from viva_glyph.checks import (
+    as_matrix,
+    non_negative_int,
+    optional_import,
+    positive_int,
+    require_finite,
+)
 from viva_glyph.semantic._checks import check_codes
 from viva_glyph.semantic._levels import level_factors
 from viva_glyph.semantic._model import SemanticIds, normalize_rows
@@ -95,10 +101,8 @@ class SemanticReport:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Write utilisation, perplexity and collisions per depth as a PNG (needs matplotlib)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        optional_import("matplotlib", "SemanticReport.plot()").use("Agg")
+        plt = optional_import("matplotlib.pyplot", "SemanticReport.plot()")
 
         from viva_glyph.files import atomic_output
 

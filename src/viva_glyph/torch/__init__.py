@@ -14,6 +14,10 @@ Codebooks are shared with the numpy encoder: :meth:`ResidualVQ.to_encoder` and
 
 from __future__ import annotations
 
-from viva_glyph.torch._module import ResidualVQ, RvqOutput
+from viva_glyph.checks import require_package
+
+require_package("torch", "viva_glyph.torch")
+
+from viva_glyph.torch._module import ResidualVQ, RvqOutput  # noqa: E402
 
 __all__ = ["ResidualVQ", "RvqOutput"]

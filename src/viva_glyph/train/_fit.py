@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from viva_glyph.checks import optional_import
 from viva_glyph.core import EncodeSettings, RvqConfig, RvqEncoder, TrainingSummary
 from viva_glyph.core.beam import use_lut
 from viva_glyph.train._params import ITERATIONS, FitParams
@@ -79,7 +80,7 @@ def train_rows(
     _log.info("fitting %s on %d rows", config, data.shape[0])
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        tqdm = optional_import("tqdm.auto", "fit(progress=True)").tqdm
 
         bar = tqdm(total=config.num_stages + rounds + refine, desc=desc, unit="step")
     try:
