@@ -292,6 +292,8 @@ def check_magnitude(chunk: NDArray[Any], start: int, name: str = "X") -> None:
     """Raise ``ValueError`` naming the first row of ``chunk`` holding NaN, inf or a value
     beyond :data:`MAX_MAGNITUDE` (``start`` is the row number of ``chunk[0]``)."""
     require_finite(chunk, start, name)
+    if chunk.dtype.kind == "f" and float(np.finfo(chunk.dtype).max) <= MAX_MAGNITUDE:
+        return  # float16 holds nothing that large (and 1e15 as float16 would overflow)
     big = np.abs(chunk) > MAX_MAGNITUDE
     if big.any():
         bad = int(np.flatnonzero(big.any(axis=1))[0])

@@ -260,3 +260,16 @@ def test_values_beyond_float32_training_range_name_the_row(value: float) -> None
     x[1234, 2] = value
     with pytest.raises(ValueError, match=r"X row 1234 holds a value of magnitude [0-9.]+e\+\d+"):
         vg.fit(x, num_stages=2, codebook_size=16)
+
+
+def test_float16_input_fits_without_a_warning_as_its_float32_copy() -> None:
+    # vg.fit on float16 input printed "RuntimeWarning: overflow encountered in cast" (the
+    # magnitude limit 1e15, cast to float16, is inf).
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = vg.fit(x, codebook_size=16, seed=3)
+    ref = vg.fit(x.astype(np.float32), codebook_size=16, seed=3)  # float16 -> float32 is exact
+    np.testing.assert_array_equal(got.codebook_array, ref.codebook_array)
