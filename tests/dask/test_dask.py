@@ -351,3 +351,30 @@ def test_gathered_fit_refines_as_in_memory(client: Any, tmp_path: Path) -> None:
     got = vgd.fit(vgd.from_npy(tmp_path / "x.npy", chunk_rows=1_000), **kw)
     assert got == ref and got.training is not None and ref.training is not None
     assert got.training.refine_mse == ref.training.refine_mse
+
+
+@pytest.mark.parametrize("shape", [(8, 256, 768), (16, 512, 768)])
+def test_a_large_encoder_goes_to_the_workers_without_a_large_graph(
+    client: Any, tmp_path: Path, shape: tuple[int, int, int]
+) -> None:
+    # Encoding with a large encoder printed dask's 7-line "Sending large graph of size
+    # 24.02 MiB" warning: the encoder rode in the graph. One of 6 MiB (its pickled
+    # codebooks) stays in the graph; one of 24 MiB is scattered to the workers once,
+    # outside the graph.
+    import pickle
+    import warnings
+
+    rng = np.random.default_rng(0)
+    big = vg.from_codebooks(rng.normal(size=shape).astype(np.float32))
+    assert len(pickle.dumps(big)) < np.prod(shape) * 4 + (1 << 16)
+    x = _data(2_000, 768, seed=2)
+    np.save(tmp_path / "x.npy", x)  # read by the workers: the data is not in the graph either
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        codes = vgd.encode(big, vgd.from_npy(tmp_path / "x.npy", chunk_rows=500)).compute()
+        back = vgd.decode(big, da.from_array(codes, chunks=(500, shape[0]))).compute()
+    assert not [w for w in caught if "large graph" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
+    np.testing.assert_array_equal(codes, big.encode(x))
+    np.testing.assert_array_equal(back, big.decode(codes))

@@ -106,10 +106,11 @@ def as_dask_matrix(X: object, dimension: int | None, name: str = "X") -> da.Arra
 
 
 def encoder_key(encoder: RvqEncoder) -> Delayed:
-    """The encoder as one graph key (a pure :func:`dask.delayed` value)."""
-    from dask.delayed import delayed
+    """The encoder as one graph key, sent to each worker once (:func:`shared`)."""
+    from viva_glyph.dask._compute import shared
 
-    return delayed(_check_encoder(encoder), pure=True, traverse=False)
+    key: Delayed = shared(_check_encoder(encoder))
+    return key
 
 
 def _row_offset(block_info: dict[Any, Any] | None) -> int:

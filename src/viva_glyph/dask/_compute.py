@@ -18,7 +18,7 @@ from viva_glyph.checks import optional_import, positive_int
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["compute", "connect", "current_client", "worker_environ"]
+__all__ = ["compute", "connect", "current_client", "shared", "worker_environ"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,44 @@ def current_client() -> Client | None:
         return default_client()
     except ValueError:
         return None
+
+
+#: Values of at least this many bytes (``dask.sizeof``) go to the workers by scatter when a
+#: dask.distributed client is current, not inside the graph (dask warns of graphs over 10 MB).
+SCATTER_BYTES = 4 << 20
+
+
+def shared(value: Any) -> Any:
+    """``value`` as one key that graphs depend on, sent to each worker once.
+
+    A small value (or any value without a dask.distributed client) is a pure
+    :func:`dask.delayed` value inside the graph, which any dask scheduler runs.
+    A value of :data:`SCATTER_BYTES` or more is scattered to every worker of the
+    current client (``broadcast``) outside any graph: an encoder of 24 MiB in the
+    graph made dask warn "Sending large graph" and travel with every graph. Graphs
+    holding a scattered value are computed on that client.
+    """
+    from dask.delayed import delayed
+    from dask.sizeof import sizeof
+
+    _register_sizes()
+    client = current_client()
+    if client is None or sizeof(value) < SCATTER_BYTES:
+        return delayed(value, pure=True, traverse=False)
+    # in a list: scatter sends the items of a tuple or list one by one; a new key each
+    # time (a hashed key scattered again while its last copy was being released hung)
+    (future,) = client.scatter([value], broadcast=True, hash=False)
+    return delayed(future)
+
+
+def _register_sizes() -> None:
+    """Tell ``dask.sizeof`` what codebooks and encoders weigh (what their pickles hold)."""
+    from dask.sizeof import sizeof
+
+    from viva_glyph.core import Codebook, RvqEncoder
+
+    sizeof.register(Codebook)(lambda cb: int(cb.vectors.nbytes) + 256)
+    sizeof.register(RvqEncoder)(lambda enc: sum(sizeof(cb) for cb in enc.codebooks) + 1024)
 
 
 def compute(items: Sequence[Any], *, progress: bool = False, desc: str = "tasks") -> list[Any]:

@@ -39,7 +39,7 @@ from viva_glyph.checks import check_magnitude, check_scale, memory_available
 from viva_glyph.core import Codebook, RvqConfig, RvqEncoder
 from viva_glyph.core.beam import use_lut
 from viva_glyph.dask._arrays import as_dask_matrix
-from viva_glyph.dask._compute import compute, current_client
+from viva_glyph.dask._compute import compute, current_client, shared
 from viva_glyph.threads import single_blas_thread
 from viva_glyph.train import ITERATIONS, FitParams, train_rows, train_sample
 from viva_glyph.train.kmeans import leaf_rows
@@ -173,9 +173,8 @@ class _DaskRows:
 
     def map(self, fn: Callable[[NDArray[Any]], NDArray[np.float32]], width: int) -> _DaskRows:
         import dask.array as da
-        from dask.delayed import delayed
 
-        key = delayed(fn, pure=True, traverse=False)
+        key = shared(fn)
         out = da.map_blocks(
             _map_block, self.arr, key, self.leaf, dtype=np.float32,
             chunks=(self.arr.chunks[0], (width,)), meta=np.empty((0, width), np.float32),
@@ -185,7 +184,7 @@ class _DaskRows:
     def reduce(self, fn: Callable[[NDArray[Any]], T], merge: Callable[..., T]) -> T:
         from dask.delayed import delayed
 
-        key = delayed(fn, pure=True, traverse=False)
+        key = shared(fn)
         blocks = self.arr.to_delayed().ravel()
         return _tree([delayed(_reduce_block, pure=True)(b, key, merge, self.leaf)
                       for b in blocks], merge)  # fmt: skip
@@ -203,15 +202,17 @@ class _DaskTraining:
         self.x = _aligned(x, self.leaf)
         self.keep = keep
         self.books: list[Codebook] = []
+        self._shared: tuple[int, Any] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.x.shape[0]), int(self.x.shape[1])
 
     def _books(self) -> Any:
-        from dask.delayed import delayed
-
-        return delayed(tuple(self.books), pure=True, traverse=False)
+        """The codebooks so far, shared once per stage (every pass of a stage reads them)."""
+        if self._shared is None or self._shared[0] != len(self.books):
+            self._shared = (len(self.books), shared(tuple(self.books)))
+        return self._shared[1]
 
     def checked(self) -> None:
         """Check every row (as the in-memory fit reads them) and the data's scale."""
