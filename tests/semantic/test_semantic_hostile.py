@@ -4,6 +4,7 @@ that a hostile user found (it failed before its fix)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -636,3 +637,20 @@ def test_row_norms_neither_overflow_nor_underflow(scale):
     unit, norms = unit_rows(x * scale)
     np.testing.assert_array_equal(unit, unit_rows(x)[0])
     np.testing.assert_array_equal(norms, ref * scale)
+
+
+@pytest.mark.parametrize("which", ["keys", "store"])
+def test_cli_named_pipes_as_keys_or_store_are_refused_without_blocking(cli_files, which):
+    # `--keys f.txt` with f.txt a named pipe (no writer) blocked forever.
+    fifo = cli_files / f"fifo-{which}"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    rows = np.load(cli_files / "x.npy").shape[0]
+    (cli_files / "keys.txt").write_text("".join(f"k{i}\n" for i in range(rows)))
+    keys = str(fifo) if which == "keys" else "keys.txt"
+    args = ("ids", "assign", "m.safetensors", "x.npy", "-o", "o.csv", "--keys", keys)
+    if which == "store":
+        args += ("--store", str(fifo))
+    out = run_cli(*args, cwd=cli_files, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "named pipe" in out.stderr, out.stderr

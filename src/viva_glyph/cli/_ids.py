@@ -7,6 +7,7 @@ OSError, which the main entry point reports in one line with exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from viva_glyph.cli._args import (
     non_negative_number,
     positive,
 )
-from viva_glyph.files import check_distinct, check_output
+from viva_glyph.files import check_distinct, check_output, not_regular
 
 __all__ = ["register"]
 
@@ -163,6 +164,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _read_keys(path: str | None, n: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(n)]
+    what = not_regular(os.stat(path).st_mode)
+    if what is not None:  # a named pipe without a writer would block the read forever
+        raise ValueError(f"--keys {path} is {what}, not a file of keys (one per line)")
     with open(path, "rb") as fh:
         lines = fh.read().removeprefix(b"\xef\xbb\xbf").splitlines()  # a UTF-8 BOM is no key
     keys = []

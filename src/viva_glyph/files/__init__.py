@@ -29,6 +29,7 @@ from viva_glyph.files._safetensors import (
     Tensor,
     header_problem,
     json_depth,
+    not_regular,
     open_file,
     write_file,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "create_zarr",
     "header_problem",
     "json_depth",
+    "not_regular",
     "npy_header",
     "open_file",
     "open_parquet",

@@ -46,6 +46,7 @@ __all__ = [
     "Tensor",
     "header_problem",
     "json_depth",
+    "not_regular",
     "open_file",
     "write_file",
 ]
@@ -168,8 +169,9 @@ def _what_it_is(head: bytes, size: int) -> str:
     return f"it does not start with a safetensors header (it starts with {head[:12]!r})"
 
 
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, or None for a regular file."""
+def not_regular(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is not a regular file ("a folder",
+    "a named pipe (FIFO)", ...), or None for a regular file."""
     for test, name in (
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -184,12 +186,12 @@ def _kind(mode: int) -> str | None:
 
 def _open(path: PathLike, kind: FileKind) -> tuple[io.FileIO, int]:
     """Open a regular file for reading without blocking on pipes; return it and its size."""
-    what = _kind(os.stat(path).st_mode)
+    what = not_regular(os.stat(path).st_mode)
     if what is None:
         nonblock = getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in meanwhile must not block
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | nonblock)
         info = os.fstat(fd)
-        what = _kind(info.st_mode)
+        what = not_regular(info.st_mode)
         if what is None:
             if nonblock:
                 os.set_blocking(fd, True)

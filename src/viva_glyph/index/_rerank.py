@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from viva_glyph.files import npy_header
+from viva_glyph.files import not_regular, npy_header
 
 __all__ = ["exact_scores", "gather_rows", "open_vectors", "rerank"]
 
 _NPY_MAGIC = b"\x93NUMPY"
-
-
-def _not_regular(mode: int) -> str | None:
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def open_vectors(path: str | os.PathLike[str], dimension: int) -> NDArray[Any]:
@@ -46,7 +32,7 @@ def open_vectors(path: str | os.PathLike[str], dimension: int) -> NDArray[Any]:
     name = os.fspath(path)
     fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     info = os.fstat(fd)
-    what = _not_regular(info.st_mode)
+    what = not_regular(info.st_mode)
     if what is not None:
         os.close(fd)
         raise ValueError(f"vectors {name} is {what}, not a .npy file")

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from viva_glyph.core.nearest import code_dtype
+from viva_glyph.files import not_regular
 from viva_glyph.semantic._checks import check_codes, tie_order
 from viva_glyph.semantic._model import SemanticIds, rows_source
 from viva_glyph.semantic._storeparts import (
@@ -88,9 +89,12 @@ class IdStore:
         self.path = os.fspath(path)
         if not isinstance(create, (bool, np.bool_)):
             raise TypeError(f"create must be a bool, got {type(create).__name__}")
-        if not create and not os.path.isfile(self.path):
-            what = "does not exist" if not os.path.exists(self.path) else "is not a file"
-            raise ValueError(f"{self.path} is not a viva-glyph ID store: it {what}")
+        if os.path.exists(self.path):
+            what = not_regular(os.stat(self.path).st_mode)
+            if what is not None:
+                raise ValueError(f"cannot open the ID store {self.path}: it is {what}")
+        elif not create:
+            raise ValueError(f"{self.path} is not a viva-glyph ID store: it does not exist")
         self._lock = threading.RLock()  # one connection, shared by the threads that use it
         self._closed = False
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
