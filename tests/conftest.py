@@ -189,3 +189,39 @@ def unwritable(tmp_path: Path) -> Iterator[list[Path]]:
         pytest.skip("no folder here refuses a new file")
     yield out
     ro.chmod(0o755)
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs a child process without the right to override file modes:
+    as an unprivileged user where this interpreter runs as one, else (root) with every
+    capability dropped; skips the test when neither is possible here."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop the right to override modes")
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("")
+        probe.chmod(0o444)
+        check = (
+            f"import viva_glyph\ntry:\n    open({str(probe)!r}, 'a')\n"
+            "except PermissionError:\n    print('denied')"
+        )
+        for prefix in (
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"],
+            [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"],
+        ):
+            res = subprocess.run(
+                [*prefix, sys.executable, "-c", check],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                check=False,
+            )
+            if res.stdout.strip() == "denied":
+                return prefix
+    pytest.skip("cannot drop the right to override file modes here (setpriv failed)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -231,3 +232,32 @@ def test_lookup_keys_and_ids_in_a_store(files, tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert message in r.stderr, r.stderr
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_trie_into_a_model_that_cannot_be_written_is_refused_before_any_work(files, tmp_path):
+    # --trie rewrites the model: a model in a folder that takes no file failed at the end,
+    # after the IDs were written.
+    import shutil
+
+    from conftest import unprivileged
+
+    prefix = unprivileged()  # without the right to override file modes (root has it)
+    d, _ = files
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(d / "ids.safetensors", ro / "ids.safetensors")
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    ro.chmod(0o555)
+    try:
+        r = subprocess.run(
+            [*prefix, sys.executable, "-m", "viva_glyph", "ids", "assign",
+             str(ro / "ids.safetensors"), str(d / "x.npy"), "-o", str(out / "o.csv"), "--trie"],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )  # fmt: skip
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "not writable" in r.stderr, r.stderr
+    assert not (out / "o.csv").exists()

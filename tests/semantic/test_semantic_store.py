@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unprivileged
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -230,48 +231,12 @@ print(json.dumps(out))
 """
 
 
-def unprivileged() -> list[str]:
-    """A command prefix that runs a child process without the right to override file modes:
-    as an unprivileged user where this interpreter runs as one, else (root) with every
-    capability dropped; skips the test when neither is possible here."""
-    import shutil
-    import tempfile
-
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot drop the right to override modes")
-    with tempfile.TemporaryDirectory() as folder:
-        probe = Path(folder) / "probe"
-        probe.write_text("")
-        probe.chmod(0o444)
-        check = (
-            f"import viva_glyph\ntry:\n    open({str(probe)!r}, 'a')\n"
-            "except PermissionError:\n    print('denied')"
-        )
-        for prefix in (
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"],
-            [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"],
-        ):
-            res = subprocess.run(
-                [*prefix, sys.executable, "-c", check],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "PYTHONPATH": SRC},
-                check=False,
-            )
-            if res.stdout.strip() == "denied":
-                return prefix
-    pytest.skip("cannot drop the right to override file modes here (setpriv failed)")
-
-
 @pytest.mark.parametrize("folder_mode", [0o555, 0o755])
 def test_a_read_only_store_reads_and_says_read_only_on_writes(tmp_path, model, folder_mode):
     # A store file 0444 in a 0555 folder, as a user who cannot write them, could not even
     # be read: "attempt to write a readonly database".
     ids, model_path = model
-    prefix = unprivileged()
+    prefix = unprivileged()  # conftest: without the right to override file modes
     folder = tmp_path / "ro"
     folder.mkdir()
     x = np.random.default_rng(6).normal(size=(10, 8)).astype(np.float32)

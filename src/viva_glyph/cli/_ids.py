@@ -189,6 +189,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
     inputs = {"model": args.model, "data": args.data, "keys": args.keys}
     check_output(args.output, (".parquet", ".csv"), {**inputs, "ID store": args.store})
     check_packages(args.output, args.model if args.trie else None)
+    if args.trie:  # the model file is written too: its folder must take it, before any work
+        check_output(args.model, (".safetensors",))
     if args.store is not None:
         check_distinct(args.store, inputs, "ID store")
     if args.store is not None and args.keys is None:
