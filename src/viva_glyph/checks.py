@@ -400,6 +400,7 @@ EXTRAS = {
     "dask": "dask",
     "distributed": "dask",
     "zarr": "dask",
+    "sklearn": "sklearn",
 }
 
 
