@@ -173,7 +173,10 @@ def encode(encoder: RvqEncoder, input: Sequence[float] | ArrayLike) -> RvqTokens
     input : sequence of float or ndarray, shape (D,)
     """
     indices, error = _check_encoder(encoder).encode_vector(input)
-    return RvqTokens(indices, error)
+    tokens = object.__new__(RvqTokens)  # the encoder's codes: ints >= 0, a float error
+    object.__setattr__(tokens, "indices", indices)
+    object.__setattr__(tokens, "total_error", error)
+    return tokens
 
 
 def decode(encoder: RvqEncoder, tokens: RvqTokens) -> list[float]:
@@ -183,8 +186,7 @@ def decode(encoder: RvqEncoder, tokens: RvqTokens) -> list[float]:
     """
     if not isinstance(tokens, RvqTokens):
         raise TypeError(f"tokens must be RvqTokens, got {type(tokens).__name__}")
-    codes = np.asarray(tokens.indices, dtype=np.int64)
-    decoded: list[float] = _check_encoder(encoder).decode(codes, dtype=np.float64).tolist()
+    decoded: list[float] = _check_encoder(encoder).decode_vector(tokens.indices).tolist()
     return decoded
 
 

@@ -6,6 +6,7 @@ Encoding streams (N, D) inputs in row chunks through the residual loop of
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -27,11 +28,16 @@ from viva_glyph.core.beam import EncoderTables, check_beam_size, use_lut
 from viva_glyph.core.codebook import Codebook
 from viva_glyph.core.config import EncodeSettings, RvqConfig
 from viva_glyph.core.io import read_parts, write_model
-from viva_glyph.core.nearest import chunk_rows, code_dtype
-from viva_glyph.core.search import encode, greedy
+from viva_glyph.core.nearest import VectorStage, chunk_rows, code_dtype
+from viva_glyph.core.search import encode, greedy, greedy_vector
 from viva_glyph.core.summary import TrainingSummary
 
 __all__ = ["RvqEncoder", "load", "save"]
+
+
+#: Squared norm limits (:func:`~viva_glyph.checks.norm_limit`, with a margin for the
+#: rounding of ``x @ x``) by compute itemsize: the lean one-vector path's check.
+_SQ_LIMITS = {n: norm_limit(t) ** 2 * (1.0 - 1e-9) for n, t in ((4, np.float32), (8, np.float64))}
 
 
 class _Tokens(Protocol):
@@ -76,6 +82,7 @@ class RvqEncoder:
         "_shift",
         "_stack",
         "_tables",
+        "_vector_stages",
         "codebooks",
         "config",
         "encoding",
@@ -122,6 +129,7 @@ class RvqEncoder:
             stack.setflags(write=False)
         self._stack = stack
         self._tables: EncoderTables | None = None  # built by the first table-path beam search
+        self._vector_stages: tuple[VectorStage, ...] | None = None  # by the first lone vector
         # Codebooks so small that squared distances would underflow are searched scaled
         # by a power of two (exact), their inputs too: the same codes as at scale 1.
         self._shift = _tiny_shift(books)
@@ -212,8 +220,47 @@ class RvqEncoder:
         -------
         codes : ndarray, shape (N, m) or (m,), dtype :attr:`code_dtype`
         """
+        beam = self.encoding.beam_size if beam_size is None else beam_size
+        if num_stages is None and type(beam) is int and beam == 1:
+            quick = self._quick_vector(X, rows=True)
+            if quick is not None:  # one vector, greedy: the lean path
+                found = greedy_vector(quick[0], quick[1], self._vector_plan())[0]
+                codes1 = np.array(found, dtype=self.code_dtype)
+                return codes1 if quick[2] else codes1[None, :]
         codes, _ = self._encode(X, num_stages, beam_size, errors=False)
         return codes[0] if np.ndim(X) == 1 else codes
+
+    def _quick_vector(
+        self, X: object, *, rows: bool = False
+    ) -> tuple[NDArray[np.float64], float, bool] | None:
+        """``X`` as one float64 vector followed by a 1 (D + 1,), ``||x||^2`` and whether
+        ``X`` was 1-D, when it
+        plainly is one vector: a list, tuple or array of real numbers of shape (D,) (or
+        (1, D) with ``rows``), finite and well within the norm limit, for a model searched
+        unscaled. None sends it to the full checks (which name what is wrong, if anything)."""
+        if self._shift or not isinstance(X, (list, tuple, np.ndarray)):
+            return None
+        try:
+            arr = np.asarray(X)
+        except (ValueError, TypeError):
+            return None
+        d = self.config.dimension
+        flat = arr.shape == (d,)
+        if arr.dtype.kind not in "iuf" or not (flat or (rows and arr.shape == (1, d))):
+            return None
+        x = np.empty(d + 1)  # the vector in float64, then a 1 (greedy_vector's form)
+        x[:d] = arr.reshape(d)
+        x[d] = 1.0
+        sq = float(x[:d].dot(x[:d]))
+        if not sq <= _SQ_LIMITS[self.dtype.itemsize]:  # NaN, inf, or near the norm limit
+            return None
+        return x, sq, flat
+
+    def _vector_plan(self) -> tuple[VectorStage, ...]:
+        """The stages of :func:`~viva_glyph.core.search.greedy_vector`, built once."""
+        if self._vector_stages is None:
+            self._vector_stages = tuple(VectorStage(cb) for cb in self.codebooks)
+        return self._vector_stages
 
     def encode_vector(self, x: ArrayLike) -> tuple[tuple[int, ...], float]:
         """Greedy codes of one vector and its error ``||x - decode(codes)||``: the
@@ -230,6 +277,10 @@ class RvqEncoder:
             One code per stage.
         error : float
         """
+        quick = self._quick_vector(x)
+        if quick is not None:
+            codes1, sq_error = greedy_vector(quick[0], quick[1], self._vector_plan())
+            return tuple(codes1), math.sqrt(sq_error)
         row = as_vector(x, self.config.dimension)[None, :]  # float64, finite
         row = self._search_rows(row, 0, "input")
         codes, residual = greedy(row, self._engine.codebooks)
@@ -440,6 +491,39 @@ class RvqEncoder:
         for rows in self._row_chunks(arr.shape[0]):
             out[rows] = self._decode_rows(arr[rows], dt)
         return out[0] if np.ndim(codes) == 1 else out
+
+    def decode_vector(self, codes: Sequence[int]) -> NDArray[np.float64]:
+        """One vector from its codes, summed in float64: the lean path of one vector at a
+        time (``decode(codes, dtype=np.float64)`` of one row, the same sums).
+
+        Parameters
+        ----------
+        codes : sequence of int, length 1 <= m <= M
+            One code per stage, for the first m stages.
+
+        Returns
+        -------
+        ndarray, shape (D,), float64
+        """
+        books = self.codebooks
+        if (
+            isinstance(codes, (list, tuple))
+            and 0 < len(codes) <= len(books)
+            and all(
+                type(i) is int and 0 <= i < cb.size for i, cb in zip(codes, books, strict=False)
+            )
+        ):
+            out = books[0].vectors64[codes[0]].copy()
+            for cb, i in zip(books[1:], codes[1:], strict=False):
+                out += cb.vectors64[i]
+            return out
+        given: ArrayLike = codes
+        if isinstance(codes, (list, tuple)) and all(type(i) is int for i in codes):
+            given = np.array(codes, dtype=np.int64)  # (0,) too: the checks name the count
+        decoded = self.decode(given, dtype=np.float64)  # names what is wrong
+        if decoded.ndim != 1:
+            raise ValueError(f"codes must be one row of codes, got shape {np.shape(codes)}")
+        return decoded.astype(np.float64, copy=False)
 
     def _check_codes(self, codes: ArrayLike) -> NDArray[Any]:
         c = self.config

@@ -26,6 +26,7 @@ same float order, so the same codes.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from types import ModuleType
@@ -39,6 +40,7 @@ __all__ = [
     "CHUNK_BYTES",
     "NUMBA_IMPORT_WORK",
     "Residuals",
+    "VectorStage",
     "augmented_table",
     "chunk_rows",
     "code_dtype",
@@ -294,6 +296,69 @@ class CodebookLike(Protocol):
     def centered(
         self,
     ) -> tuple[NDArray[np.float64], NDArray[Any], NDArray[np.float64], NDArray[Any]]: ...
+
+
+class VectorStage:
+    """One stage's exact greedy decision for one vector at a time, from one
+    matrix-vector product: the decision :class:`Residuals` makes by brute force for a
+    single row (the first of the codes at the least float64 distance ``sum (r - c)^2``),
+    in a few numpy calls.
+
+    The scores ``||c||^2 - 2 r.c`` of every code come from ``[r, 1] @ [-2 C^T ; ||c||^2]``
+    in float64, each within ``gamma (||c||^2 + 2 ||r|| ||c||)`` of its true value
+    (:func:`rounding_factor`; bounded here by the largest ``||c||``). A code whose score is
+    within twice that bound, plus the float64 tie slack of the distances, of the least
+    score may be the float64 nearest; when the least is the only such code it is the
+    answer, otherwise the float64 distances of those codes decide (as brute force would).
+
+    Parameters
+    ----------
+    book : CodebookLike
+        The stage's codebook (K, D).
+    """
+
+    __slots__ = ("_bound_a", "_bound_b", "_table", "_tie", "sq_grow", "vectors64")
+
+    def __init__(self, book: CodebookLike) -> None:
+        self.vectors64 = book.vectors64
+        self._table = augmented_table(book.vectors64)
+        k, d = book.vectors64.shape
+        gamma = rounding_factor(d, np.float64)
+        top = float(book.norms.max()) if k else 0.0
+        self._bound_a = 2.0 * gamma * top * top  # twice the bound at ||r|| = 0
+        self._bound_b = 4.0 * gamma * top  # ... and its growth with ||r||
+        self._tie = 2.0 * float64_tie_slack(d)
+        #: What ``||x||^2`` as float64 rounds it is multiplied by to bound the true value.
+        self.sq_grow = 1.0 + 2.0 * gamma
+
+    def nearest(self, r_aug: NDArray[np.float64], sq_norm: float) -> tuple[int, float]:
+        """The exact nearest code ``c`` of ``r = r_aug[:-1]``, and an upper bound of
+        ``||r - c||^2`` as float64 rounds ``r - c`` (the next stage's ``sq_norm``).
+
+        Parameters
+        ----------
+        r_aug : ndarray, shape (D + 1,), float64
+            The residual followed by a 1.
+        sq_norm : float
+            An upper bound of ``||r||^2``.
+
+        Returns
+        -------
+        code : int
+        sq_norm : float
+        """
+        scores = r_aug.dot(self._table)
+        code = int(scores.argmin())
+        best = scores.item(code)
+        slack = self._bound_a + self._bound_b * math.sqrt(sq_norm)
+        limit = best + slack + self._tie * max(sq_norm + best + slack, 0.0)
+        scores[code] = np.inf
+        if scores.item(scores.argmin()) <= limit:  # another code may be as near
+            scores[code] = best
+            near = np.flatnonzero(scores <= limit)  # the float64 distances decide
+            code = int(near[sq_distances(r_aug[:-1] - self.vectors64[near]).argmin()])
+            best = scores.item(code)
+        return code, max(sq_norm + best + slack, 0.0) * (1.0 + self._tie)
 
 
 class Residuals:

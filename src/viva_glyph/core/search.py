@@ -22,10 +22,16 @@ from numpy.typing import NDArray
 
 from viva_glyph.core.beam import EncoderTables, beam_start, beam_step, lut_kernel, lut_step
 from viva_glyph.core.codebook import Codebook
-from viva_glyph.core.nearest import CHUNK_BYTES, Residuals, chunk_rows, numba_module
+from viva_glyph.core.nearest import (
+    CHUNK_BYTES,
+    Residuals,
+    VectorStage,
+    chunk_rows,
+    numba_module,
+)
 from viva_glyph.threads import default_threads, parallel_map
 
-__all__ = ["PIECE_ROWS", "beam", "encode", "greedy"]
+__all__ = ["PIECE_ROWS", "beam", "encode", "greedy", "greedy_vector"]
 
 #: Rows per piece of the fused table path (at most; capped by 2 CHUNK_BYTES of scores
 #: per piece): pieces this long keep the kernel's per-row work in cache at every width.
@@ -59,6 +65,39 @@ def greedy(
             residual = Residuals(rescale(residual.exact()), book.dtype, backend)
         codes[:, stage] = residual.take_nearest(book)  # the nearest code of r; r <- r - c
     return codes, residual
+
+
+def greedy_vector(
+    x_aug: NDArray[np.float64], sq_norm: float, stages: Sequence[VectorStage]
+) -> tuple[list[int], float]:
+    """:func:`greedy` of one vector in as few numpy calls as a stage allows (the spec
+    API's and ``encode_vector``'s path): the same codes, the same float64 residual.
+
+    Parameters
+    ----------
+    x_aug : ndarray, shape (D + 1,), float64
+        The vector, finite and within the norm limit, followed by a 1; overwritten by
+        the residual.
+    sq_norm : float
+        ``||x||^2`` as float64 rounds it.
+    stages : sequence of VectorStage
+        One per codebook.
+
+    Returns
+    -------
+    codes : list of int
+    sq_error : float
+        ``||x - sum_m C_m[q_m]||^2``, as :meth:`Residuals.sq_errors` computes it.
+    """
+    r = x_aug[:-1]  # the residual, updated in place
+    sq = sq_norm * stages[0].sq_grow  # an upper bound of ||x||^2
+    codes = []
+    for stage in stages:
+        code, sq = stage.nearest(x_aug, sq)  # the nearest code of r; r <- r - c
+        r -= stage.vectors64[code]
+        codes.append(code)
+    sq_error = float(np.einsum("nd,nd->n", r[None, :], r[None, :])[0])
+    return codes, sq_error
 
 
 def beam(
