@@ -15,10 +15,12 @@ import pytest
 BLOCK = "import sys\nfor _name in {names!r}:\n    sys.modules[_name] = None\n"
 
 
-def run_without(names: list[str], code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_without(
+    names: list[str], code: str, cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
     script = BLOCK.format(names=names) + textwrap.dedent(code)
     return subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -109,15 +111,7 @@ def test_the_demo_checks_what_it_needs_before_any_work(tmp_path) -> None:
     # In a core-only install `viva-glyph demo` ran the whole fit, then failed for a
     # missing package and left a half-written folder.
     for blocked in (["matplotlib"],):
-        res = subprocess.run(
-            [sys.executable, "-c", BLOCK.format(names=blocked) + CLI, "demo", "--out", "d"],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            timeout=300,
-            check=False,
-        )
+        res = run_without(blocked, CLI, tmp_path, "demo", "--out", "d")
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert f"needs {blocked[0]}: pip install 'viva-glyph[cli]'" in res.stderr
@@ -143,14 +137,6 @@ def test_commands_check_their_outputs_packages_first(tmp_path, blocked, argv, pa
         tmp_path / "m.safetensors"
     )
     before = sorted(p.name for p in tmp_path.iterdir())
-    res = subprocess.run(
-        [sys.executable, "-c", BLOCK.format(names=blocked) + CLI, *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        timeout=300,
-        check=False,
-    )
+    res = run_without(blocked, CLI, tmp_path, *argv)
     assert res.returncode == 2 and f"needs {package}: pip install" in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before

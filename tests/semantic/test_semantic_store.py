@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,9 +277,7 @@ def test_opening_and_reading_do_not_wait_for_a_writer(tmp_path, model):
     db = tmp_path / "s.sqlite"
     with semantic.IdStore(db) as store:
         first = store.assign(ids, x, list("abcde"))
-    writer = sqlite3.connect(db, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # another process's assign, in progress
-    try:
+    with _write_locked(db):  # another process's assign, in progress
         t0 = time.monotonic()
         with semantic.IdStore(db, timeout=3) as store:
             assert len(store) == 5
@@ -284,33 +285,31 @@ def test_opening_and_reading_do_not_wait_for_a_writer(tmp_path, model):
             with pytest.raises(OSError, match="locked by another process"):
                 store.assign(ids, x[:1], ["f"])  # a write waits, then says why
         assert time.monotonic() - t0 < 3 + 2.5  # only the write waited
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
 
 
 def test_a_lock_is_the_same_error_from_the_constructor_and_from_assign(tmp_path, model):
     # The constructor said ValueError, assign OSError, for the same condition.
     ids, _ = model
     db = tmp_path / "new.sqlite"
-    writer = sqlite3.connect(db, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # a new, empty file: opening must create the store
-    try:
-        with pytest.raises(OSError, match=r"new\.sqlite.*locked by another process"):
-            semantic.IdStore(db, timeout=0.3)
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
+
+    def locked() -> Any:
+        return pytest.raises(OSError, match=r"new\.sqlite.*locked by another process")
+
+    with _write_locked(db), locked():  # a new, empty file: opening must create the store
+        semantic.IdStore(db, timeout=0.3)
     with semantic.IdStore(db) as store:
         store.assign(ids, np.zeros((1, 8), np.float32), ["a"])
+    with _write_locked(db), semantic.IdStore(db, timeout=0.3) as store, locked():
+        store.assign(ids, np.zeros((1, 8), np.float32), ["b"])
+
+
+@contextlib.contextmanager
+def _write_locked(db: Path) -> Iterator[None]:
+    """Another connection holding the write lock of ``db`` meanwhile."""
     writer = sqlite3.connect(db, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:
-        with (
-            semantic.IdStore(db, timeout=0.3) as store,
-            pytest.raises(OSError, match=r"new\.sqlite.*locked by another process"),
-        ):
-            store.assign(ids, np.zeros((1, 8), np.float32), ["b"])
+        yield
     finally:
         writer.execute("ROLLBACK")
         writer.close()
