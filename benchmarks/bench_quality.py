@@ -100,6 +100,11 @@ class FaissRQ(Method):
     def label(self, beam: int) -> str:
         return f"{self.name}, encode beam {beam}"
 
+    def codebooks(self) -> np.ndarray:
+        import faiss
+
+        return faiss.vector_to_array(self.rq.codebooks).reshape(M, K, -1)
+
 
 class FaissLSQ(Method):
     def __init__(self, d: int) -> None:
@@ -165,6 +170,42 @@ class Ours(Method):
         assert self.enc is not None
         own = beam == self.enc.encoding.beam_size
         return f"{self.name}, encode beam {beam}" + ("" if own else " (not the default)")
+
+
+def index_recall(
+    name: str, methods: list[Method], train: np.ndarray, test: np.ndarray, queries: int
+) -> list[dict[str, Any]]:
+    """recall@10 (no re-ranking) of a flat float-norm index of the training rows built on
+    the quality preset's model and on FAISS's best RQ codebooks (each encoding the rows at
+    beam 32), against the exact 10 nearest training rows of each held-out query."""
+    from viva_glyph.index import RvqIndex
+
+    q = test[:queries]
+    sq = np.einsum("nd,nd->n", train.astype(np.float64), train.astype(np.float64))
+    truth = np.empty((q.shape[0], 10), dtype=np.int64)
+    for s in range(0, q.shape[0], 256):
+        d = sq[None, :] - 2.0 * (q[s : s + 256].astype(np.float64) @ train.T.astype(np.float64))
+        part = np.argpartition(d, 10, axis=1)[:, :10]
+        order = np.take_along_axis(d, part, axis=1).argsort(axis=1)
+        truth[s : s + 256] = np.take_along_axis(part, order, axis=1)
+    faiss_rows = [m for m in methods if isinstance(m, FaissRQ) and m.name.endswith(("10", "32"))]
+    ours = [m for m in methods if isinstance(m, Ours) and m.preset == "quality"]
+    if not faiss_rows or not ours:
+        return []
+    best = min(faiss_rows, key=lambda m: mse(test, m.decode(m.encode(test, 32))))
+    out = []
+    for m in (best, ours[0]):
+        enc = ours[0].enc
+        assert enc is not None
+        books = m.codebooks() if isinstance(m, FaissRQ) else enc.codebook_array
+        index = RvqIndex(vg.from_codebooks(books.astype(np.float32)))
+        index.add_codes(m.encode(train, 32))
+        _, found = index.search(q, 10)
+        pairs = zip(found.tolist(), truth.tolist(), strict=True)
+        rec = sum(len(set(f) & set(t)) for f, t in pairs) / truth.size
+        out.append({"set": name, "method": m.name, "recall10": rec})
+        print(f"  index recall@10 {m.name:40s} {rec:.4f}", file=sys.stderr, flush=True)
+    return out
 
 
 def speed(fn: Callable[[], Any], rows: int) -> float:
@@ -279,6 +320,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows as JSON")
     p.add_argument("--png", help="draw the curves")
+    p.add_argument(
+        "--index", type=int, default=0, metavar="Q",
+        help="also compare the recall@10 of a flat index on the quality model and on FAISS's "
+        "best RQ codebooks, for Q held-out queries (0: not run)",
+    )  # fmt: skip
     args = p.parse_args()
     import faiss
 
@@ -296,6 +342,12 @@ def main() -> None:
         methods += [Ours(p, args.seed) for p in args.presets.split(",")]
         rows = run_set(name, methods, args)
         show(name, rows)
+        if args.index:
+            train, test, _ = quality_data.load(name)
+            found = index_recall(name, methods, train, test, args.index)
+            print("\n| index (flat, float norms, codes at beam 32) | recall@10 |\n|---|---|")
+            for r in found:
+                print(f"| {r['method']} | {r['recall10']:.4f} |")
         allrows += rows
         if args.json:
             Path(args.json).write_text(json.dumps(allrows, indent=1))
