@@ -236,3 +236,17 @@ def test_an_existing_output_that_is_not_a_regular_file_is_never_replaced(tmp_pat
     with pytest.raises(ValueError, match="not a regular file"), files.atomic_output(pipe):
         pass
     assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == [pipe.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+@pytest.mark.parametrize("name", ["d.parquet", "d.pq"])
+def test_a_pipe_or_device_named_parquet_is_not_called_missing(tmp_path: Path, name: str) -> None:
+    """A named pipe or a device with a Parquet suffix exists: it is refused naming what it
+    is (the reader said "no such file")."""
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+    device = tmp_path / f"zero-{name}"
+    device.symlink_to("/dev/zero")
+    for path, what in ((pipe, "named pipe"), (device, "character device")):
+        with pytest.raises(ValueError, match=f"{what}.*expected a data file"):
+            files.open_vectors(path)

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from viva_glyph.checks import check_matrix, optional_import
 from viva_glyph.files._binary import load_npz, open_npy, open_vecs
+from viva_glyph.files._safetensors import not_regular
 from viva_glyph.files._tables import ParquetRows, read_text
 from viva_glyph.files._writers import NpyWriter, ParquetWriter, ZarrWriter, open_writer, save_array
 
@@ -191,6 +192,9 @@ def open_parquet(path: PathLike, *, columns: Sequence[str] | None = None) -> Vec
             raise ValueError(f"{p}: a folder without *.parquet files")
     elif p.is_file():
         files = [text]
+    elif p.exists():  # a named pipe or a device: it exists, but is no data file
+        what = not_regular(p.stat().st_mode)
+        raise ValueError(f"{p} is {what}; expected a data file ({', '.join(READ_FORMATS)})")
     else:
         raise FileNotFoundError(2, "no such file", text)
     return VectorFile(text, ParquetRows(files, columns, text))
