@@ -250,3 +250,29 @@ def test_a_pipe_or_device_named_parquet_is_not_called_missing(tmp_path: Path, na
     for path, what in ((pipe, "named pipe"), (device, "character device")):
         with pytest.raises(ValueError, match=f"{what}.*expected a data file"):
             files.open_vectors(path)
+
+
+def test_a_read_only_output_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    """An existing output this process may not write (mode 0o444, folder writable): refused
+    by the checks before any work, naming it read-only; it failed at the very end, naming
+    the temporary ("Permission denied: .o.safetensors.viva-glyph-....tmp")."""
+    from conftest import unprivileged
+
+    prefix = unprivileged()
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    np.save(work / "x.npy", np.random.default_rng(0).standard_normal((64, 4)))
+    out = work / "o.safetensors"
+    out.write_bytes(b"keep me")
+    out.chmod(0o444)
+    r = subprocess.run(
+        [*prefix, sys.executable, "-m", "viva_glyph", "fit", "-q", str(work / "x.npy"),
+         "-o", str(out), "--stages", "1", "--codebook-size", "4"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "read-only" in r.stderr and ".tmp" not in r.stderr, r.stderr
+    assert out.read_bytes() == b"keep me"
+    assert sorted(p.name for p in work.iterdir()) == ["o.safetensors", "x.npy"]

@@ -261,3 +261,31 @@ def test_trie_into_a_model_that_cannot_be_written_is_refused_before_any_work(fil
         ro.chmod(0o755)
     assert r.returncode == 2 and "not writable" in r.stderr, r.stderr
     assert not (out / "o.csv").exists()
+
+
+def test_trie_into_a_read_only_model_file_is_refused_before_any_work(files, tmp_path):
+    # a read-only model file in a writable folder: the IDs were written, then the model's
+    # temporary (given the model's mode 0o444 before it was written) could not be opened
+    import shutil
+
+    from conftest import unprivileged
+
+    prefix = unprivileged()
+    d, _ = files
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    model = work / "ids.safetensors"
+    shutil.copy(d / "ids.safetensors", model)
+    model.chmod(0o444)
+    before = model.read_bytes()
+    r = subprocess.run(
+        [*prefix, sys.executable, "-m", "viva_glyph", "ids", "assign",
+         str(model), str(d / "x.npy"), "-o", str(work / "o.csv"), "--trie"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "read-only" in r.stderr and ".tmp" not in r.stderr, r.stderr
+    assert not (work / "o.csv").exists() and model.read_bytes() == before
+    assert sorted(p.name for p in work.iterdir()) == ["ids.safetensors"]

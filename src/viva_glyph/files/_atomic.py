@@ -242,8 +242,8 @@ def check_output(
     ValueError
         For another suffix, an output that is one of ``inputs``, an existing
         folder, device, pipe or socket in the place of a file, an existing file
-        or non-zarr folder in the place of a store, a folder this process may
-        not write in.
+        this process may not write (read-only), an existing file or non-zarr
+        folder in the place of a store, a folder this process may not write in.
     FileNotFoundError
         When the destination's folder does not exist.
     """
@@ -269,6 +269,9 @@ def check_output(
             f"output {target} exists and is not a regular file (a device, pipe or socket); "
             "not replacing it: give a file name"
         )
+    elif target.is_file() and not os.access(target, os.W_OK):
+        # its mode marks it as not to be written by this process: the rename would replace it
+        raise ValueError(f"output {target} is read-only here; not replacing it")
     return target
 
 
@@ -318,10 +321,10 @@ def atomic_output(path: PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        os.chmod(tmp, mode)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # after writing: the writer must be able to open it
         _refuse_if_signalled()
         os.replace(tmp, target)
     except BaseException:
