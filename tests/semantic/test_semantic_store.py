@@ -490,3 +490,37 @@ def test_lookup_by_key_and_by_id_without_the_model(tmp_path, model):
     with pytest.raises(ValueError, match="not a viva-glyph ID store"):
         semantic.IdStore(tmp_path / "missing.sqlite", create=False)
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_reading_a_read_only_store_leaves_nothing_that_blocks_later_writes(tmp_path, model):
+    # A store file 0444 in a writable folder, read by a user who cannot write it, left an
+    # s.sqlite-shm of mode 0444 (and an s.sqlite-wal) beside it: once the file was made
+    # writable again every write failed with "attempt to write a readonly database".
+    ids, model_path = model
+    prefix = unprivileged()
+    folder = tmp_path / "w"
+    folder.mkdir()
+    folder.chmod(0o777)
+    x = np.random.default_rng(6).normal(size=(10, 8)).astype(np.float32)
+    with semantic.IdStore(folder / "s.sqlite") as store:
+        store.assign(ids, x, [f"k{i}" for i in range(10)])
+    (folder / "s.sqlite").chmod(0o444)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    res = subprocess.run(
+        [*prefix, sys.executable, "-c", READER, str(model_path), str(folder / "s.sqlite")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["s.sqlite"]
+    (folder / "s.sqlite").chmod(0o666)
+    writer = (
+        "import sys, numpy as np\nfrom viva_glyph import semantic\n"
+        "ids = semantic.load(sys.argv[1])\n"
+        "with semantic.IdStore(sys.argv[2]) as s:\n"
+        "    s.assign(ids, np.zeros((1, 8), np.float32), ['new'])\n"
+    )
+    res = subprocess.run(
+        [*prefix, sys.executable, "-c", writer, str(model_path), str(folder / "s.sqlite")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr

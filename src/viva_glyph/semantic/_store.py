@@ -105,7 +105,13 @@ class IdStore:
         #: True when the store was opened read-only (a file or folder this process may not
         #: write): reads work, a write raises OSError saying so.
         self.read_only = False
-        self._con = self._connect(self.path, uri=False)
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            # a file this process may not write: opened read-write, SQLite made a -wal and
+            # a -shm beside it with the file's read-only mode, and left them there, which
+            # blocked every later write once the file was writable again
+            self._con = self._read_only()
+        else:
+            self._con = self._connect(self.path, uri=False)
         try:
             tables = self._tables()
         except sqlite3.OperationalError as exc:
@@ -152,6 +158,15 @@ class IdStore:
         (no other process can write it there either)."""
         self.read_only = True
         url = "file:" + pathname2url(os.path.abspath(self.path))
+        wal, shm = self.path + "-wal", self.path + "-shm"
+        if (
+            not os.path.exists(wal)
+            and not os.path.exists(shm)
+            and not os.access(self.path, os.W_OK)
+        ):
+            # no process has it open in WAL mode, and this one may not write it: read it as
+            # is, without making side files that would outlive this connection
+            return self._connect(url + "?mode=ro&immutable=1", uri=True)
         con = self._connect(url + "?mode=ro", uri=True)
         try:
             con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -160,7 +175,6 @@ class IdStore:
             con.close()
             if not _cannot_write(exc):
                 raise self._open_error(exc) from None
-        wal = self.path + "-wal"
         if os.path.exists(wal) and os.path.getsize(wal) > 0:
             raise OSError(
                 f"ID store {self.path} is read-only here and its write-ahead log {wal} cannot "
