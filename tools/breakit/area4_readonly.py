@@ -52,6 +52,20 @@ for label, args in outs:
     rc, _, lines, dt = run(args)
     verdict(rc == 2 and len(lines) == 1 and not any(ro.iterdir()) and not (W / "w.csv").exists(), label, rc, lines, dt)
 
+# an existing read-only output file in a writable folder: refused before work, kept
+for label, args in outs:
+    if label in ("demo --out", "ids assign --store in ro"):
+        continue
+    args = [a.replace("ro/", "rof-") for a in args]
+    target = W / next(a for a in args if a.startswith("rof-"))
+    if target.suffix == ".zarr":
+        continue
+    target.write_bytes(b"keep"); target.chmod(0o444)
+    rc, _, lines, dt = run(args)
+    verdict(rc == 2 and len(lines) == 1 and "read-only" in lines[0] and target.read_bytes() == b"keep"
+            and not list(W.glob(".rof-*")), "ro file: " + label, rc, lines, dt)
+    target.chmod(0o644); target.unlink()
+
 # a model in a read-only folder written by --trie
 shutil.copy(W / "ids.safetensors", W / "ro2.safetensors")
 ro2 = W / "rodir"; ro2.mkdir(); shutil.copy(W / "ids.safetensors", ro2 / "ids.safetensors"); ro2.chmod(0o555)
@@ -62,7 +76,7 @@ verdict(rc == 2 and len(lines) == 1 and not (W / "t.csv").exists()
 # a read-only model file in a writable folder, --trie
 rom = W / "rom.safetensors"; shutil.copy(W / "ids.safetensors", rom); rom.chmod(0o444)
 rc, _, lines, dt = run(["ids", "assign", "rom.safetensors", "x.npy", "-o", "t2.csv", "--trie"])
-print("   note: read-only model file in writable folder with --trie:", rc, lines[-1:] if lines else "", "mode now", oct(rom.stat().st_mode))
+verdict(rc == 2 and "read-only" in lines[0] and not (W / "t2.csv").exists(), "ids assign --trie ro model file", rc, lines, dt)
 
 # the read-only store
 st = W / "s.sqlite"; st.chmod(0o444)
