@@ -273,3 +273,19 @@ def test_float16_input_fits_without_a_warning_as_its_float32_copy() -> None:
         got = vg.fit(x, codebook_size=16, seed=3)
     ref = vg.fit(x.astype(np.float32), codebook_size=16, seed=3)  # float16 -> float32 is exact
     np.testing.assert_array_equal(got.codebook_array, ref.codebook_array)
+
+
+def test_num_stages_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break-it: fit(num_stages=10**9) built a tuple of 10**9 sizes (minutes, gigabytes)
+    before any check; now the codebooks' float64 memory (M * K * D * 8 bytes) must fit in
+    half the memory available, and the message names the largest M that fits."""
+    x = gaussian(300, 8, seed=5)
+    for m in (10**9, 2**62):
+        with pytest.raises(ValueError, match=r"largest num_stages that fits .* is \d+"):
+            vg.fit(x, num_stages=m, codebook_size=4)
+    monkeypatch.setattr(_params, "memory_available", lambda: 2 << 20)  # half of it: 1 MiB
+    # M * K * D * 8 bytes: 2**20 // (4 * 8 * 8) = 4096
+    with pytest.raises(ValueError, match=r"num_stages 4097 needs .* is 4096:"):
+        vg.fit(x, num_stages=4097, codebook_size=4)
+    with pytest.raises(ValueError, match=r"is 4096:"):  # sizes per stage, as a list
+        vg.fit(x, codebook_size=[4] * 4097)

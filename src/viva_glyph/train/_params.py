@@ -178,6 +178,10 @@ class FitParams:
             put("max_samples", positive_int(self.max_samples, "max_samples"))
         if self.config is not None:
             self._agrees(self.config)
+            cfg = self.config
+            self._check_codebooks(cfg.num_stages, cfg.codebook_size, cfg.dimension)
+        else:  # before the sizes are listed: 10**9 stages made a tuple of 10**9 sizes
+            self._check_codebooks(*self._stages_and_largest(), 1)
         sizes = self._sizes()
         if self.refine and len(set(sizes)) > 1:
             raise ValueError(
@@ -202,6 +206,29 @@ class FitParams:
             if val is not None and val != getattr(config, name):
                 raise ValueError(f"{name}={val} contradicts config.{name}={getattr(config, name)}")
 
+    def _stages_and_largest(self) -> tuple[int, int]:
+        """M and the largest codebook size K, without listing the stage sizes."""
+        size = self.codebook_size
+        if isinstance(size, Sequence):
+            return len(size), max(size)
+        base = default_config()
+        m = base.num_stages if self.num_stages is None else self.num_stages
+        return m, base.codebook_size if size is None else size
+
+    def _check_codebooks(self, m: int, k: int, dim: int) -> None:
+        """Raise unless M codebooks of (at most) K x D float64 fit in half the memory
+        available."""
+        budget = memory_available() // 2
+        need = m * k * dim * 8
+        if need > budget:
+            largest = max(1, budget // (k * dim * 8))
+            raise ValueError(
+                f"num_stages {m} needs {need / 2**30:.3g} GiB of codebooks of {k} x {dim} "
+                f"(M * K * D * 8 bytes); the largest num_stages that fits in "
+                f"{budget / 2**30:.3g} GiB (half the memory available) is {largest}: "
+                "use that or fewer"
+            )
+
     def _sizes(self) -> tuple[int, ...]:
         """The stage sizes (they do not depend on the data's dimension)."""
         if self.config is not None:
@@ -220,8 +247,8 @@ class FitParams:
         ------
         ValueError
             D disagrees with the config, N or ``max_samples`` is below the largest
-            codebook size, or the beam's scores would not fit in half the memory
-            available.
+            codebook size, or the codebooks or the beam's scores would not fit in half
+            the memory available.
         """
         if self.config is not None:
             if self.config.dimension != dim:
@@ -230,6 +257,7 @@ class FitParams:
                 )
             cfg = self.config
         else:
+            self._check_codebooks(*self._stages_and_largest(), dim)
             cfg = RvqConfig.of_sizes(dim, self._sizes())
         k = cfg.codebook_size
         if n < k:
