@@ -181,7 +181,7 @@ class FitParams:
             cfg = self.config
             self._check_codebooks(cfg.num_stages, cfg.codebook_size, cfg.dimension)
         else:  # before the sizes are listed: 10**9 stages made a tuple of 10**9 sizes
-            self._check_codebooks(*self._stages_and_largest(), 1)
+            self._check_codebooks(*self._stages_and_largest(), None)
         sizes = self._sizes()
         if self.refine and len(set(sizes)) > 1:
             raise ValueError(
@@ -215,15 +215,16 @@ class FitParams:
         m = base.num_stages if self.num_stages is None else self.num_stages
         return m, base.codebook_size if size is None else size
 
-    def _check_codebooks(self, m: int, k: int, dim: int) -> None:
+    def _check_codebooks(self, m: int, k: int, dim: int | None) -> None:
         """Raise unless M codebooks of (at most) K x D float64 fit in half the memory
-        available."""
+        available (D None: not yet known, at least 1)."""
         budget = memory_available() // 2
-        need = m * k * dim * 8
+        need = m * k * (dim or 1) * 8
         if need > budget:
-            largest = max(1, budget // (k * dim * 8))
+            largest = max(1, budget // (k * (dim or 1) * 8))
+            shape = f"{k} x {dim}" if dim else f"{k} codes (of dimension D >= 1)"
             raise ValueError(
-                f"num_stages {m} needs {need / 2**30:.3g} GiB of codebooks of {k} x {dim} "
+                f"num_stages {m} needs {need / 2**30:.3g} GiB or more of codebooks of {shape} "
                 f"(M * K * D * 8 bytes); the largest num_stages that fits in "
                 f"{budget / 2**30:.3g} GiB (half the memory available) is {largest}: "
                 "use that or fewer"
