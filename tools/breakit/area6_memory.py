@@ -19,7 +19,7 @@ CASES = {
  "search k 1e6 rerank 1e9": "i = vgi.load('/tmp/bk/i.vgindex'); i.search(x[:5], k=10**6, rerank=10**9, vectors=x)",
  "search k 300 rerank 300, 2000 q": "i = vgi.load('/tmp/bk/i.vgindex'); q = np.tile(x, (7, 1)); i.search(q, k=300, rerank=300, vectors=x)",
  "search ivf nprobe 1e9": "i = vgi.load('/tmp/bk/ivf.vgindex'); i.search(x[:5], k=10, nprobe=10**9)",
- "search batch 1e9": "i = vgi.load('/tmp/bk/i.vgindex'); i.search(x, k=10, batch_size=10**9)",
+ "fit num_stages 1e3 (fits)": "vg.fit(x, num_stages=10**3, codebook_size=4, iterations=1)",
  "semantic fit K 1e9": "semantic.fit(x, levels=2, codebook_size=10**9)",
  "semantic beam 1e9": "semantic.fit(x, levels=2, codebook_size=4, beam_size=10**9)",
  "semantic suffix 1e18": "semantic.fit(x, levels=2, codebook_size=4, suffix_size=10**18)",

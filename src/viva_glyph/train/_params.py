@@ -181,7 +181,9 @@ class FitParams:
             cfg = self.config
             self._check_codebooks(cfg.num_stages, cfg.codebook_size, cfg.dimension)
         else:  # before the sizes are listed: 10**9 stages made a tuple of 10**9 sizes
-            self._check_codebooks(*self._stages_and_largest(), None)
+            m, k = self._stages_and_largest()
+            if m > 1 << 16:  # other sizes are checked by resolve, after N >= K
+                self._check_codebooks(m, k, None)
         sizes = self._sizes()
         if self.refine and len(set(sizes)) > 1:
             raise ValueError(
@@ -258,7 +260,10 @@ class FitParams:
                 )
             cfg = self.config
         else:
-            self._check_codebooks(*self._stages_and_largest(), dim)
+            m, k = self._stages_and_largest()
+            if n < k:
+                raise ValueError(f"fit needs at least codebook_size = {k} rows, got N = {n}")
+            self._check_codebooks(m, k, dim)
             cfg = RvqConfig.of_sizes(dim, self._sizes())
         k = cfg.codebook_size
         if n < k:
