@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import operator
 import os
 import sys
@@ -354,13 +355,14 @@ def check_norms(
     distances overflow (one pass over the chunk when every row is fine)."""
     limit = norm_limit(dtype)
     top = float(np.max(np.abs(chunk))) if chunk.size else 0.0
-    if top * np.sqrt(chunk.shape[1]) <= limit:  # False for NaN
+    if top * math.sqrt(chunk.shape[1]) <= limit:  # False for NaN; inf near float64's max
         return
     require_finite(chunk, start, name)
     rows64 = np.asarray(chunk, dtype=np.float64)
     scale = np.abs(rows64).max(axis=1, keepdims=True)  # no overflow in the squares
     unit = np.divide(rows64, scale, out=np.zeros_like(rows64), where=scale > 0)
-    norms = scale[:, 0] * np.sqrt(np.einsum("nd,nd->n", unit, unit))
+    with np.errstate(over="ignore"):  # a norm beyond float64's maximum: inf, refused below
+        norms = scale[:, 0] * np.sqrt(np.einsum("nd,nd->n", unit, unit))
     bad = np.flatnonzero(~(norms <= limit))
     if bad.size:
         row = int(bad[0])

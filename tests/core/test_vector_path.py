@@ -157,3 +157,16 @@ def test_decode_of_tokens_checks_them() -> None:
         vg.decode(enc, vg.RvqTokens((1, 2, 3, 4, 5), 0.0))
     with pytest.raises(ValueError, match="one row"):
         enc.decode_vector([[1, 2]])  # type: ignore[list-item]
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("big", [1e200, -1e300, 1.7e308])
+def test_a_huge_vector_is_refused_without_an_overflow_warning(big: float) -> None:
+    """Break-it: the lean check's ||x||^2 of a float64 vector of 1e200 overflowed, and a
+    RuntimeWarning ("overflow encountered in dot") came before the clear ValueError."""
+    enc = vg.new(vg.default_config())
+    x = np.zeros(enc.config.dimension)
+    x[1] = big
+    for call in (enc.encode_vector, lambda v: vg.encode(enc, v)):
+        with pytest.raises(ValueError, match="above the limit"):
+            call(x)

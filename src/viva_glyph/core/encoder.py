@@ -251,7 +251,8 @@ class RvqEncoder:
         x = np.empty(d + 1)  # the vector in float64, then a 1 (greedy_vector's form)
         x[:d] = arr.reshape(d)
         x[d] = 1.0
-        sq = float(x[:d].dot(x[:d]))
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, refused below
+            sq = float(x[:d].dot(x[:d]))
         if not sq <= _SQ_LIMITS[self.dtype.itemsize]:  # NaN, inf, or near the norm limit
             return None
         return x, sq, flat
