@@ -89,7 +89,7 @@ def test_a_code_one_ulp_farther_is_not_taken() -> None:
     for book in (np.stack([far, near]), np.stack([near, far])):
         stage = VectorStage(vg.Codebook(book))
         x = np.array([0.0, 0.0, 1.0])
-        code, _ = stage.nearest(x.copy(), 0.0)
+        code, _ = stage.take_nearest(x, x[:-1], 0.0)
         assert book[code].tolist() == near.tolist()
     twins = vg.from_codebooks(np.array([[[3.0, 4.0], [4.0, 3.0], [0.0, 5.0]]]))
     assert twins.encode_vector([0.0, 0.0])[0] == (0,)  # three codes at distance 5

@@ -331,14 +331,17 @@ class VectorStage:
         #: What ``||x||^2`` as float64 rounds it is multiplied by to bound the true value.
         self.sq_grow = 1.0 + 2.0 * gamma
 
-    def nearest(self, r_aug: NDArray[np.float64], sq_norm: float) -> tuple[int, float]:
-        """The exact nearest code ``c`` of ``r = r_aug[:-1]``, and an upper bound of
-        ``||r - c||^2`` as float64 rounds ``r - c`` (the next stage's ``sq_norm``).
+    def take_nearest(
+        self, r_aug: NDArray[np.float64], r: NDArray[np.float64], sq_norm: float
+    ) -> tuple[int, float]:
+        """The exact nearest code ``c`` of the residual ``r``, subtracted from it.
 
         Parameters
         ----------
         r_aug : ndarray, shape (D + 1,), float64
             The residual followed by a 1.
+        r : ndarray, shape (D,), float64
+            ``r_aug[:-1]``: updated in place to ``r - c``.
         sq_norm : float
             An upper bound of ``||r||^2``.
 
@@ -346,6 +349,8 @@ class VectorStage:
         -------
         code : int
         sq_norm : float
+            An upper bound of ``||r - c||^2`` as float64 rounds ``r - c`` (the next
+            stage's ``sq_norm``).
         """
         scores = r_aug.dot(self._table)
         code = int(scores.argmin())
@@ -356,8 +361,9 @@ class VectorStage:
         if scores.item(scores.argmin()) <= limit:  # another code may be as near
             scores[code] = best
             near = np.flatnonzero(scores <= limit)  # the float64 distances decide
-            code = int(near[sq_distances(r_aug[:-1] - self.vectors64[near]).argmin()])
+            code = int(near[sq_distances(r - self.vectors64[near]).argmin()])
             best = scores.item(code)
+        r -= self.vectors64[code]
         return code, max(sq_norm + best + slack, 0.0) * (1.0 + self._tie)
 
 

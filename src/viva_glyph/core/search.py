@@ -93,8 +93,7 @@ def greedy_vector(
     sq = sq_norm * stages[0].sq_grow  # an upper bound of ||x||^2
     codes = []
     for stage in stages:
-        code, sq = stage.nearest(x_aug, sq)  # the nearest code of r; r <- r - c
-        r -= stage.vectors64[code]
+        code, sq = stage.take_nearest(x_aug, r, sq)  # the nearest code of r; r <- r - c
         codes.append(code)
     sq_error = float(np.einsum("nd,nd->n", r[None, :], r[None, :])[0])
     return codes, sq_error
