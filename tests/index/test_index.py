@@ -59,15 +59,25 @@ def as_score(metric: str, d: np.ndarray) -> np.ndarray:
     return d.astype(np.float64) if metric == "l2" else -d.astype(np.float64)
 
 
-def stored_norms(index: RvqIndex) -> np.ndarray:
-    """||x'||^2 as the index keeps it, decoded independently of the library's decoder."""
+def stored_cross(index: RvqIndex) -> np.ndarray:
+    """The cross terms X as the index's bytes decode them (bin centre or level),
+    decoded independently of the library's decoder."""
     st_ = index.store
+    first = np.asarray(st_.codes)[:, 0]
+    b = np.asarray(st_.norms).astype(np.intp)
+    p = st_.norm_params
     if index.norm == "qint8":
-        lo, hi = (float(v) for v in st_.norm_params)
-        return lo + (hi - lo) / 256 * (np.asarray(st_.norms, dtype=np.float64) + 0.5)
-    if index.norm == "cqint8":
-        return st_.norm_params.astype(np.float64)[np.asarray(st_.norms)]
-    raise AssertionError(index.norm)
+        return p[first, 0] + p[first, 1] * (b + 0.5)
+    return p[first, b, 0]
+
+
+def stated_bound(index: RvqIndex) -> np.ndarray:
+    """The error bound the index states for each stored byte."""
+    st_ = index.store
+    first = np.asarray(st_.codes)[:, 0]
+    if index.norm == "qint8":
+        return st_.norm_params[first, 2]
+    return st_.norm_params[first, np.asarray(st_.norms).astype(np.intp), 1]
 
 
 def check_topk(metric: str, got_d, got_i, scores: np.ndarray, ids: np.ndarray, k: int) -> None:
@@ -96,20 +106,17 @@ def test_flat_equals_brute_force(enc, data, metric, norm, backend, monkeypatch) 
     assert d.dtype == np.float32 and i.dtype == np.int64 and d.shape == i.shape == (40, 10)
     decoded = enc.codebook_array.astype(np.float64)[np.arange(M), enc.encode(X)].sum(1)
     exact = brute(metric, Q, decoded)
-    if norm in ("qint8", "cqint8") and metric != "ip":
-        quant = stored_norms(index)
-        true = (decoded * decoded).sum(1)
-        err = np.abs(quant - true)
-        if norm == "qint8":  # stated error: half a bin inside [min, max]
-            lo, hi = index.store.norm_params
-            assert err.max() <= (hi - lo) / 512 * (1 + 1e-4) + 1e-6
-        else:  # stated error: distance to the nearest of the 256 levels
-            levels = index.store.norm_params.astype(np.float64)
-            nearest = np.abs(true[:, None] - levels[None, :]).min(1)
-            np.testing.assert_allclose(err, nearest, atol=1e-5 * true.max())
-        check_topk(metric, d, i, brute(metric, Q, decoded, quant), np.arange(len(X)), 10)
-    else:
-        check_topk(metric, d, i, exact, np.arange(len(X)), 10)
+    if norm in ("qint8", "cqint8") and metric != "ip":  # the stated error of the bytes
+        codes = np.asarray(index.store.codes)
+        sq = np.einsum("mkd,mkd->mk", enc.codebook_array, enc.codebook_array, dtype=np.float64)
+        true = (decoded * decoded).sum(1) - sq[np.arange(M), codes].sum(1)
+        err = np.abs(stored_cross(index) - true)
+        assert (err <= stated_bound(index) * (1 + 1e-9) + 1e-9).all()
+        if norm == "qint8":  # the bound never passes half a step (no vector outside the grid)
+            half = index.store.norm_params[codes[:, 0], 1] / 2
+            assert (stated_bound(index) <= half * (1 + 1e-9) + 1e-9).all()
+    # every norm mode searches to the exact (decoded) neighbours
+    check_topk(metric, d, i, exact, np.arange(len(X)), 10)
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -238,7 +245,7 @@ def test_cqint8_levels_not_worse_than_faiss_1d_kmeans(dist) -> None:
     """Our optimal 1-D k-means against FAISS's (exact on a sample of 65,536, in float32):
     20,000 values, so both solve the whole problem exactly (ours in float64)."""
     faiss = pytest.importorskip("faiss")
-    from viva_glyph.index._norms import train_norms
+    from viva_glyph.index._kmeans1d import kmeans_1d
 
     rng = np.random.default_rng(0)
     x = {
@@ -246,7 +253,7 @@ def test_cqint8_levels_not_worse_than_faiss_1d_kmeans(dist) -> None:
         "narrow": rng.standard_normal(20_000) * 0.1 + 5,
         "exponential": rng.exponential(size=20_000),
     }[dist]
-    ours = train_norms("cqint8", x).astype(np.float64)
+    ours = kmeans_1d(x, 256)
     assert np.unique(ours).shape[0] == 256
     clus = faiss.Clustering1D(256)
     clus.train_exact(x.astype(np.float32).reshape(-1, 1))

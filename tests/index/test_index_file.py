@@ -236,12 +236,33 @@ def test_build_from_memmap_equals_in_memory(enc, X, tmp_path, monkeypatch) -> No
     np.testing.assert_array_equal(mapped, X)  # still readable after its pages were dropped
 
 
+def _bad_params(norm: str, how: str, p: np.ndarray) -> np.ndarray:
+    p = p.copy()
+    if how == "nan":
+        p[3, ..., 0] = np.nan
+    elif how == "huge":
+        p[2, ..., 0] = 1e200
+    elif how == "negative step":
+        p[1, 1] = -0.5
+    elif how == "negative bound":
+        p[4, ..., -1] = -1.0
+    elif how == "unsorted":
+        p[0, :, 0] = np.linspace(1.0, -1.0, p.shape[1])
+    return p
+
+
 @pytest.mark.parametrize(
     ("norm", "field", "match"),
     [
         ("float", "ids", "ids hold negative values"),
-        ("qint8", "norm_params", "qint8 norm range is reversed"),
-        ("cqint8", "norm_params", "cqint8 norm levels are not sorted"),
+        ("qint8", "nan", r"norm_params \(cross-term quantizer\) hold NaN or inf"),
+        ("qint8", "huge", r"norm_params .* beyond what the codes reach"),
+        ("qint8", "negative step", "norm_params .*: a qint8 step or bound is negative"),
+        ("qint8", "negative bound", "norm_params .*: a qint8 step or bound is negative"),
+        ("cqint8", "nan", r"norm_params \(cross-term quantizer\) hold NaN or inf"),
+        ("cqint8", "huge", r"norm_params .* beyond what the codes reach"),
+        ("cqint8", "negative bound", "norm_params .*: a cqint8 bound is negative"),
+        ("cqint8", "unsorted", "norm_params .*: cqint8 levels of a first code are not sorted"),
     ],
 )
 def test_bad_ids_and_norm_params_in_data(enc, X, tmp_path, norm, field, match) -> None:
@@ -252,11 +273,87 @@ def test_bad_ids_and_norm_params_in_data(enc, X, tmp_path, norm, field, match) -
         index.store.ids = index.store.ids.copy()
         index.store.ids[3] = -2
     else:
-        index.store.norm_params = index.store.norm_params[::-1].copy()
+        index.store.norm_params = _bad_params(norm, field, index.store.norm_params)
     path = tmp_path / "a.vgindex"
     index.save(path)
     with pytest.raises(IndexFormatError, match=match):
         load(path)
+
+
+@pytest.mark.parametrize("norm", ["qint8", "cqint8"])
+def test_norm_params_of_another_shape_or_dtype_are_refused(enc, X, tmp_path, norm) -> None:
+    index = built(enc, X, norm=norm)
+    for bad in (index.store.norm_params[:-1], index.store.norm_params.astype(np.float32)):
+        index.store.norm_params = np.ascontiguousarray(bad)
+        index.save(tmp_path / "a.vgindex")
+        with pytest.raises(IndexFormatError, match="tensor 'norm_params' has"):
+            load(tmp_path / "a.vgindex")
+
+
+def _legacy_file(enc, X, path, norm: str, nlist: int | None) -> RvqIndex:
+    """An index file as the versions before ``norm_grid`` wrote it: one byte of the whole
+    norm ||x'||^2 on one grid ([min, max] for qint8, 256 k-means levels for cqint8, F32),
+    built here by hand from that writer's layout. Returns the float-norm index of it."""
+    from viva_glyph.files import write_file
+    from viva_glyph.index._kmeans1d import kmeans_1d
+
+    ref = RvqIndex(enc, norm="float", nlist=nlist)
+    ref.add(X, ids=np.arange(len(X)) * 2 + 5)
+    s = ref.store
+    norms = np.asarray(s.norms, dtype=np.float64)
+    if norm == "qint8":
+        params = np.array([norms.min(), norms.max()], np.float32)
+        step = (float(params[1]) - float(params[0])) / 256
+        stored = np.clip(np.floor((norms - params[0]) / step), 0, 255).astype(np.uint8)
+    else:
+        params = kmeans_1d(norms, 256).astype(np.float32)
+        mid = (params[1:].astype(np.float64) + params[:-1]) / 2
+        stored = np.searchsorted(mid, norms).astype(np.uint8)
+    meta = {
+        "format": "viva-glyph-index",
+        "format_version": "1",
+        "config": json.dumps({"num_stages": M, "dimension": D, "codebook_size": K}),
+        "metric": "l2",
+        "norm": norm,
+        "beam_size": "1",
+        "nlist": str(nlist or 0),
+        "count": str(len(X)),
+        "norm_seen": str(len(X)),
+        "library_version": "0.9.0",
+    }
+    tensors = [
+        ("codebooks", enc.codebook_array),
+        ("codes", np.asarray(s.codes)),
+        ("norms", stored),
+        ("ids", np.asarray(s.ids)),
+        ("norm_params", params),
+    ]
+    if nlist:
+        tensors += [("centroids", s.centroids), ("offsets", s.offsets)]
+    write_file(path, tensors, meta)
+    return ref
+
+
+@pytest.mark.parametrize("nlist", [None, 4])
+@pytest.mark.parametrize("norm", ["qint8", "cqint8"])
+def test_files_of_the_whole_norm_format_load_and_search_exactly(
+    enc, X, tmp_path, norm, nlist
+) -> None:
+    ref = _legacy_file(enc, X, tmp_path / "old.vgindex", norm, nlist)
+    back = load(tmp_path / "old.vgindex")
+    assert back.norm == norm and back.store.norm_params.shape[0] == K
+    Q = np.random.default_rng(9).standard_normal((25, D))
+    probe = 4 if nlist else 1
+    d, i = back.search(Q, 10, nprobe=probe)
+    d0, i0 = ref.search(Q, 10, nprobe=probe)
+    np.testing.assert_array_equal(i, i0)
+    np.testing.assert_allclose(d, d0, rtol=1e-5, atol=1e-5)
+    back.save(tmp_path / "new.vgindex")  # written again in the current format
+    again = load(tmp_path / "new.vgindex")
+    np.testing.assert_array_equal(again.search(Q, 10, nprobe=probe)[1], i0)
+    np.testing.assert_array_equal(again.store.norm_params, back.store.norm_params)
+    back.add(X[:20] + 0.5)  # and grows like any index
+    assert len(back) == len(X) + 20
 
 
 def _hostile(enc, X, tmp_path, what):
@@ -275,10 +372,9 @@ def _hostile(enc, X, tmp_path, what):
         s.centroids = s.centroids.copy()
         s.centroids[1, 2] = 1e30
     elif what == "qint8_params":
-        s.norm_params = np.array([-5.0, s.norm_params[1]], np.float32)
+        s.norm_params = _bad_params("qint8", "negative step", s.norm_params)
     elif what == "cqint8_params":
-        s.norm_params = s.norm_params.copy()
-        s.norm_params[0] = -1.0
+        s.norm_params = _bad_params("cqint8", "negative bound", s.norm_params)
     elif what == "codebooks":  # each code under the encoder's limit, their sum over it
         big = np.full((M, K, D), 3e18 / np.sqrt(D), np.float32)
         index.encoder = RvqEncoder([Codebook(b) for b in big])
@@ -308,16 +404,17 @@ def test_load_refuses_the_values_that_add_refuses(enc, X, tmp_path, what, match)
         load(path)
 
 
+@pytest.mark.parametrize("norm", ["float", "qint8", "cqint8"])
 @given(flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=4))
 def test_any_data_byte_flip_loads_a_sound_index_or_raises_format_error(
-    tmp_path_factory, flips
+    tmp_path_factory, norm, flips
 ) -> None:
     """Flipped bytes in the tensors (not the header): the file is refused, or what loads
     searches to distinct stored ids at finite distances, and removes one row per id."""
     folder = tmp_path_factory.mktemp("flip")
     rng = np.random.default_rng(0)
     enc = RvqEncoder([Codebook(rng.standard_normal((4, 3))) for _ in range(2)])
-    index = RvqIndex(enc, centroids=rng.standard_normal((2, 3)))
+    index = RvqIndex(enc, norm=norm, centroids=rng.standard_normal((2, 3)))
     index.add(rng.standard_normal((20, 3)), ids=np.arange(20) * 3)
     path = folder / "a.vgindex"
     index.save(path)

@@ -5,18 +5,29 @@ Tensors, in this order (a tensor appears only when the index has it):
 
 - ``codebooks`` (M, K, D) F32/F64; ``codes`` (N, M) U8/U16/I32;
 - ``norms`` (N,) F32 (``norm="float"``) or U8 (``"qint8"``, ``"cqint8"``);
-- ``ids`` (N,) I64; ``norm_params`` (2,) or (256,) F32 (quantized norms);
+- ``ids`` (N,) I64; ``norm_params`` (K, 3) F64 (qint8: lo, step and error bound of
+  each first-stage code's grid of cross terms) or (K, 256, 2) F64 (cqint8: level and
+  error bound), see :mod:`viva_glyph.index._norms`;
 - ``centroids`` (nlist, D) and ``offsets`` (nlist + 1,) I64 (IVF).
 
 String metadata: ``format`` (``"viva-glyph-index"``), ``format_version``
 (``"1"``), ``config`` (JSON num_stages/dimension/codebook_size), ``metric``,
-``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
+``norm``, ``norm_grid`` (``"first_code"`` for qint8/cqint8), ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
 ``norm_seen`` (the norms the quantized-norm grid was trained on; files without it
 load as N), ``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
 (anything but a regular file refused, the header and every dtype, shape and
 offset checked against the metadata and the file size before any tensor data
 is read), memory-maps codes, norms and ids and checks every value the
 constructor, :meth:`RvqIndex.add` and :meth:`RvqIndex.add_codes` would refuse.
+Quantizer parameters must be finite, within the scale the codebooks (and centroids)
+can reach, with steps and bounds >= 0 and levels sorted; the bounds themselves are
+trusted as written (checking them would decode every row).
+
+qint8/cqint8 files written before ``norm_grid`` (one byte of the whole norm on one
+grid: ``norm_params`` (2,) ``[min, max]`` or (256,) levels, F32) still load: their
+bytes are rebuilt at load from the codes on the current per-first-code grids (the
+old bytes are not used; the rebuilt ones are held in memory, one byte a vector, and
+saving writes the current format).
 """
 
 from __future__ import annotations
@@ -35,8 +46,9 @@ from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.core.nearest import code_dtype
 from viva_glyph.files import DTYPES, FileKind, open_file
 from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
-from viva_glyph.index._norms import NORM_MODES, stored_dtype
-from viva_glyph.index._save import FORMAT_NAME, FORMAT_VERSION
+from viva_glyph.index import _norms
+from viva_glyph.index._norms import NORM_MODES, QUANTIZED, stored_dtype
+from viva_glyph.index._save import FORMAT_NAME, FORMAT_VERSION, NORM_GRID
 
 __all__ = ["IndexFormatError", "load"]
 
@@ -77,8 +89,12 @@ def _meta(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
         raise _fail(path, f"metric {meta.get('metric')!r} / norm {meta.get('norm')!r} unknown")
     if meta["norm"] == "none" and meta["metric"] != "ip":
         raise _fail(path, 'norm "none" with a metric other than "ip"')
+    grid = meta.get("norm_grid")
+    if grid not in (None, NORM_GRID) or (grid is not None and meta["norm"] not in QUANTIZED):
+        raise _fail(path, f"norm_grid {str(grid)[:20]!r} unknown for norm {meta['norm']!r}")
     return {
         **meta,
+        "legacy": meta["norm"] in QUANTIZED and grid is None,
         "config": config,
         "count": count,
         "nlist": nlist,
@@ -104,8 +120,11 @@ def _expected(m: dict[str, Any]) -> dict[str, tuple[set[str], tuple[int, ...]]]:
     if nd is not None:
         out["norms"] = ({_NAMES[np.dtype(nd)]}, (n,))
     out["ids"] = ({"I64"}, (n,))
-    if m["norm"] in ("qint8", "cqint8") and n:
-        out["norm_params"] = ({"F32"}, (2 if m["norm"] == "qint8" else 256,))
+    if m["norm"] in QUANTIZED and n:
+        if m["legacy"]:
+            out["norm_params"] = ({"F32"}, (2 if m["norm"] == "qint8" else 256,))
+        else:
+            out["norm_params"] = ({"F64"}, _norms.params_shape(m["norm"], c.codebook_size))
     if nlist:
         out["centroids"] = (floats, (nlist, c.dimension))
         out["offsets"] = ({"I64"}, (nlist + 1,))
@@ -175,19 +194,60 @@ def load(path: PathLike) -> RvqIndex:
         raise _fail(path, f"ids hold {dup} twice; every id must be unique")
     s.norm_seen = meta["norm_seen"]
     if "norm_params" in layout:
-        s.norm_params = small["norm_params"]
-        if not np.isfinite(s.norm_params).all():
-            raise _fail(path, "norm_params (norm quantizer) hold NaN or inf")
-        if (s.norm_params < 0).any():
-            raise _fail(path, "norm_params (norm quantizer) hold a negative squared norm")
-        if (np.diff(s.norm_params) < 0).any():
-            what = (
-                "qint8 norm range is reversed"
-                if meta["norm"] == "qint8"
-                else ("cqint8 norm levels are not sorted")
-            )
-            raise _fail(path, f"norm_params: {what}")
+        if meta["legacy"]:
+            _check_legacy(path, meta["norm"], small["norm_params"])
+            _rebuild(index)
+        else:
+            s.norm_params = _check_params(path, index, small["norm_params"])
     return index
+
+
+def _check_legacy(path: PathLike, norm: str, params: NDArray[Any]) -> None:
+    """The whole-norm quantizer of an older file: checked as that version did, then dropped."""
+    if not np.isfinite(params).all():
+        raise _fail(path, "norm_params (norm quantizer) hold NaN or inf")
+    if (params < 0).any():
+        raise _fail(path, "norm_params (norm quantizer) hold a negative squared norm")
+    if (np.diff(params) < 0).any():
+        what = "qint8 norm range is reversed" if norm == "qint8" else "cqint8 norm levels are not sorted"
+        raise _fail(path, f"norm_params: {what}")
+
+
+def _rebuild(index: RvqIndex) -> None:
+    """Train the per-first-code grids on the exact cross terms of every stored row (from
+    the codes) and quantize them again: a file of the whole-norm format."""
+    s = index.store
+    lists = s.list_of(np.arange(len(index), dtype=np.int64)) if s.centroids is not None else None
+    cross = index._cross_terms(s.codes, lists)
+    first = np.asarray(s.codes[:, 0])
+    params = _norms.train_cross(index.norm, cross, first, s.groups)
+    s.norms, s.norm_params = _norms.encode_cross(index.norm, params, cross, first)
+    s.norm_seen = len(index)
+
+
+def _check_params(path: PathLike, index: RvqIndex, params: NDArray[np.float64]) -> NDArray[Any]:
+    """The per-first-code grids: finite, within reach of the codebooks, steps and bounds
+    >= 0, levels sorted."""
+    what = "norm_params (cross-term quantizer)"
+    if not np.isfinite(params).all():
+        raise _fail(path, f"{what} hold NaN or inf")
+    reach = index._reach
+    if index.store.centroids is not None:
+        cent = index.store.centroids.astype(np.float64)
+        reach += float(np.sqrt(np.einsum("cd,cd->c", cent, cent).max()))
+    # |X| <= 2 ||c + r'||^2 <= 2 reach^2: a larger value is no grid an index writes
+    top = 4.0 * reach * reach + 1.0
+    if (np.abs(params) > top).any():
+        raise _fail(path, f"{what} hold values past {top:.4g}, beyond what the codes reach")
+    if index.norm == "qint8":
+        if (params[:, 1] < 0).any() or (params[:, 2] < 0).any():
+            raise _fail(path, f"{what}: a qint8 step or bound is negative")
+    else:
+        if (params[:, :, 1] < 0).any():
+            raise _fail(path, f"{what}: a cqint8 bound is negative")
+        if (np.diff(params[:, :, 0], axis=1) < 0).any():
+            raise _fail(path, f"{what}: cqint8 levels of a first code are not sorted")
+    return np.array(params, dtype=np.float64)
 
 
 def _number(value: Any) -> str:

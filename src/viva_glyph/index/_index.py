@@ -124,6 +124,8 @@ class RvqIndex:
                 raise ValueError(f"nlist = {self.nlist} but {cent.shape[0]} centroids were given")
             self.nlist = cent.shape[0]
         self.store = Store.empty(encoder, norm, self.nlist)
+        #: Rows re-scored exactly per query by the last search (one-byte norms; else 0).
+        self._last_rescored = np.zeros(0, dtype=np.int64)
         if cent is not None:
             self._set_centroids(np.asarray(cent, dtype=encoder.dtype))
 
@@ -222,15 +224,17 @@ class RvqIndex:
                 base = self.store.centroids[lists].astype(np.float64)
                 chunk = chunk - base
             codes = self.encoder.encode(chunk, beam_size=self.beam_size)
-            recon = self.decode64(codes)
-            if base is not None:
-                recon += base
-            norms = np.einsum("nd,nd->n", recon, recon)
+            norms = np.zeros(codes.shape[0], dtype=np.float64)
+            if self.norm == "float":
+                recon = self.decode64(codes)
+                if base is not None:
+                    recon += base
+                norms = np.einsum("nd,nd->n", recon, recon)
             self.store.append(codes, norms, new_ids[start : start + codes.shape[0]], lists)
             drop_pages(x, start, start + codes.shape[0])
             if progress is not None:
                 progress(min(start + ADD_ROWS, n))
-        self.store.finish_append(self._stored_norms)
+        self.store.finish_append(self._cross_terms)
 
     def add_codes(
         self,
@@ -281,20 +285,26 @@ class RvqIndex:
                 )
         self.store.reserve(n)
         self.store.append(arr.astype(self.encoder.code_dtype), nrm, new_ids, lst)
-        self.store.finish_append(self._stored_norms)
+        self.store.finish_append(self._cross_terms)
 
-    def _stored_norms(self) -> NDArray[np.float64]:
-        """Exact ``||x'||^2`` (with IVF: of centroid + residual) of every stored row, in
-        storage order, recomputed from the codes in blocks."""
-        s = self.store
-        out = np.empty(len(self), dtype=np.float64)
-        for a in range(0, len(self), ADD_ROWS):
-            codes = np.asarray(s.codes[a : a + ADD_ROWS])
-            recon = self.decode64(codes)
-            if s.centroids is not None:
-                pos = np.arange(a, a + codes.shape[0], dtype=np.int64)
-                recon += s.centroids[s.list_of(pos)]
-            out[a : a + codes.shape[0]] = np.einsum("nd,nd->n", recon, recon)
+    def _cross_terms(self, codes: NDArray[Any], lists: NDArray[Any] | None) -> NDArray[np.float64]:
+        """Exact cross terms ``||x'||^2 - ||c||^2 - sum_m ||C_m[c_m]||^2`` (float64) of rows
+        with ``codes`` (and IVF ``lists``; x' = c + r' with c the list's centroid), in blocks."""
+        out = np.empty(codes.shape[0], dtype=np.float64)
+        sq = np.einsum("mkd,mkd->mk", self._stack64, self._stack64)
+        cent = self.store.centroids
+        for a in range(0, codes.shape[0], ADD_ROWS):
+            c = np.asarray(codes[a : a + ADD_ROWS])
+            recon = self.decode64(c)
+            cc: Any = 0.0
+            if cent is not None and lists is not None:
+                base = cent[np.asarray(lists[a : a + ADD_ROWS])].astype(np.float64)
+                recon += base
+                cc = np.einsum("nd,nd->n", base, base)
+            s = np.zeros(c.shape[0], dtype=np.float64)
+            for j in range(c.shape[1]):
+                s += sq[j, c[:, j]]
+            out[a : a + c.shape[0]] = (np.einsum("nd,nd->n", recon, recon) - cc) - s
         return out
 
     def decode64(self, codes: NDArray[Any]) -> NDArray[np.float64]:
@@ -387,18 +397,23 @@ class RvqIndex:
         dist = np.full((nq, k), np.inf, dtype=np.float32)
         pos = np.full((nq, k), -1, dtype=np.int64)
         terms = vector_terms(self)
+        rescored = np.zeros(nq, dtype=np.int64)
         for a in range(0, nq, batch):
             qb = q64[a : a + batch]
-            sc, ps = scan(scan_input(self, qb, nprobe, terms), depth)
+            given = scan_input(self, qb, nprobe, terms)
+            sc, ps = scan(given, depth)
+            if given.bound is not None:
+                rescored[a : a + qb.shape[0]] = given.bound.counts
             if source is not None:
                 s64, ps = rerank_exact(self.metric, qb, ps, source, filled)
                 sc = s64.astype(np.float32)
             else:
                 sc, ps = sc[:, :filled], ps[:, :filled]
                 if self.metric == "l2":
-                    sc = sc + np.einsum("nd,nd->n", qb, qb).astype(np.float32)[:, None]
+                    sc = sc + np.einsum("nd,nd->n", qb, qb).astype(sc.dtype)[:, None]
             dist[a : a + qb.shape[0], :filled] = sc if self.metric == "l2" else -sc
             pos[a : a + qb.shape[0], :filled] = ps
+        self._last_rescored = rescored
         found = pos >= 0
         ids = np.full(pos.shape, -1, dtype=np.int64)
         ids[found] = self.store.ids[pos[found]]

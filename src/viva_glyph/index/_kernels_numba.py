@@ -9,6 +9,7 @@ neighbours when no two scores are within float32 rounding of each other.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 
 from viva_glyph.core.nearest import compiled
 
-__all__ = ["lut_norms", "scan"]
+__all__ = ["lut_norms", "scan", "scan_bound"]
 
 
 @compiled(inline="always")
@@ -104,3 +105,107 @@ def lut_norms(
 ) -> None:
     """``out[i] = ||decode(codes[i])||^2`` from the stage tables (see ``_norms.NormTables``)."""
     _lut_norms(codes, sq, cross, out)
+
+
+@compiled(inline="always")
+def _exact(lut, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v):  # type: ignore[no-untyped-def]
+    """The exact score of row i (float64): its table sum and its norm rebuilt from the
+    codes (the same operations in the same order as ``_scan._exact_scores``)."""
+    m = codes.shape[1]
+    d = stack.shape[2]
+    acc = np.float64(c0)
+    for j in range(m):
+        acc += np.float64(lut[q, j, codes[i, j]])
+    for t in range(d):
+        v[t] = cent[lst, t]
+    for j in range(m):
+        c = codes[i, j]
+        for t in range(d):
+            v[t] += stack[j, c, t]
+    nrm = 0.0
+    for t in range(d):
+        nrm += v[t] * v[t]
+    if cos:
+        return acc / math.sqrt(nrm) if nrm > 0.0 else 0.0
+    s = 0.0
+    for j in range(m):
+        s += sq64[j, codes[i, j]]
+    return acc + ((nrm - cc64[lst]) - s)
+
+
+@compiled(inline="always")
+def _cos_lower(p, nlo, nhi):  # type: ignore[no-untyped-def]
+    """Smallest p' / sqrt(n) over p' >= p, n in [nlo, nhi] (float64); -inf when unbounded."""
+    if p >= 0.0:
+        return p / math.sqrt(nhi) if nhi > 0.0 else 0.0
+    if nlo <= 0.0:
+        return -np.inf
+    return p / math.sqrt(nlo)
+
+
+@compiled()
+def _scan_bound(lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, cos, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+    nq, m, _ = lut.shape
+    v = np.empty(stack.shape[2], dtype=np.float64)
+    for q in range(nq):
+        mq = margin[q]
+        for p in range(probes.shape[1]):
+            lst = probes[q, p]
+            if lst < 0:
+                continue
+            c0 = consts[q, p]
+            for i in range(offsets[lst], offsets[lst + 1]):
+                s = c0
+                for j in range(m):
+                    s += lut[q, j, codes[i, j]]
+                g = codes[i, 0]
+                b = qbytes[i]
+                if cos:
+                    sn = cc32[lst] + val[g, b]
+                    for j in range(m):
+                        sn += sq32[j, codes[i, j]]
+                    e = np.float64(err[g, b]) + nmargin
+                    lb = _cos_lower(np.float64(s) - mq, np.float64(sn) - e, np.float64(sn) + e)
+                    lb -= 1e-6 * abs(lb)
+                else:
+                    s += val[g, b]
+                    lb = np.float64(s) - np.float64(err[g, b]) - mq
+                top = heap_d[q, 0]
+                if lb > top:
+                    continue
+                counts[q] += 1
+                ex = _exact(lut, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v)
+                pos = base + i
+                if ex < top or (ex == top and pos < heap_i[q, 0]):
+                    _push(heap_d, heap_i, q, ex, pos)
+
+
+def scan_bound(
+    lut: NDArray[np.float32],
+    codes: NDArray[Any],
+    qbytes: NDArray[np.uint8],
+    val: NDArray[np.float32],
+    err: NDArray[np.float32],
+    sq32: NDArray[np.float32],
+    cc32: NDArray[np.float32],
+    stack: NDArray[np.float64],
+    sq64: NDArray[np.float64],
+    cent: NDArray[np.float64],
+    cc64: NDArray[np.float64],
+    cos: bool,
+    margin: NDArray[np.float64],
+    nmargin: float,
+    offsets: NDArray[np.int64],
+    probes: NDArray[np.int64],
+    consts: NDArray[np.float32],
+    base: int,
+    heap_d: NDArray[np.float64],
+    heap_i: NDArray[np.int64],
+    counts: NDArray[np.int64],
+) -> None:
+    """Scan with one-byte cross terms, re-scoring exactly every row whose score bound can
+    reach the heap (see ``_scan.BoundInput``); heaps hold exact float64 scores."""
+    _scan_bound(
+        lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, cos, margin,
+        nmargin, offsets, probes, consts, base, heap_d, heap_i, counts,
+    )  # fmt: skip

@@ -12,7 +12,15 @@ from numpy.typing import NDArray
 from viva_glyph.checks import as_matrix
 from viva_glyph.index import _norms
 from viva_glyph.index._rerank import gather_rows, open_vectors
-from viva_glyph.index._scan import MODE_ADD, MODE_PLAIN, MODE_SCALE, ScanInput, scan_kernels
+from viva_glyph.index._scan import (
+    MODE_ADD,
+    MODE_BOUND,
+    MODE_PLAIN,
+    MODE_SCALE,
+    BoundInput,
+    ScanInput,
+    scan_kernels,
+)
 from viva_glyph.threads import single_blas_thread
 
 if TYPE_CHECKING:
@@ -24,23 +32,61 @@ __all__ = ["centroid_terms", "rerank_source", "scan_input", "vector_terms"]
 ROWS = 1 << 16
 
 
-def vector_terms(self: RvqIndex) -> tuple[int, NDArray[np.float32], NDArray[np.float32]]:
-    """(mode, add, scale) of the scan: the per-vector norm terms."""
+Terms = tuple[int, NDArray[np.float32], NDArray[np.float32], BoundInput | None]
+
+
+def vector_terms(self: RvqIndex) -> Terms:
+    """(mode, add, scale, bound) of the scan: the per-vector norm terms."""
     empty = np.empty(0, dtype=np.float32)
     if self.metric == "ip":  # the inner product needs no norm
-        return MODE_PLAIN, empty, empty
+        return MODE_PLAIN, empty, empty, None
+    if self.norm in _norms.QUANTIZED:
+        return MODE_BOUND, empty, empty, bound_input(self)
     if self._tables is not None:
         norms = self._tables.norms(self.store.codes, scan_kernels())
         if self.store.centroids is not None:
             norms = norms + centroid_terms(self)
     else:
         assert self.store.norms is not None
-        norms = _norms.decode_norms(self.norm, self.store.norm_params, self.store.norms)
+        norms = _norms.decode_norms(self.store.norms)
     if self.metric == "l2":
-        return MODE_ADD, np.ascontiguousarray(norms, dtype=np.float32), empty
+        return MODE_ADD, np.ascontiguousarray(norms, dtype=np.float32), empty, None
     with np.errstate(divide="ignore"):
         scale = np.where(norms > 0, 1.0 / np.sqrt(np.maximum(norms, 0)), 0.0)
-    return MODE_SCALE, empty, scale.astype(np.float32)
+    return MODE_SCALE, empty, scale.astype(np.float32), None
+
+
+def bound_input(self: RvqIndex) -> BoundInput:
+    """The one-byte cross terms' tables of a search (see :class:`~._scan.BoundInput`)."""
+    store = self.store
+    m, k, d = self._stack64.shape
+    stack = np.ascontiguousarray(self._stack64)
+    sq64 = np.einsum("mkd,mkd->mk", stack, stack)
+    if store.centroids is None:
+        cent = np.zeros((1, d), dtype=np.float64)
+    else:
+        cent = np.ascontiguousarray(store.centroids, dtype=np.float64)
+    cc64 = np.einsum("cd,cd->c", cent, cent)
+    params = store.norm_params
+    if params.size == 0:  # nothing stored yet
+        params = np.zeros(_norms.params_shape(self.norm, k), dtype=np.float64)
+    val, err = _norms.cross_tables(self.norm, params)
+    reach = float(np.sqrt(cc64.max())) + self._reach
+    scale = float(np.abs(val).max() + cc64.max() + sq64.max(axis=1).sum() + reach * reach)
+    return BoundInput(
+        np.ascontiguousarray(store.norms, dtype=np.uint8),
+        np.ascontiguousarray(val),
+        np.ascontiguousarray(err),
+        sq64.astype(np.float32),
+        sq64,
+        stack,
+        cent,
+        cc64.astype(np.float32),
+        cc64,
+        self.metric == "cosine",
+        2.0 * scale,
+        np.zeros(0, dtype=np.int64),
+    )
 
 
 def centroid_terms(self: RvqIndex) -> NDArray[np.float32]:
@@ -67,9 +113,9 @@ def scan_input(
     self: RvqIndex,
     q64: NDArray[np.float64],
     nprobe: int,
-    terms: tuple[int, NDArray[np.float32], NDArray[np.float32]],
+    terms: Terms,
 ) -> ScanInput:
-    mode, add, scale = terms
+    mode, add, scale, bound = terms
     factor = -2.0 if self.metric == "l2" else -1.0
     q32 = np.ascontiguousarray(q64, dtype=np.float32)
     nq = q32.shape[0]
@@ -84,7 +130,10 @@ def scan_input(
             qc = q32 @ cent32.T
         key = -qc if self.metric != "l2" else np.einsum("cd,cd->c", cent32, cent32) - 2 * qc
         probes = np.argpartition(key, nprobe - 1, axis=1)[:, :nprobe].astype(np.int64)
-        consts = (factor * np.take_along_axis(qc, probes, axis=1)).astype(np.float32)
+        consts64 = factor * np.take_along_axis(qc, probes, axis=1).astype(np.float64)
+        if bound is not None and not bound.cos:  # ||c||^2 of the list, with the L2 tables
+            consts64 += bound.cc64[probes]
+        consts = consts64.astype(np.float32)
         offsets = store.offsets
     return ScanInput(
         q32,
@@ -97,6 +146,7 @@ def scan_input(
         offsets,
         probes,
         consts,
+        None if bound is None else bound._replace(counts=np.zeros(nq, dtype=np.int64)),
     )
 
 

@@ -14,12 +14,16 @@ from numpy.typing import NDArray
 from viva_glyph._version import __version__
 from viva_glyph.core import RvqEncoder
 from viva_glyph.files import write_file
+from viva_glyph.index._norms import QUANTIZED
 from viva_glyph.index._store import Store
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_index"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "NORM_GRID", "write_index"]
 
 FORMAT_NAME = "viva-glyph-index"
 FORMAT_VERSION = "1"
+#: ``norm_grid`` metadata of files whose qint8/cqint8 bytes hold the cross terms on
+#: one grid per first-stage code (files without it: one byte of the whole norm).
+NORM_GRID = "first_code"
 
 PathLike = str | os.PathLike[str]
 
@@ -39,11 +43,14 @@ def write_index(
     Tensors, in this order (a tensor appears only when the index has it):
     ``codebooks`` (M, K, D) F32/F64; ``codes`` (N, M) U8/U16/I32; ``norms`` (N,) F32
     (``norm="float"``) or U8 (``"qint8"``, ``"cqint8"``); ``ids`` (N,) I64;
-    ``norm_params`` (2,) or (256,) F32 (quantized norms); ``centroids`` (nlist, D)
+    ``norm_params`` (K, 3) F64 (qint8: lo, step, bound of each first code's grid of cross
+    terms) or (K, 256, 2) F64 (cqint8: level, bound); ``centroids`` (nlist, D)
     and ``offsets`` (nlist + 1,) I64 (IVF). String metadata: ``format``,
     ``format_version``, ``config`` (JSON num_stages/dimension/codebook_size),
-    ``metric``, ``norm``, ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
-    ``norm_seen`` (the norms the quantized-norm grid was trained on), ``library_version``.
+    ``metric``, ``norm``, ``norm_grid`` (``"first_code"``, qint8/cqint8 only: the bytes
+    hold cross terms on per-first-code grids; files without it hold one byte of the
+    whole norm), ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
+    ``norm_seen`` (the cross terms the grid was trained on), ``library_version``.
     """
     c = encoder.config
     meta = {
@@ -54,6 +61,7 @@ def write_index(
         ),
         "metric": metric,
         "norm": norm,
+        **({"norm_grid": NORM_GRID} if norm in QUANTIZED else {}),
         "beam_size": str(beam_size),
         "nlist": str(nlist or 0),
         "count": str(len(store.ids)),

@@ -16,6 +16,15 @@ blocks, or by code blocks when there are fewer queries than threads.
 
 An IVF index adds a constant per (query, probed list), ``-2 <q, centroid>``
 (L2) or ``-<q, centroid>``; the flat index is the case of one list.
+
+With one-byte norms (``norm="qint8"``/``"cqint8"``, :class:`BoundInput`) the L2 tables
+also hold ``||C_m[k]||^2`` (and an IVF list's constant ``||centroid||^2``), and the
+per-vector term is the cross-term table entry of (first code, byte). Each scanned
+score then lies within a bound of the exact one (the byte's stated error plus a
+float32 rounding margin); a row is re-scored exactly, its norm rebuilt from the codes
+in float64, only when its lower bound can beat the k-th best exact score so far, and
+the heaps keep exact float64 scores: the k best exact scores whatever the order or
+the split of the scan (ties to the lower position).
 """
 
 from __future__ import annotations
@@ -29,10 +38,23 @@ from numpy.typing import NDArray
 from viva_glyph.core.nearest import numba_module
 from viva_glyph.threads import default_threads, parallel_map, single_blas_thread
 
-__all__ = ["MODE_ADD", "MODE_PLAIN", "MODE_SCALE", "ScanInput", "lookup_tables", "scan"]
+__all__ = [
+    "MODE_ADD",
+    "MODE_BOUND",
+    "MODE_PLAIN",
+    "MODE_SCALE",
+    "BoundInput",
+    "ScanInput",
+    "lookup_tables",
+    "scan",
+]
 
 #: How the per-vector term enters the score: ``s + add[i]``, ``s * scale[i]``, ``s``.
 MODE_ADD, MODE_SCALE, MODE_PLAIN = 0, 1, 2
+#: One-byte cross terms with error bounds and exact re-scoring (:class:`BoundInput`).
+MODE_BOUND = 3
+#: Rows re-scored at once by the numpy path (bounds its float64 temporaries).
+EXACT_ROWS = 1 << 14
 #: Codes scanned per kernel call in a flat index (a block stays in L2 cache).
 CODE_BLOCK = 1 << 15
 #: Table lookups (queries x codes scanned x stages) below which a search runs on
@@ -67,6 +89,31 @@ def lookup_tables(
     return lut.reshape(queries.shape[0], m, k)
 
 
+class BoundInput(NamedTuple):
+    """What the one-byte-norm scan reads besides :class:`ScanInput`.
+
+    ``qbytes`` (N,) uint8; ``val``/``err`` (K, 256) float32 the cross term and its
+    error bound of each (first code, byte); ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``;
+    ``stack`` (M, K, D) float64 codebooks; ``cent`` (L, D) float64 centroids (one zero
+    row for a flat index) and ``cc32``/``cc64`` (L,) their squared norms; ``cos``
+    cosine (else L2); ``scale`` bounds the magnitude of the norm terms (for the
+    rounding margins); ``counts`` (nq,) int64 receives the rows re-scored per query.
+    """
+
+    qbytes: NDArray[np.uint8]
+    val: NDArray[np.float32]
+    err: NDArray[np.float32]
+    sq32: NDArray[np.float32]
+    sq64: NDArray[np.float64]
+    stack: NDArray[np.float64]
+    cent: NDArray[np.float64]
+    cc32: NDArray[np.float32]
+    cc64: NDArray[np.float64]
+    cos: bool
+    scale: float
+    counts: NDArray[np.int64]
+
+
 class ScanInput(NamedTuple):
     """Everything the scan reads; arrays are C-contiguous.
 
@@ -88,44 +135,86 @@ class ScanInput(NamedTuple):
     offsets: NDArray[np.int64]
     probes: NDArray[np.int64]
     consts: NDArray[np.float32]
+    bound: BoundInput | None = None
 
 
-def _empty_heaps(nq: int, k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    return np.full((nq, k), np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+def _empty_heaps(nq: int, k: int, dtype: Any = np.float32) -> tuple[NDArray[Any], NDArray[np.int64]]:
+    return np.full((nq, k), np.inf, dtype=dtype), np.full((nq, k), -1, dtype=np.int64)
+
+
+#: Relative float32 rounding per added term of the scan's sums, with a factor 2 to spare.
+_ULP = 2.0**-23
+
+
+def _tables(
+    s: ScanInput, rows: slice
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float64], float]:
+    """The lookup tables and constants of queries ``rows``, and (one-byte norms) each
+    query's rounding margin of the scanned score and the margin of the scanned norm."""
+    lut = lookup_tables(s.queries[rows], s.stack, s.factor)
+    consts = np.ascontiguousarray(s.consts[rows])
+    b = s.bound
+    if b is None:
+        return lut, consts, np.empty(0), 0.0
+    m = lut.shape[1]
+    if not b.cos:  # fold ||C_m[k]||^2 into the tables (the IVF lists' ||c||^2 is in consts)
+        lut += b.sq32[None]
+    # |float32 sum - exact sum| <= (terms) * u * sum |term|, u = 2^-24; every term is at
+    # most its table's largest magnitude, and the norm terms at most ``scale``
+    big = np.abs(lut).max(axis=2).sum(axis=1).astype(np.float64)
+    big += np.abs(consts).max(axis=1, initial=0.0) + b.scale
+    margin = (m + 4) * _ULP * big
+    nmargin = (m + 4) * _ULP * b.scale
+    return lut, consts, margin, nmargin
 
 
 def _kernel_pass(
     kern: ModuleType, s: ScanInput, rows: slice, lo: int, hi: int, k: int
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Queries ``rows`` against codes [lo, hi) (flat) or their probed lists (IVF)."""
-    lut = lookup_tables(s.queries[rows], s.stack, s.factor)
-    heap_d, heap_i = _empty_heaps(lut.shape[0], k)
+) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:
+    """Queries ``rows`` against codes [lo, hi) (flat) or their probed lists (IVF); with the
+    rows re-scored per query (one-byte norms)."""
+    lut, consts, margin, nmargin = _tables(s, rows)
+    nq = lut.shape[0]
+    b = s.bound
+    heap_d, heap_i = _empty_heaps(nq, k, np.float32 if b is None else np.float64)
+    counts = np.zeros(nq, dtype=np.int64)
+
+    def call(codes: Any, sl: slice, off: Any, probes: Any, cst: Any, base: int) -> None:
+        if b is None:
+            kern.scan(
+                lut, codes, s.add[sl], s.scale[sl], s.mode, off, probes, cst, base,
+                heap_d, heap_i,
+            )  # fmt: skip
+        else:
+            kern.scan_bound(
+                lut, codes, b.qbytes[sl], b.val, b.err, b.sq32, b.cc32, b.stack, b.sq64,
+                b.cent, b.cc64, b.cos, margin, nmargin, off, probes, cst, base, heap_d,
+                heap_i, counts,
+            )  # fmt: skip
+
     if s.offsets.shape[0] == 2:  # flat: blocks of codes, each kept in cache by all queries
-        probes = np.zeros((lut.shape[0], 1), dtype=np.int64)
-        consts = np.ascontiguousarray(s.consts[rows, :1])
+        probes = np.zeros((nq, 1), dtype=np.int64)
+        cst = np.ascontiguousarray(consts[:, :1])
         for b0 in range(lo, hi, CODE_BLOCK):
             b1 = min(b0 + CODE_BLOCK, hi)
             off = np.array([0, b1 - b0], dtype=np.int64)
-            kern.scan(
-                lut, s.codes[b0:b1], s.add[b0:b1], s.scale[b0:b1], s.mode,
-                off, probes, consts, b0, heap_d, heap_i,
-            )  # fmt: skip
+            call(s.codes[b0:b1], slice(b0, b1), off, probes, cst, b0)
     else:
-        kern.scan(
-            lut, s.codes, s.add, s.scale, s.mode, s.offsets,
-            np.ascontiguousarray(s.probes[rows]), np.ascontiguousarray(s.consts[rows]),
-            0, heap_d, heap_i,
-        )  # fmt: skip
-    return heap_d, heap_i
+        every = slice(0, s.codes.shape[0])
+        call(s.codes, every, s.offsets, np.ascontiguousarray(s.probes[rows]), consts, 0)
+    return heap_d, heap_i, counts
 
 
 def _numpy_pass(
     s: ScanInput, rows: slice, lo: int, hi: int, k: int
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:
     """The same as :func:`_kernel_pass` in blocked numpy."""
+    if s.bound is not None:
+        return _numpy_bound_pass(s, rows, lo, hi, k)
     lut = lookup_tables(s.queries[rows], s.stack, s.factor)
     nq, m, _ = lut.shape
     best_d, best_i = _empty_heaps(nq, k)
+    counts = np.zeros(nq, dtype=np.int64)
     flat = s.offsets.shape[0] == 2
     if flat:
         for b0 in range(lo, hi, 4096):
@@ -137,7 +226,7 @@ def _numpy_pass(
             pos = np.broadcast_to(np.arange(b0, b1, dtype=np.int64), sc.shape)
             sc = _apply(sc, s, slice(b0, b1))
             best_d, best_i = _keep(best_d, best_i, sc, pos, k)
-        return best_d, best_i
+        return best_d, best_i, counts
     probes, consts = s.probes[rows], s.consts[rows]
     for q in range(nq):
         lists = [(int(lst), c) for lst, c in zip(probes[q], consts[q], strict=True) if lst >= 0]
@@ -153,7 +242,148 @@ def _numpy_pass(
         sc = _apply(sc[None, :], s, pos)
         d, i = _keep(best_d[q : q + 1], best_i[q : q + 1], sc, pos[None, :].astype(np.int64), k)
         best_d[q], best_i[q] = d[0], i[0]
-    return best_d, best_i
+    return best_d, best_i, counts
+
+
+def _probed_rows(
+    s: ScanInput, rows: slice, lo: int, hi: int
+) -> Any:
+    """(query, positions, lists, constants) of every block the numpy scan reads: blocks
+    of 4,096 codes for all queries (flat), or each query's probed lists (IVF)."""
+    nq = s.queries[rows].shape[0]
+    consts = s.consts[rows]
+    if s.offsets.shape[0] == 2:
+        for b0 in range(lo, hi, 4096):
+            b1 = min(b0 + 4096, hi)
+            pos = np.arange(b0, b1, dtype=np.int64)
+            yield slice(0, nq), pos, np.zeros(b1 - b0, dtype=np.int64), consts[:, :1]
+        return
+    probes = s.probes[rows]
+    for q in range(nq):
+        lists = [(int(lst), c) for lst, c in zip(probes[q], consts[q], strict=True) if lst >= 0]
+        if not lists:
+            continue
+        pos = np.concatenate([np.arange(s.offsets[i], s.offsets[i + 1]) for i, _ in lists])
+        lst = np.concatenate(
+            [np.full(s.offsets[i + 1] - s.offsets[i], i, np.int64) for i, _ in lists]
+        )
+        const = np.concatenate(
+            [np.full(s.offsets[i + 1] - s.offsets[i], c, np.float32) for i, c in lists]
+        )
+        yield slice(q, q + 1), pos.astype(np.int64), lst, const[None, :]
+
+
+def _numpy_bound_pass(
+    s: ScanInput, rows: slice, lo: int, hi: int, k: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`_kernel_pass` of one-byte norms in blocked numpy: the same bounds, the same
+    exact scores (the same float64 operations in the same order), the same top k."""
+    b = s.bound
+    assert b is not None
+    lut, _, margin, nmargin = _tables(s, rows)
+    nq, m, _ = lut.shape
+    best_d, best_i = _empty_heaps(nq, k, np.float64)
+    counts = np.zeros(nq, dtype=np.int64)
+    for qs, pos, lst, const in _probed_rows(s, rows, lo, hi):
+        codes = s.codes[pos]
+        qn = np.arange(nq)[qs]
+        sc = np.broadcast_to(const, (qn.shape[0], pos.shape[0])).astype(np.float32)
+        for j in range(m):
+            sc += lut[qs, j][:, codes[:, j]]
+        g, byte = codes[:, 0].astype(np.intp), b.qbytes[pos].astype(np.intp)
+        val, err = b.val[g, byte], b.err[g, byte].astype(np.float64)
+        if b.cos:
+            sn = b.cc32[lst] + val
+            for j in range(m):
+                sn += b.sq32[j, codes[:, j]]
+            e = err + nmargin
+            lb = _cos_lower(sc.astype(np.float64) - margin[qs, None], sn - e, sn + e)
+            lb -= 1e-6 * np.abs(lb)
+        else:
+            sc += val
+            lb = sc.astype(np.float64) - err - margin[qs, None]
+        top = best_d[qs].max(axis=1)
+        qq, cc = np.nonzero(lb <= top[:, None])
+        if not qq.size:
+            continue
+        np.add.at(counts, qn[qq], 1)
+        ex = np.empty(qq.shape[0], dtype=np.float64)
+        full = const.shape[0] == qn.shape[0] and const.shape[1] == 1
+        for a in range(0, qq.shape[0], EXACT_ROWS):
+            part = slice(a, a + EXACT_ROWS)
+            cst = const[qq[part], 0] if full else const[0, cc[part]]
+            ex[part] = _exact_scores(lut, b, qn[qq[part]], codes[cc[part]], lst[cc[part]], cst)
+        best_d, best_i = _keep_exact(best_d, best_i, qn[qq], ex, pos[cc], k)
+    return best_d, best_i, counts
+
+
+def _cos_lower(p: NDArray[np.float64], nlo: NDArray[Any], nhi: NDArray[Any]) -> NDArray[Any]:
+    """Smallest p' / sqrt(n) over p' >= p, n in [nlo, nhi] (see the numba kernel)."""
+    nlo, nhi = np.asarray(nlo, np.float64), np.asarray(nhi, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = np.where(nhi > 0, p / np.sqrt(np.where(nhi > 0, nhi, 1.0)), 0.0)
+        neg = np.where(nlo > 0, p / np.sqrt(np.where(nlo > 0, nlo, 1.0)), -np.inf)
+    out: NDArray[Any] = np.where(p >= 0, pos, neg)
+    return out
+
+
+def _exact_scores(
+    lut: NDArray[np.float32],
+    b: BoundInput,
+    q: NDArray[Any],
+    codes: NDArray[Any],
+    lst: NDArray[Any],
+    const: NDArray[np.float32],
+) -> NDArray[np.float64]:
+    """Exact scores (float64) of rows ``codes`` for queries ``q``: their table sums and
+    norms rebuilt from the codes, in the order of the numba kernel's ``_exact``."""
+    m = codes.shape[1]
+    acc = const.astype(np.float64)
+    for j in range(m):
+        acc += lut[q, j, codes[:, j]].astype(np.float64)
+    v = b.cent[lst].copy()
+    for j in range(m):
+        v += b.stack[j][codes[:, j]]
+    nrm = np.zeros(codes.shape[0], dtype=np.float64)
+    for t in range(v.shape[1]):
+        nrm += v[:, t] * v[:, t]
+    if b.cos:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: NDArray[np.float64] = np.where(
+                nrm > 0, acc / np.sqrt(np.where(nrm > 0, nrm, 1.0)), 0.0
+            )
+        return out
+    sq = np.zeros(codes.shape[0], dtype=np.float64)
+    for j in range(m):
+        sq += b.sq64[j, codes[:, j]]
+    res: NDArray[np.float64] = acc + ((nrm - b.cc64[lst]) - sq)
+    return res
+
+
+def _keep_exact(
+    best_d: NDArray[np.float64],
+    best_i: NDArray[np.int64],
+    q: NDArray[Any],
+    d: NDArray[np.float64],
+    pos: NDArray[np.int64],
+    k: int,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Merge candidates (query q, score d, position pos) into per-query top-k lists, by
+    (score, position): the same k as the kernel's heaps, ties included."""
+    nq = best_d.shape[0]
+    rows = np.concatenate([np.repeat(np.arange(nq), k), q])
+    dd = np.concatenate([best_d.ravel(), d])
+    pp = np.concatenate([best_i.ravel(), pos])
+    key = np.where(pp < 0, np.iinfo(np.int64).max, pp)
+    order = np.lexsort((key, dd, rows))
+    rows, dd, pp = rows[order], dd[order], pp[order]
+    start = np.searchsorted(rows, np.arange(nq))
+    rank = np.arange(rows.shape[0]) - start[rows]
+    keep = rank < k
+    out_d, out_i = _empty_heaps(nq, k, np.float64)
+    out_d[rows[keep], rank[keep]] = dd[keep]
+    out_i[rows[keep], rank[keep]] = pp[keep]
+    return out_d, out_i
 
 
 def _apply(sc: NDArray[np.float32], s: ScanInput, at: Any) -> NDArray[np.float32]:
@@ -214,7 +444,7 @@ def _lookups(s: ScanInput) -> int:
 
 def scan(
     s: ScanInput, k: int, *, threads: int | None = None
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+) -> tuple[NDArray[Any], NDArray[np.int64]]:
     """The k best (smallest) scores of every query and their positions.
 
     Parameters
@@ -226,8 +456,11 @@ def scan(
 
     Returns
     -------
-    scores : ndarray, shape (nq, k), float32, ascending (inf where fewer than k)
+    scores : ndarray, shape (nq, k), float32 (float64 exact scores with one-byte
+        norms), ascending (inf where fewer than k)
     positions : ndarray, shape (nq, k), int64, rows of ``codes`` (-1 where none)
+
+    With one-byte norms, ``s.bound.counts`` receives the rows re-scored per query.
     """
     nq = s.queries.shape[0]
     n = s.codes.shape[0]
@@ -236,12 +469,18 @@ def scan(
         threads = 1
     kern = scan_kernels()
 
-    def run(task: tuple[slice, int, int]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def run(task: tuple[slice, int, int]) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[Any]]:
         rows, lo, hi = task
         if kern is not None:
             return _kernel_pass(kern, s, rows, lo, hi, k)
         return _numpy_pass(s, rows, lo, hi, k)
 
+    def count(tasks: list[tuple[slice, int, int]], parts: list[Any]) -> None:
+        if s.bound is not None:
+            for (rows, _, _), part in zip(tasks, parts, strict=True):
+                s.bound.counts[rows] += part[2]
+
+    dtype = np.float32 if s.bound is None else np.float64
     flat = s.offsets.shape[0] == 2
     # BLAS on one thread: the GEMMs are per block, and many small multi-threaded
     # BLAS calls are far slower than one-threaded ones on a busy machine.
@@ -250,9 +489,12 @@ def scan(
             step = -(-nq // max(1, min(threads, nq)))
             tasks = [(slice(a, min(a + step, nq)), 0, n) for a in range(0, nq, step)]
             parts = parallel_map(run, tasks, threads)
-            d = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, k), np.float32)
+            count(tasks, parts)
+            d = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, k), dtype)
             i = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, k), np.int64)
             return finish(d, i)
         step = -(-n // threads)
         tasks = [(slice(0, nq), a, min(a + step, n)) for a in range(0, n, step)]
-        return merge(parallel_map(run, tasks, threads), k)
+        parts = parallel_map(run, tasks, threads)
+        count(tasks, parts)
+        return merge([(p[0], p[1]) for p in parts], k)

@@ -18,10 +18,11 @@ from viva_glyph.index import _norms
 
 __all__ = ["NORM_TRAIN", "Store"]
 
-#: Norms a quantized-norm grid (qint8, cqint8) must have seen before it stays as it is:
-#: until then every addition trains it again on the exact norms of all stored vectors
-#: (recomputed from their codes) and re-quantizes them (a grid trained on a first
-#: batch of one vector gave a recall@10 of 0.006).
+#: Cross terms a quantized-norm grid (qint8, cqint8) must have seen before it stays as it
+#: is: until then every addition trains it again on the exact cross terms of all stored
+#: vectors (recomputed from their codes) and re-quantizes them (a grid trained on a first
+#: batch of one vector would leave every later vector to its bound: a slow search).
+#: Once it stays, later vectors are quantized on it and only widen its bounds.
 NORM_TRAIN = 1 << 16
 
 
@@ -34,7 +35,7 @@ class Store:
         codes: NDArray[Any],
         norms: NDArray[Any] | None,
         ids: NDArray[np.int64],
-        norm_params: NDArray[np.float32],
+        norm_params: NDArray[np.float64],
         centroids: NDArray[Any] | None,
         offsets: NDArray[np.int64],
         nlist: int | None,
@@ -49,27 +50,36 @@ class Store:
         self.nlist = nlist
         #: Exact norms the quantized-norm grid was trained on (see NORM_TRAIN).
         self.norm_seen = 0
+        #: Codebook size K: one grid of cross terms per first-stage code.
+        self.groups = 0
         self._pending: dict[str, Any] | None = None
 
     @classmethod
     def empty(cls, encoder: RvqEncoder, norm: str, nlist: int | None) -> Store:
         m = encoder.config.num_stages
         dt = _norms.stored_dtype(norm)
-        return cls(
+        store = cls(
             norm,
             np.empty((0, m), dtype=encoder.code_dtype),
             None if dt is None else np.empty(0, dtype=dt),
             np.empty(0, dtype=np.int64),
-            np.empty(0, dtype=np.float32),
+            np.empty(0, dtype=np.float64),
             None,
             np.zeros(2 if nlist is None else nlist + 1, dtype=np.int64),
             nlist,
         )
+        store.groups = encoder.config.codebook_size
+        return store
 
     def set_centroids(self, centroids: NDArray[Any]) -> None:
         if self.ids.shape[0]:
             raise ValueError("the IVF centroids cannot change once vectors are stored")
         self.centroids = np.ascontiguousarray(centroids)
+
+    @property
+    def params_groups(self) -> int:
+        """First-stage codes that the quantized-norm parameters cover (the codebook size)."""
+        return self.groups
 
     # -- ids and lists ----------------------------------------------------------------
     def check_new_ids(self, ids: ArrayLike | None, n: int) -> NDArray[np.int64]:
@@ -165,31 +175,39 @@ class Store:
             p["lists"][a:b] = lists
         p["at"] = b
 
-    def finish_append(self, exact_norms: Any = None) -> None:
+    def finish_append(self, cross_terms: Any = None) -> None:
         """Swap the staged rows in.
 
-        A quantized-norm grid that has seen fewer than :data:`NORM_TRAIN` norms is
-        trained again on every stored norm (``exact_norms()`` gives those of the
-        stored rows, recomputed from their codes) and the stored ones re-quantized.
+        For qint8/cqint8, ``cross_terms(codes, lists)`` gives the exact cross terms
+        (float64) of rows (``lists`` None for a flat index). A grid that has seen fewer
+        than :data:`NORM_TRAIN` of them is trained again on every stored row and all
+        bytes re-quantized; else only the new rows are quantized (widening the bounds).
         """
         p, self._pending = self._pending, None
         assert p is not None
         old = self.ids.shape[0]
         new_norms = p["norms"]
-        retrain = (
-            self.norm in ("qint8", "cqint8")
-            and new_norms.size
-            and (self.norm_params.size == 0 or self.norm_seen < NORM_TRAIN)
-        )
         norms = None
-        if retrain:
-            before = exact_norms() if old else np.empty(0, dtype=np.float64)
-            every = np.concatenate([before, new_norms])
-            self.norm_params = _norms.train_norms(self.norm, every)
-            self.norm_seen = every.shape[0]
-            norms = _norms.encode_norms(self.norm, self.norm_params, every)
+        if self.norm in _norms.QUANTIZED and new_norms.size:
+            groups = self.params_groups
+            retrain = self.norm_params.size == 0 or self.norm_seen < NORM_TRAIN
+            first = 0 if retrain else old
+            rows = p["codes"][first:]
+            lists = None if p["lists"] is None else p["lists"][first:]
+            cross = cross_terms(rows, lists)
+            params = self.norm_params
+            if retrain:
+                params = _norms.train_cross(self.norm, cross, rows[:, 0], groups)
+            stored, params = _norms.encode_cross(self.norm, params, cross, rows[:, 0])
+            if not retrain:
+                stored = np.concatenate([np.asarray(self.norms), stored])
+            self.norm_params, norms = params, stored
+            if retrain:
+                self.norm_seen = rows.shape[0]
+        elif self.norm in _norms.QUANTIZED:
+            norms = self.norms
         elif self.norms is not None:
-            stored = _norms.encode_norms(self.norm, self.norm_params, new_norms)
+            stored = _norms.encode_norms(new_norms)
             norms = np.concatenate([np.asarray(self.norms), stored])
         codes, ids = p["codes"], p["ids"]
         if p["lists"] is not None:
