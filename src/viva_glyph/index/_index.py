@@ -126,6 +126,8 @@ class RvqIndex:
         self.store = Store.empty(encoder, norm, self.nlist)
         #: Rows re-scored exactly per query by the last search (one-byte norms; else 0).
         self._last_rescored = np.zeros(0, dtype=np.int64)
+        #: The last search's one-byte-norm tables and the arrays they were built from.
+        self._bound_cache: tuple[tuple[Any, ...], Any] | None = None
         if cent is not None:
             self._set_centroids(np.asarray(cent, dtype=encoder.dtype))
 

@@ -107,24 +107,36 @@ def lut_norms(
     _lut_norms(codes, sq, cross, out)
 
 
-@compiled(inline="always")
-def _exact(lut, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v):  # type: ignore[no-untyped-def]
+@compiled()
+def _exact(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v):  # type: ignore[no-untyped-def]
     """The exact score of row i (float64): its table sum and its norm rebuilt from the
     codes (the same operations in the same order as ``_scan._exact_scores``)."""
     m = codes.shape[1]
     d = stack.shape[2]
     acc = np.float64(c0)
     for j in range(m):
-        acc += np.float64(lut[q, j, codes[i, j]])
-    for t in range(d):
+        acc += np.float64(lutx[q, j, codes[i, j]])
+    for t in range(d):  # the centroid's coordinates, then each stage's (as numpy sums them)
         v[t] = cent[lst, t]
     for j in range(m):
         c = codes[i, j]
         for t in range(d):
             v[t] += stack[j, c, t]
-    nrm = 0.0
-    for t in range(d):
-        nrm += v[t] * v[t]
+    a0 = a1 = a2 = a3 = 0.0  # four sums of squares (coordinates t mod 4): a shorter chain
+    t = 0
+    while t + 3 < d:
+        a0 += v[t] * v[t]
+        a1 += v[t + 1] * v[t + 1]
+        a2 += v[t + 2] * v[t + 2]
+        a3 += v[t + 3] * v[t + 3]
+        t += 4
+    if t < d:
+        a0 += v[t] * v[t]
+    if t + 1 < d:
+        a1 += v[t + 1] * v[t + 1]
+    if t + 2 < d:
+        a2 += v[t + 2] * v[t + 2]
+    nrm = (a0 + a1) + (a2 + a3)
     if cos:
         return acc / math.sqrt(nrm) if nrm > 0.0 else 0.0
     s = 0.0
@@ -143,8 +155,174 @@ def _cos_lower(p, nlo, nhi):  # type: ignore[no-untyped-def]
     return p / math.sqrt(nlo)
 
 
+@compiled(inline="always")
+def _up32(x):  # type: ignore[no-untyped-def]
+    """The smallest float32 >= x (float64)."""
+    y = np.float32(x)
+    if np.float64(y) < x:
+        y = np.nextafter(y, np.float32(np.inf))
+    return y
+
+
+@compiled(inline="always")
+def _rescore(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Push row i's exact score into query q's heap; the heap's new bound, in float32."""
+    counts[q] += 1
+    ex = _exact(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v)
+    pos = base + i
+    if ex < heap_d[q, 0] or (ex == heap_d[q, 0] and pos < heap_i[q, 0]):
+        _push(heap_d, heap_i, q, ex, pos)
+    return _up32(heap_d[q, 0])
+
+
+@compiled(inline="always")
+def _push_bound(ubs, q, u):  # type: ignore[no-untyped-def]
+    """Replace the root of query q's max-heap of upper bounds by u and sift it down."""
+    kk = ubs.shape[1]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= kk:
+            break
+        big = left
+        if left + 1 < kk and ubs[q, left + 1] > ubs[q, left]:
+            big = left + 1
+        if ubs[q, big] > u:
+            ubs[q, i] = ubs[q, big]
+            i = big
+        else:
+            break
+    ubs[q, i] = u
+
+
+@compiled(inline="always")
+def _flush(buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Re-score the buffered rows whose lower bound still reaches the top k."""
+    top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
+    for t in range(nb):
+        if blb[t] <= top32:
+            i = buf[t]
+            top32 = min(
+                _rescore(
+                    lutx, codes, i, q, c0s[t], lsts[t], stack, sq64, cent, cc64, False, v,
+                    base, heap_d, heap_i, counts,
+                ),
+                ubs[q, 0],
+            )  # fmt: skip
+
+
 @compiled()
-def _scan_bound(lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, cos, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_lin(lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+    """L2, qint8: the first table holds lo + step / 2, the byte adds step * byte, ``hm``
+    (nq, K) is the bound plus the query's margin.
+
+    A row whose lower bound reaches the threshold (the k-th best exact score so far, or
+    the k-th smallest upper bound ``ubs``) is buffered; the buffer is re-scored when it
+    is full and at the end, against the threshold of then: far fewer rows than
+    re-scoring each at once against the threshold of its time."""
+    nq, m, _ = lut.shape
+    v = np.empty(stack.shape[2], dtype=np.float64)
+    cap = 256
+    buf = np.empty(cap, dtype=np.int64)
+    blb = np.empty(cap, dtype=np.float32)
+    c0s = np.empty(cap, dtype=np.float32)
+    lsts = np.empty(cap, dtype=np.int64)
+    for q in range(nq):
+        top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
+        nb = 0
+        for p in range(probes.shape[1]):
+            lst = probes[q, p]
+            if lst < 0:
+                continue
+            c0 = consts[q, p]
+            for i in range(offsets[lst], offsets[lst + 1]):
+                s = c0
+                for j in range(m):
+                    s += lut[q, j, codes[i, j]]
+                g = codes[i, 0]
+                s += step[g] * np.float32(qbytes[i])
+                e = hm[q, g]
+                lb = s - e
+                if lb > top32:
+                    continue
+                ub = s + e
+                if ub < ubs[q, 0]:
+                    _push_bound(ubs, q, ub)
+                    top32 = min(top32, ubs[q, 0])
+                buf[nb] = i
+                blb[nb] = lb
+                c0s[nb] = c0
+                lsts[nb] = lst
+                nb += 1
+                if nb == cap:
+                    _flush(
+                        buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v,
+                        base, heap_d, heap_i, counts, ubs,
+                    )  # fmt: skip
+                    nb = 0
+                    top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
+        _flush(
+            buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, base,
+            heap_d, heap_i, counts, ubs,
+        )  # fmt: skip
+
+
+@compiled()
+def _scan_levels(lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+    """L2, cqint8: the byte's level and bound from the (first code, byte) table ``vb``
+    (otherwise as :func:`_scan_lin`)."""
+    nq, m, _ = lut.shape
+    v = np.empty(stack.shape[2], dtype=np.float64)
+    cap = 256
+    buf = np.empty(cap, dtype=np.int64)
+    blb = np.empty(cap, dtype=np.float32)
+    c0s = np.empty(cap, dtype=np.float32)
+    lsts = np.empty(cap, dtype=np.int64)
+    for q in range(nq):
+        mq = np.float32(margin[q])
+        top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
+        nb = 0
+        for p in range(probes.shape[1]):
+            lst = probes[q, p]
+            if lst < 0:
+                continue
+            c0 = consts[q, p]
+            for i in range(offsets[lst], offsets[lst + 1]):
+                s = c0
+                for j in range(m):
+                    s += lut[q, j, codes[i, j]]
+                g = codes[i, 0]
+                b = qbytes[i]
+                s += vb[g, b, 0]
+                e = vb[g, b, 1] + mq
+                lb = s - e
+                if lb > top32:
+                    continue
+                ub = s + e
+                if ub < ubs[q, 0]:
+                    _push_bound(ubs, q, ub)
+                    top32 = min(top32, ubs[q, 0])
+                buf[nb] = i
+                blb[nb] = lb
+                c0s[nb] = c0
+                lsts[nb] = lst
+                nb += 1
+                if nb == cap:
+                    _flush(
+                        buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v,
+                        base, heap_d, heap_i, counts, ubs,
+                    )  # fmt: skip
+                    nb = 0
+                    top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
+        _flush(
+            buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, base,
+            heap_d, heap_i, counts, ubs,
+        )  # fmt: skip
+
+
+@compiled()
+def _scan_cos(lut, codes, qbytes, vb, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Cosine: bounds of the inner product and of the norm, then of their ratio."""
     nq, m, _ = lut.shape
     v = np.empty(stack.shape[2], dtype=np.float64)
     for q in range(nq):
@@ -160,32 +338,28 @@ def _scan_bound(lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc6
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
                 b = qbytes[i]
-                if cos:
-                    sn = cc32[lst] + val[g, b]
-                    for j in range(m):
-                        sn += sq32[j, codes[i, j]]
-                    e = np.float64(err[g, b]) + nmargin
-                    lb = _cos_lower(np.float64(s) - mq, np.float64(sn) - e, np.float64(sn) + e)
-                    lb -= 1e-6 * abs(lb)
-                else:
-                    s += val[g, b]
-                    lb = np.float64(s) - np.float64(err[g, b]) - mq
-                top = heap_d[q, 0]
-                if lb > top:
+                sn = cc32[lst] + vb[g, b, 0]
+                for j in range(m):
+                    sn += sq32[j, codes[i, j]]
+                e = np.float64(vb[g, b, 1]) + nmargin
+                lb = _cos_lower(np.float64(s) - mq, np.float64(sn) - e, np.float64(sn) + e)
+                if lb - 1e-6 * abs(lb) > heap_d[q, 0]:
                     continue
-                counts[q] += 1
-                ex = _exact(lut, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v)
-                pos = base + i
-                if ex < top or (ex == top and pos < heap_i[q, 0]):
-                    _push(heap_d, heap_i, q, ex, pos)
+                _rescore(
+                    lut, codes, i, q, c0, lst, stack, sq64, cent, cc64, True, v, base,
+                    heap_d, heap_i, counts,
+                )  # fmt: skip
 
 
 def scan_bound(
     lut: NDArray[np.float32],
+    lutx: NDArray[np.float32],
     codes: NDArray[Any],
     qbytes: NDArray[np.uint8],
-    val: NDArray[np.float32],
-    err: NDArray[np.float32],
+    lin: bool,
+    step: NDArray[np.float32],
+    half: NDArray[np.float32],
+    vb: NDArray[np.float32],
     sq32: NDArray[np.float32],
     cc32: NDArray[np.float32],
     stack: NDArray[np.float64],
@@ -202,10 +376,25 @@ def scan_bound(
     heap_d: NDArray[np.float64],
     heap_i: NDArray[np.int64],
     counts: NDArray[np.int64],
+    ubs: NDArray[np.float32],
 ) -> None:
     """Scan with one-byte cross terms, re-scoring exactly every row whose score bound can
-    reach the heap (see ``_scan.BoundInput``); heaps hold exact float64 scores."""
-    _scan_bound(
-        lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, cos, margin,
-        nmargin, offsets, probes, consts, base, heap_d, heap_i, counts,
-    )  # fmt: skip
+    reach the top k (see ``_scan.BoundInput``); heaps hold exact float64 scores, ``ubs``
+    (nq, k) float32 the k smallest upper bounds of scanned scores (L2; kept across calls)."""
+    if cos:
+        _scan_cos(
+            lut, codes, qbytes, vb, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin,
+            offsets, probes, consts, base, heap_d, heap_i, counts,
+        )  # fmt: skip
+    else:
+        if lin:
+            hm = np.ascontiguousarray(half[None, :] + margin.astype(np.float32)[:, None])
+            _scan_lin(
+                lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margin,
+                offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
+            )  # fmt: skip
+        else:
+            _scan_levels(
+                lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin,
+                offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
+            )  # fmt: skip

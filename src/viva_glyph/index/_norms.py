@@ -51,6 +51,7 @@ __all__ = [
     "encode_norms",
     "decode_norms",
     "params_shape",
+    "round_up32",
     "stored_dtype",
     "train_cross",
 ]
@@ -172,11 +173,15 @@ def cross_tables(
     stored vector, the float32 rounding of the value included and the bound rounded up."""
     val64, bound64 = decode_cross(mode, params)
     val = val64.astype(np.float32)
-    bound = bound64 + np.abs(val.astype(np.float64) - val64)
-    bound32 = bound.astype(np.float32)
-    low = bound32.astype(np.float64) < bound
-    bound32[low] = np.nextafter(bound32[low], np.float32(np.inf))
-    return val, bound32
+    return val, round_up32(bound64 + np.abs(val.astype(np.float64) - val64))
+
+
+def round_up32(x: NDArray[np.float64]) -> NDArray[np.float32]:
+    """The smallest float32 >= each value."""
+    out = np.asarray(x, dtype=np.float64).astype(np.float32)
+    low = out.astype(np.float64) < x
+    out[low] = np.nextafter(out[low], np.float32(np.inf))
+    return out
 
 
 class NormTables:

@@ -57,11 +57,26 @@ def vector_terms(self: RvqIndex) -> Terms:
 
 
 def bound_input(self: RvqIndex) -> BoundInput:
-    """The one-byte cross terms' tables of a search (see :class:`~._scan.BoundInput`)."""
+    """The one-byte cross terms' tables of a search (see :class:`~._scan.BoundInput`),
+    kept while the stored bytes, grids and centroids stay the same objects."""
+    store = self.store
+    key = (store.norms, store.norm_params, store.centroids)
+    cached = self._bound_cache
+    if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+        bound: BoundInput = cached[1]
+        return bound
+    bound = _bound_input(self)
+    self._bound_cache = (key, bound)
+    return bound
+
+
+def _bound_input(self: RvqIndex) -> BoundInput:
     store = self.store
     m, k, d = self._stack64.shape
-    stack = np.ascontiguousarray(self._stack64)
-    sq64 = np.einsum("mkd,mkd->mk", stack, stack)
+    # float32 codebooks decode exactly from float32 (half the bytes of the re-scoring)
+    books = self.encoder.codebook_array
+    stack = np.ascontiguousarray(books if books.dtype == np.float32 else self._stack64)
+    sq64 = np.einsum("mkd,mkd->mk", self._stack64, self._stack64)
     if store.centroids is None:
         cent = np.zeros((1, d), dtype=np.float64)
     else:
@@ -71,12 +86,25 @@ def bound_input(self: RvqIndex) -> BoundInput:
     if params.size == 0:  # nothing stored yet
         params = np.zeros(_norms.params_shape(self.norm, k), dtype=np.float64)
     val, err = _norms.cross_tables(self.norm, params)
+    lin = self.norm == "qint8" and self.metric != "cosine"
+    if lin:  # lo + step / 2 in float32, its rounding in the bound of every byte
+        fold = (params[:, 0] + params[:, 1] / 2).astype(np.float32)
+        step = params[:, 1].astype(np.float32)
+        off = np.abs(fold.astype(np.float64) - (params[:, 0] + params[:, 1] / 2))
+        off += np.abs(step.astype(np.float64) - params[:, 1]) * _norms.LEVELS
+        half = _norms.round_up32(params[:, 2] + off)
+    else:
+        fold = step = half = np.zeros(k, dtype=np.float32)
     reach = float(np.sqrt(cc64.max())) + self._reach
-    scale = float(np.abs(val).max() + cc64.max() + sq64.max(axis=1).sum() + reach * reach)
+    vmax = float(2.0 * np.abs(val).max() + np.abs(err).max())  # step * byte <= 2 max |val|
+    nscale = float(cc64.max() + sq64.max(axis=1).sum() + vmax)
     return BoundInput(
         np.ascontiguousarray(store.norms, dtype=np.uint8),
-        np.ascontiguousarray(val),
-        np.ascontiguousarray(err),
+        lin,
+        fold,
+        step,
+        half,
+        np.ascontiguousarray(np.stack([val, err], axis=2)),
         sq64.astype(np.float32),
         sq64,
         stack,
@@ -84,7 +112,9 @@ def bound_input(self: RvqIndex) -> BoundInput:
         cc64.astype(np.float32),
         cc64,
         self.metric == "cosine",
-        2.0 * scale,
+        vmax,
+        nscale,
+        4.0 * reach * reach,
         np.zeros(0, dtype=np.int64),
     )
 

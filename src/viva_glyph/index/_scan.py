@@ -92,25 +92,34 @@ def lookup_tables(
 class BoundInput(NamedTuple):
     """What the one-byte-norm scan reads besides :class:`ScanInput`.
 
-    ``qbytes`` (N,) uint8; ``val``/``err`` (K, 256) float32 the cross term and its
-    error bound of each (first code, byte); ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``;
-    ``stack`` (M, K, D) float64 codebooks; ``cent`` (L, D) float64 centroids (one zero
-    row for a flat index) and ``cc32``/``cc64`` (L,) their squared norms; ``cos``
-    cosine (else L2); ``scale`` bounds the magnitude of the norm terms (for the
-    rounding margins); ``counts`` (nq,) int64 receives the rows re-scored per query.
+    ``qbytes`` (N,) uint8; ``vb`` (K, 256, 2) float32 the cross term and its error
+    bound of each (first code, byte); ``lin`` (qint8 with L2): the scan uses instead
+    ``fold`` (K,) ``lo + step / 2`` (added to the first stage's table), ``step`` and
+    ``half`` (K,) the bound; ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``; ``stack``
+    (M, K, D) the codebooks (float32 when they are float32: exact, and half the bytes); ``cent`` (L, D) float64 centroids (one zero row for a
+    flat index) and ``cc32``/``cc64`` (L,) their squared norms; ``cos`` cosine (else
+    L2); ``vmax`` bounds the magnitude of the cross-term values and bounds, ``nscale``
+    that of the scanned norm's terms (cosine) and ``r2`` the squared norms (float64
+    rounding), for the rounding margins;
+    ``counts`` (nq,) int64 receives the rows re-scored per query.
     """
 
     qbytes: NDArray[np.uint8]
-    val: NDArray[np.float32]
-    err: NDArray[np.float32]
+    lin: bool
+    fold: NDArray[np.float32]
+    step: NDArray[np.float32]
+    half: NDArray[np.float32]
+    vb: NDArray[np.float32]
     sq32: NDArray[np.float32]
     sq64: NDArray[np.float64]
-    stack: NDArray[np.float64]
+    stack: NDArray[Any]
     cent: NDArray[np.float64]
     cc32: NDArray[np.float32]
     cc64: NDArray[np.float64]
     cos: bool
-    scale: float
+    vmax: float
+    nscale: float
+    r2: float
     counts: NDArray[np.int64]
 
 
@@ -148,24 +157,33 @@ _ULP = 2.0**-23
 
 def _tables(
     s: ScanInput, rows: slice
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float64], float]:
-    """The lookup tables and constants of queries ``rows``, and (one-byte norms) each
-    query's rounding margin of the scanned score and the margin of the scanned norm."""
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float64], float]:
+    """The lookup tables of queries ``rows`` (scanned and, one-byte norms, exact), their
+    constants and (one-byte norms) each query's rounding margin of the scanned score
+    and the margin of the scanned norm (cosine)."""
     lut = lookup_tables(s.queries[rows], s.stack, s.factor)
     consts = np.ascontiguousarray(s.consts[rows])
     b = s.bound
     if b is None:
-        return lut, consts, np.empty(0), 0.0
+        return lut, lut, consts, np.empty(0), 0.0
     m = lut.shape[1]
     if not b.cos:  # fold ||C_m[k]||^2 into the tables (the IVF lists' ||c||^2 is in consts)
         lut += b.sq32[None]
-    # |float32 sum - exact sum| <= (terms) * u * sum |term|, u = 2^-24; every term is at
-    # most its table's largest magnitude, and the norm terms at most ``scale``
+    exact = lut
+    if b.lin:  # qint8: lo + step / 2 of the first code in the first table
+        lut = lut.copy()
+        lut[:, 0, :] += b.fold[None, :]
+    # A float32 sum of terms t_1..t_n is within (n - 1) u max_j |partial sum_j| of the
+    # exact sum of the same float32 terms, u = 2^-24 (_ULP is 2u: a factor 2 to spare);
+    # every partial sum is at most the sum of each table's largest magnitude, the
+    # constant's and the cross term's. The exact score (float64, the same float32 table
+    # terms, the norm from the codes) is within the byte's bound of that exact sum, up to
+    # float64 rounding of the squared norms (2^-40 r2 is far above it).
     big = np.abs(lut).max(axis=2).sum(axis=1).astype(np.float64)
-    big += np.abs(consts).max(axis=1, initial=0.0) + b.scale
-    margin = (m + 4) * _ULP * big
-    nmargin = (m + 4) * _ULP * b.scale
-    return lut, consts, margin, nmargin
+    big += np.abs(consts).max(axis=1, initial=0.0) + b.vmax
+    margin = (m + 8) * _ULP * big + 2.0**-40 * b.r2
+    nmargin = (m + 8) * _ULP * b.nscale + 2.0**-40 * b.r2
+    return lut, exact, consts, margin, nmargin
 
 
 def _kernel_pass(
@@ -173,11 +191,12 @@ def _kernel_pass(
 ) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[np.int64]]:
     """Queries ``rows`` against codes [lo, hi) (flat) or their probed lists (IVF); with the
     rows re-scored per query (one-byte norms)."""
-    lut, consts, margin, nmargin = _tables(s, rows)
+    lut, lutx, consts, margin, nmargin = _tables(s, rows)
     nq = lut.shape[0]
     b = s.bound
     heap_d, heap_i = _empty_heaps(nq, k, np.float32 if b is None else np.float64)
     counts = np.zeros(nq, dtype=np.int64)
+    ubs = np.full((nq, k), np.inf, dtype=np.float32)
 
     def call(codes: Any, sl: slice, off: Any, probes: Any, cst: Any, base: int) -> None:
         if b is None:
@@ -187,9 +206,9 @@ def _kernel_pass(
             )  # fmt: skip
         else:
             kern.scan_bound(
-                lut, codes, b.qbytes[sl], b.val, b.err, b.sq32, b.cc32, b.stack, b.sq64,
-                b.cent, b.cc64, b.cos, margin, nmargin, off, probes, cst, base, heap_d,
-                heap_i, counts,
+                lut, lutx, codes, b.qbytes[sl], b.lin, b.step, b.half, b.vb, b.sq32, b.cc32,
+                b.stack, b.sq64, b.cent, b.cc64, b.cos, margin, nmargin, off, probes, cst,
+                base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip
 
     if s.offsets.shape[0] == 2:  # flat: blocks of codes, each kept in cache by all queries
@@ -280,7 +299,7 @@ def _numpy_bound_pass(
     exact scores (the same float64 operations in the same order), the same top k."""
     b = s.bound
     assert b is not None
-    lut, _, margin, nmargin = _tables(s, rows)
+    lut, lutx, _, margin, nmargin = _tables(s, rows)
     nq, m, _ = lut.shape
     best_d, best_i = _empty_heaps(nq, k, np.float64)
     counts = np.zeros(nq, dtype=np.int64)
@@ -291,17 +310,18 @@ def _numpy_bound_pass(
         for j in range(m):
             sc += lut[qs, j][:, codes[:, j]]
         g, byte = codes[:, 0].astype(np.intp), b.qbytes[pos].astype(np.intp)
-        val, err = b.val[g, byte], b.err[g, byte].astype(np.float64)
         if b.cos:
-            sn = b.cc32[lst] + val
+            sn = b.cc32[lst] + b.vb[g, byte, 0]
             for j in range(m):
                 sn += b.sq32[j, codes[:, j]]
-            e = err + nmargin
+            e = b.vb[g, byte, 1].astype(np.float64) + nmargin
             lb = _cos_lower(sc.astype(np.float64) - margin[qs, None], sn - e, sn + e)
             lb -= 1e-6 * np.abs(lb)
+        elif b.lin:
+            lb = sc + b.step[g] * byte.astype(np.float32) - b.half[g]
+            lb = lb - margin[qs, None].astype(np.float32)
         else:
-            sc += val
-            lb = sc.astype(np.float64) - err - margin[qs, None]
+            lb = sc + b.vb[g, byte, 0] - b.vb[g, byte, 1] - margin[qs, None].astype(np.float32)
         top = best_d[qs].max(axis=1)
         qq, cc = np.nonzero(lb <= top[:, None])
         if not qq.size:
@@ -312,7 +332,7 @@ def _numpy_bound_pass(
         for a in range(0, qq.shape[0], EXACT_ROWS):
             part = slice(a, a + EXACT_ROWS)
             cst = const[qq[part], 0] if full else const[0, cc[part]]
-            ex[part] = _exact_scores(lut, b, qn[qq[part]], codes[cc[part]], lst[cc[part]], cst)
+            ex[part] = _exact_scores(lutx, b, qn[qq[part]], codes[cc[part]], lst[cc[part]], cst)
         best_d, best_i = _keep_exact(best_d, best_i, qn[qq], ex, pos[cc], k)
     return best_d, best_i, counts
 
@@ -344,9 +364,10 @@ def _exact_scores(
     v = b.cent[lst].copy()
     for j in range(m):
         v += b.stack[j][codes[:, j]]
-    nrm = np.zeros(codes.shape[0], dtype=np.float64)
+    part = np.zeros((4, codes.shape[0]), dtype=np.float64)  # columns t mod 4, as the kernel
     for t in range(v.shape[1]):
-        nrm += v[:, t] * v[:, t]
+        part[t & 3] += v[:, t] * v[:, t]
+    nrm = (part[0] + part[1]) + (part[2] + part[3])
     if b.cos:
         with np.errstate(divide="ignore", invalid="ignore"):
             out: NDArray[np.float64] = np.where(
