@@ -268,9 +268,11 @@ def _scan_lin(lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margi
 
 
 @compiled()
-def _scan_levels(lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
-    """L2, cqint8: the byte's level and bound from the (first code, byte) table ``vb``
-    (otherwise as :func:`_scan_lin`)."""
+def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+    """L2, cqint8: the byte's level from the (first code, byte) table ``val``; a row passes
+    first against ``hm`` (nq, K), the first code's largest bound plus the query's margin,
+    then against its level's own bound ``err`` (one table in the loop, not two: they
+    would not stay in the cache); otherwise as :func:`_scan_lin`."""
     nq, m, _ = lut.shape
     v = np.empty(stack.shape[2], dtype=np.float64)
     cap = 256
@@ -293,8 +295,10 @@ def _scan_levels(lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin, 
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
                 b = qbytes[i]
-                s += vb[g, b, 0]
-                e = vb[g, b, 1] + mq
+                s += val[g, b]
+                if s - hm[q, g] > top32:
+                    continue
+                e = err[g, b] + mq
                 lb = s - e
                 if lb > top32:
                     continue
@@ -321,7 +325,7 @@ def _scan_levels(lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin, 
 
 
 @compiled()
-def _scan_cos(lut, codes, qbytes, vb, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_cos(lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
     """Cosine: bounds of the inner product and of the norm, then of their ratio."""
     nq, m, _ = lut.shape
     v = np.empty(stack.shape[2], dtype=np.float64)
@@ -338,10 +342,10 @@ def _scan_cos(lut, codes, qbytes, vb, sq32, cc32, stack, sq64, cent, cc64, margi
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
                 b = qbytes[i]
-                sn = cc32[lst] + vb[g, b, 0]
+                sn = cc32[lst] + val[g, b]
                 for j in range(m):
                     sn += sq32[j, codes[i, j]]
-                e = np.float64(vb[g, b, 1]) + nmargin
+                e = np.float64(err[g, b]) + nmargin
                 lb = _cos_lower(np.float64(s) - mq, np.float64(sn) - e, np.float64(sn) + e)
                 if lb - 1e-6 * abs(lb) > heap_d[q, 0]:
                     continue
@@ -359,7 +363,9 @@ def scan_bound(
     lin: bool,
     step: NDArray[np.float32],
     half: NDArray[np.float32],
-    vb: NDArray[np.float32],
+    val: NDArray[np.float32],
+    err: NDArray[np.float32],
+    gmax: NDArray[np.float32],
     sq32: NDArray[np.float32],
     cc32: NDArray[np.float32],
     stack: NDArray[np.float64],
@@ -383,18 +389,19 @@ def scan_bound(
     (nq, k) float32 the k smallest upper bounds of scanned scores (L2; kept across calls)."""
     if cos:
         _scan_cos(
-            lut, codes, qbytes, vb, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin,
+            lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin,
             offsets, probes, consts, base, heap_d, heap_i, counts,
         )  # fmt: skip
     else:
+        # each first code's bound (qint8) or largest bound (cqint8) plus each query's margin
+        hm = np.ascontiguousarray((half if lin else gmax)[None, :] + margin[:, None], np.float32)
         if lin:
-            hm = np.ascontiguousarray(half[None, :] + margin.astype(np.float32)[:, None])
             _scan_lin(
                 lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margin,
                 offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip
         else:
             _scan_levels(
-                lut, lutx, codes, qbytes, vb, stack, sq64, cent, cc64, margin,
+                lut, lutx, codes, qbytes, val, err, hm, stack, sq64, cent, cc64, margin,
                 offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip

@@ -92,8 +92,9 @@ def lookup_tables(
 class BoundInput(NamedTuple):
     """What the one-byte-norm scan reads besides :class:`ScanInput`.
 
-    ``qbytes`` (N,) uint8; ``vb`` (K, 256, 2) float32 the cross term and its error
-    bound of each (first code, byte); ``lin`` (qint8 with L2): the scan uses instead
+    ``qbytes`` (N,) uint8; ``val``/``err`` (K, 256) float32 the cross term and its error
+    bound of each (first code, byte), ``gmax`` (K,) the largest bound of each first
+    code; ``lin`` (qint8 with L2): the scan uses instead
     ``fold`` (K,) ``lo + step / 2`` (added to the first stage's table), ``step`` and
     ``half`` (K,) the bound; ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``; ``stack``
     (M, K, D) the codebooks (float32 when they are float32: exact, and half the bytes); ``cent`` (L, D) float64 centroids (one zero row for a
@@ -109,7 +110,9 @@ class BoundInput(NamedTuple):
     fold: NDArray[np.float32]
     step: NDArray[np.float32]
     half: NDArray[np.float32]
-    vb: NDArray[np.float32]
+    val: NDArray[np.float32]
+    err: NDArray[np.float32]
+    gmax: NDArray[np.float32]
     sq32: NDArray[np.float32]
     sq64: NDArray[np.float64]
     stack: NDArray[Any]
@@ -206,7 +209,8 @@ def _kernel_pass(
             )  # fmt: skip
         else:
             kern.scan_bound(
-                lut, lutx, codes, b.qbytes[sl], b.lin, b.step, b.half, b.vb, b.sq32, b.cc32,
+                lut, lutx, codes, b.qbytes[sl], b.lin, b.step, b.half, b.val, b.err, b.gmax,
+                b.sq32, b.cc32,
                 b.stack, b.sq64, b.cent, b.cc64, b.cos, margin, nmargin, off, probes, cst,
                 base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip
@@ -311,17 +315,17 @@ def _numpy_bound_pass(
             sc += lut[qs, j][:, codes[:, j]]
         g, byte = codes[:, 0].astype(np.intp), b.qbytes[pos].astype(np.intp)
         if b.cos:
-            sn = b.cc32[lst] + b.vb[g, byte, 0]
+            sn = b.cc32[lst] + b.val[g, byte]
             for j in range(m):
                 sn += b.sq32[j, codes[:, j]]
-            e = b.vb[g, byte, 1].astype(np.float64) + nmargin
+            e = b.err[g, byte].astype(np.float64) + nmargin
             lb = _cos_lower(sc.astype(np.float64) - margin[qs, None], sn - e, sn + e)
             lb -= 1e-6 * np.abs(lb)
         elif b.lin:
             lb = sc + b.step[g] * byte.astype(np.float32) - b.half[g]
             lb = lb - margin[qs, None].astype(np.float32)
         else:
-            lb = sc + b.vb[g, byte, 0] - b.vb[g, byte, 1] - margin[qs, None].astype(np.float32)
+            lb = sc + b.val[g, byte] - b.err[g, byte] - margin[qs, None].astype(np.float32)
         top = best_d[qs].max(axis=1)
         qq, cc = np.nonzero(lb <= top[:, None])
         if not qq.size:
