@@ -19,7 +19,9 @@ from viva_glyph.index import RvqIndex, merge_results, search_shards  # noqa: E40
 D = 16
 
 
-def make_shards(folder, n: int, shards: int, metric: str = "l2", nlist: int | None = None):
+def make_shards(
+    folder, n: int, shards: int, metric: str = "l2", nlist: int | None = None, norm: str = "float"
+):
     """One index over n vectors and the same vectors split in consecutive shard files."""
     rng = np.random.default_rng(0)
     enc = RvqEncoder([Codebook(rng.standard_normal((256, D)) * 0.6**s) for s in range(6)])
@@ -29,7 +31,7 @@ def make_shards(folder, n: int, shards: int, metric: str = "l2", nlist: int | No
     whole.add(X)
     paths = []
     for s, rows in enumerate(np.array_split(np.arange(n), shards)):
-        part = RvqIndex(enc, metric=metric, centroids=cent)
+        part = RvqIndex(enc, metric=metric, centroids=cent, norm=norm)
         part.add(X[rows], ids=rows)
         paths.append(folder / f"shard{s}.vgindex")
         part.save(paths[-1])
@@ -57,6 +59,15 @@ def test_shards_equal_one_index_local_scheduler(tmp_path, metric, nlist) -> None
     assert_same(search_shards(paths, Q, 10, **extra), whole.search(Q, 10, **extra), metric)
     ranked = search_shards(paths, Q, 5, rerank=40, vectors=tmp_path / "x.npy", **extra)
     assert_same(ranked, whole.search(Q, 5, rerank=40, vectors=X, **extra), metric)
+
+
+@pytest.mark.parametrize(("metric", "nlist", "norm"), [("l2", None, "qint8"), ("cosine", 4, "cqint8")])
+def test_one_byte_norm_shards_equal_one_float_norm_index(tmp_path, metric, nlist, norm) -> None:
+    # each shard has its own grids of cross terms; every shard returns its exact-norm top k
+    whole, paths, _ = make_shards(tmp_path, 3000, 3, metric, nlist, norm)
+    Q = np.random.default_rng(3).standard_normal((40, D))
+    extra = {"nprobe": 4} if nlist else {}
+    assert_same(search_shards(paths, Q, 10, **extra), whole.search(Q, 10, **extra), metric)
 
 
 def test_merge_keeps_shard_order_for_ties_and_puts_empty_last() -> None:

@@ -176,6 +176,16 @@ def _rescore(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v, base, 
 
 
 @compiled(inline="always")
+def _row_margin(lut, codes, i, q, c0, t, ceff, tiny):  # type: ignore[no-untyped-def]
+    """Rounding margin of row i's scanned score: a float32 sum is within (terms) u times
+    the sum of its terms' magnitudes of the exact sum (``ceff`` holds (M + 8) 2u)."""
+    a = abs(c0) + abs(t)
+    for j in range(codes.shape[1]):
+        a += abs(lut[q, j, codes[i, j]])
+    return ceff * a + tiny
+
+
+@compiled(inline="always")
 def _push_bound(ubs, q, u):  # type: ignore[no-untyped-def]
     """Replace the root of query q's max-heap of upper bounds by u and sift it down."""
     kk = ubs.shape[1]
@@ -212,7 +222,7 @@ def _flush(buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, 
 
 
 @compiled()
-def _scan_lin(lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_lin(lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
     """L2, qint8: the first table holds lo + step / 2, the byte adds step * byte, ``hm``
     (nq, K) is the bound plus the query's margin.
 
@@ -240,8 +250,11 @@ def _scan_lin(lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margi
                 for j in range(m):
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
-                s += step[g] * np.float32(qbytes[i])
-                e = hm[q, g]
+                t = step[g] * np.float32(qbytes[i])
+                s += t
+                if s - hm[q, g] > top32:  # the query's margin: the largest terms of its tables
+                    continue
+                e = half[g] + _row_margin(lut, codes, i, q, c0, t, ceff, tiny)
                 lb = s - e
                 if lb > top32:
                     continue
@@ -268,7 +281,7 @@ def _scan_lin(lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margi
 
 
 @compiled()
-def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
     """L2, cqint8: the byte's level from the (first code, byte) table ``val``; a row passes
     first against ``hm`` (nq, K), the first code's largest bound plus the query's margin,
     then against its level's own bound ``err`` (one table in the loop, not two: they
@@ -295,10 +308,11 @@ def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, stack, sq64, cent, cc64
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
                 b = qbytes[i]
-                s += val[g, b]
+                t = val[g, b]
+                s += t
                 if s - hm[q, g] > top32:
                     continue
-                e = err[g, b] + mq
+                e = err[g, b] + _row_margin(lut, codes, i, q, c0, t, ceff, tiny)
                 lb = s - e
                 if lb > top32:
                     continue
@@ -383,6 +397,7 @@ def scan_bound(
     heap_i: NDArray[np.int64],
     counts: NDArray[np.int64],
     ubs: NDArray[np.float32],
+    r2: float,
 ) -> None:
     """Scan with one-byte cross terms, re-scoring exactly every row whose score bound can
     reach the top k (see ``_scan.BoundInput``); heaps hold exact float64 scores, ``ubs``
@@ -395,13 +410,17 @@ def scan_bound(
     else:
         # each first code's bound (qint8) or largest bound (cqint8) plus each query's margin
         hm = np.ascontiguousarray((half if lin else gmax)[None, :] + margin[:, None], np.float32)
+        # each row passing its query's margin is checked again with its own (the sizes of
+        # its terms): rows far smaller than the largest keep tight bounds
+        ceff = np.float32((lut.shape[1] + 8) * 2.0**-23)
+        tiny = np.float32(2.0**-40 * r2)
         if lin:
             _scan_lin(
-                lut, lutx, codes, qbytes, step, hm, stack, sq64, cent, cc64, margin,
+                lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64, margin,
                 offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip
         else:
             _scan_levels(
-                lut, lutx, codes, qbytes, val, err, hm, stack, sq64, cent, cc64, margin,
+                lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64, cent, cc64, margin,
                 offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip

@@ -212,7 +212,7 @@ def _kernel_pass(
                 lut, lutx, codes, b.qbytes[sl], b.lin, b.step, b.half, b.val, b.err, b.gmax,
                 b.sq32, b.cc32,
                 b.stack, b.sq64, b.cent, b.cc64, b.cos, margin, nmargin, off, probes, cst,
-                base, heap_d, heap_i, counts, ubs,
+                base, heap_d, heap_i, counts, ubs, b.r2,
             )  # fmt: skip
 
     if s.offsets.shape[0] == 2:  # flat: blocks of codes, each kept in cache by all queries
