@@ -51,9 +51,15 @@ class RvqIndex:
         Search by squared L2 distance (ascending), inner product (descending)
         or cosine similarity (descending), always against the decoded vectors.
     norm : {"float", "qint8", "cqint8", "lut", "none"}
-        How ``||x'||^2`` is kept (see :mod:`viva_glyph.index._norms`);
-        ``"none"`` only with ``metric="ip"``. The quantized modes are trained
-        on the first batch added.
+        How ``||x'||^2`` is kept (see :mod:`viva_glyph.index._norms`):
+        ``"float"`` 4 bytes a vector; ``"qint8"``/``"cqint8"`` one byte a vector
+        (the stage cross terms on a grid, or k-means levels, per first-stage code),
+        searching to the same neighbours and distances as ``"float"`` (up to float
+        rounding ties) by re-scoring exactly, norms rebuilt from the codes, every
+        vector whose byte's error bound can reach the top k; ``"lut"`` nothing
+        stored; ``"none"`` only with ``metric="ip"``. The one-byte grids are
+        trained on every vector stored until 65,536 have been seen, then kept
+        (later vectors only widen their error bounds).
     beam_size : int, optional
         Beam width :meth:`add` encodes with (1 = greedy); default: the encoder's
         (:attr:`~viva_glyph.RvqEncoder.encoding`).
