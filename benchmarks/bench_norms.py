@@ -32,7 +32,7 @@ import viva_glyph as vg
 from viva_glyph.index import RvqIndex
 
 sys.path.insert(0, str(Path(__file__).parent))
-import quality_data  # noqa: E402
+import quality_data
 
 MODES = ("float", "qint8", "cqint8")
 
@@ -52,7 +52,9 @@ def truth(train: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall(found: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(found, ref)]))
+    return float(
+        np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(found, ref, strict=True)])
+    )
 
 
 def run_set(name: str, n_queries: int, repeats: int, k: int = 10) -> dict[str, object]:

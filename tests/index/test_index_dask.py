@@ -61,7 +61,9 @@ def test_shards_equal_one_index_local_scheduler(tmp_path, metric, nlist) -> None
     assert_same(ranked, whole.search(Q, 5, rerank=40, vectors=X, **extra), metric)
 
 
-@pytest.mark.parametrize(("metric", "nlist", "norm"), [("l2", None, "qint8"), ("cosine", 4, "cqint8")])
+@pytest.mark.parametrize(
+    ("metric", "nlist", "norm"), [("l2", None, "qint8"), ("cosine", 4, "cqint8")]
+)
 def test_one_byte_norm_shards_equal_one_float_norm_index(tmp_path, metric, nlist, norm) -> None:
     # each shard has its own grids of cross terms; every shard returns its exact-norm top k
     whole, paths, _ = make_shards(tmp_path, 3000, 3, metric, nlist, norm)

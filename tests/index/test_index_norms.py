@@ -303,7 +303,10 @@ def test_reported_scores_are_brute_force_scores_of_the_decoded_vectors(
     rng = np.random.default_rng(seed)
     m, kk, d = 3, 8, 4
     enc = RvqEncoder(
-        [Codebook(rng.standard_normal((kk, d)) * np.exp(rng.uniform(-spread, spread))) for _ in range(m)]
+        [
+            Codebook(rng.standard_normal((kk, d)) * np.exp(rng.uniform(-spread, spread)))
+            for _ in range(m)
+        ]
     )
     codes = rng.integers(0, kk, size=(n, m))
     cent = rng.standard_normal((nlist, d)) * 3 if nlist else None
@@ -311,7 +314,9 @@ def test_reported_scores_are_brute_force_scores_of_the_decoded_vectors(
     lists = rng.integers(0, nlist, size=n) if nlist else None
     half = n // 2  # two batches: the grid trained again, the bytes quantized again
     index.add_codes(codes[:half], lists=None if lists is None else lists[:half])
-    index.add_codes(codes[half:], ids=np.arange(half, n), lists=None if lists is None else lists[half:])
+    index.add_codes(
+        codes[half:], ids=np.arange(half, n), lists=None if lists is None else lists[half:]
+    )
     q = rng.standard_normal((3, d)) * np.exp(rng.uniform(-spread, spread))
     dist, ids = index.search(q, k, nprobe=nlist or 1)
     kk_ = min(k, n)

@@ -12,7 +12,8 @@ Tensors, in this order (a tensor appears only when the index has it):
 
 String metadata: ``format`` (``"viva-glyph-index"``), ``format_version``
 (``"1"``), ``config`` (JSON num_stages/dimension/codebook_size), ``metric``,
-``norm``, ``norm_grid`` (``"first_code"`` for qint8/cqint8), ``beam_size``, ``nlist`` (``"0"`` for flat), ``count`` (N),
+``norm``, ``norm_grid`` (``"first_code"`` for qint8/cqint8), ``beam_size``, ``nlist``
+(``"0"`` for flat), ``count`` (N),
 ``norm_seen`` (the norms the quantized-norm grid was trained on; files without it
 load as N), ``library_version``. :func:`load` reads it with :mod:`viva_glyph.files._safetensors`
 (anything but a regular file refused, the header and every dtype, shape and
@@ -45,8 +46,8 @@ from viva_glyph.core.config import RvqConfig
 from viva_glyph.core.encoder import RvqEncoder
 from viva_glyph.core.nearest import code_dtype
 from viva_glyph.files import DTYPES, FileKind, open_file
-from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
 from viva_glyph.index import _norms
+from viva_glyph.index._index import MAX_NLIST, METRICS, RvqIndex
 from viva_glyph.index._norms import NORM_MODES, QUANTIZED, stored_dtype
 from viva_glyph.index._save import FORMAT_NAME, FORMAT_VERSION, NORM_GRID
 
@@ -209,7 +210,11 @@ def _check_legacy(path: PathLike, norm: str, params: NDArray[Any]) -> None:
     if (params < 0).any():
         raise _fail(path, "norm_params (norm quantizer) hold a negative squared norm")
     if (np.diff(params) < 0).any():
-        what = "qint8 norm range is reversed" if norm == "qint8" else "cqint8 norm levels are not sorted"
+        what = (
+            "qint8 norm range is reversed"
+            if norm == "qint8"
+            else "cqint8 norm levels are not sorted"
+        )
         raise _fail(path, f"norm_params: {what}")
 
 

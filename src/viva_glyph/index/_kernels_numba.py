@@ -165,7 +165,9 @@ def _up32(x):  # type: ignore[no-untyped-def]
 
 
 @compiled(inline="always")
-def _rescore(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+def _rescore(  # type: ignore[no-untyped-def]
+    lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v, base, heap_d, heap_i, counts
+):
     """Push row i's exact score into query q's heap; the heap's new bound, in float32."""
     counts[q] += 1
     ex = _exact(lutx, codes, i, q, c0, lst, stack, sq64, cent, cc64, cos, v)
@@ -206,7 +208,26 @@ def _push_bound(ubs, q, u):  # type: ignore[no-untyped-def]
 
 
 @compiled(inline="always")
-def _flush(buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+def _flush(  # type: ignore[no-untyped-def]
+    buf,
+    blb,
+    nb,
+    lutx,
+    codes,
+    q,
+    c0s,
+    lsts,
+    stack,
+    sq64,
+    cent,
+    cc64,
+    v,
+    base,
+    heap_d,
+    heap_i,
+    counts,
+    ubs,
+):
     """Re-score the buffered rows whose lower bound still reaches the top k."""
     top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
     for t in range(nb):
@@ -222,7 +243,30 @@ def _flush(buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, 
 
 
 @compiled()
-def _scan_lin(lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_lin(  # type: ignore[no-untyped-def]
+    lut,
+    lutx,
+    codes,
+    qbytes,
+    step,
+    half,
+    hm,
+    ceff,
+    tiny,
+    stack,
+    sq64,
+    cent,
+    cc64,
+    margin,
+    offsets,
+    probes,
+    consts,
+    base,
+    heap_d,
+    heap_i,
+    counts,
+    ubs,
+):
     """L2, qint8: the first table holds lo + step / 2, the byte adds step * byte, ``hm``
     (nq, K) is the bound plus the query's margin.
 
@@ -281,7 +325,30 @@ def _scan_lin(lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64,
 
 
 @compiled()
-def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64, cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_levels(  # type: ignore[no-untyped-def]
+    lut,
+    lutx,
+    codes,
+    qbytes,
+    val,
+    err,
+    hm,
+    ceff,
+    tiny,
+    stack,
+    sq64,
+    cent,
+    cc64,
+    margin,
+    offsets,
+    probes,
+    consts,
+    base,
+    heap_d,
+    heap_i,
+    counts,
+    ubs,
+):
     """L2, cqint8: the byte's level from the (first code, byte) table ``val``; a row passes
     first against ``hm`` (nq, K), the first code's largest bound plus the query's margin,
     then against its level's own bound ``err`` (one table in the loop, not two: they
@@ -294,7 +361,6 @@ def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64
     c0s = np.empty(cap, dtype=np.float32)
     lsts = np.empty(cap, dtype=np.int64)
     for q in range(nq):
-        mq = np.float32(margin[q])
         top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
         nb = 0
         for p in range(probes.shape[1]):
@@ -339,7 +405,28 @@ def _scan_levels(lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64
 
 
 @compiled()
-def _scan_cos(lut, codes, qbytes, val, err, sq32, cc32, stack, sq64, cent, cc64, margin, nmargin, offsets, probes, consts, base, heap_d, heap_i, counts):  # type: ignore[no-untyped-def]  # noqa: E501
+def _scan_cos(  # type: ignore[no-untyped-def]
+    lut,
+    codes,
+    qbytes,
+    val,
+    err,
+    sq32,
+    cc32,
+    stack,
+    sq64,
+    cent,
+    cc64,
+    margin,
+    nmargin,
+    offsets,
+    probes,
+    consts,
+    base,
+    heap_d,
+    heap_i,
+    counts,
+):
     """Cosine: bounds of the inner product and of the norm, then of their ratio."""
     nq, m, _ = lut.shape
     v = np.empty(stack.shape[2], dtype=np.float64)
@@ -416,8 +503,8 @@ def scan_bound(
         tiny = np.float32(2.0**-40 * r2)
         if lin:
             _scan_lin(
-                lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64, margin,
-                offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
+                lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64,
+                margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
             )  # fmt: skip
         else:
             _scan_levels(

@@ -72,7 +72,7 @@ def bound_input(self: RvqIndex) -> BoundInput:
 
 def _bound_input(self: RvqIndex) -> BoundInput:
     store = self.store
-    m, k, d = self._stack64.shape
+    _, k, d = self._stack64.shape
     # float32 codebooks decode exactly from float32 (half the bytes of the re-scoring)
     books = self.encoder.codebook_array
     stack = np.ascontiguousarray(books if books.dtype == np.float32 else self._stack64)

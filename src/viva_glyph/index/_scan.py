@@ -92,15 +92,16 @@ def lookup_tables(
 class BoundInput(NamedTuple):
     """What the one-byte-norm scan reads besides :class:`ScanInput`.
 
-    ``qbytes`` (N,) uint8; ``val``/``err`` (K, 256) float32 the cross term and its error
-    bound of each (first code, byte), ``gmax`` (K,) the largest bound of each first
-    code; ``lin`` (qint8 with L2): the scan uses instead
-    ``fold`` (K,) ``lo + step / 2`` (added to the first stage's table), ``step`` and
-    ``half`` (K,) the bound; ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``; ``stack``
-    (M, K, D) the codebooks (float32 when they are float32: exact, and half the bytes); ``cent`` (L, D) float64 centroids (one zero row for a
-    flat index) and ``cc32``/``cc64`` (L,) their squared norms; ``cos`` cosine (else
-    L2); ``vmax`` bounds the magnitude of the cross-term values and bounds, ``nscale``
-    that of the scanned norm's terms (cosine) and ``r2`` the squared norms (float64
+    ``qbytes`` (N,) uint8; ``val``/``err`` (K, 256) float32 the cross term and its
+    error bound of each (first code, byte), ``gmax`` (K,) the largest bound of each
+    first code; ``lin`` (qint8 with L2): the scan uses instead ``fold`` (K,)
+    ``lo + step / 2`` (added to the first stage's table), ``step`` and ``half`` (K,) the
+    bound; ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``; ``stack`` (M, K, D) the codebooks
+    (float32 when they are float32: exact, and half the bytes); ``cent`` (L, D) float64
+    centroids (one zero row for a flat index) and ``cc32``/``cc64`` (L,) their squared
+    norms; ``cos`` cosine (else L2); ``vmax`` bounds the magnitude of the cross-term
+    values and bounds, ``nscale`` that of the scanned norm's terms (cosine) and ``r2``
+    the squared norms (float64
     rounding), for the rounding margins;
     ``counts`` (nq,) int64 receives the rows re-scored per query.
     """
@@ -150,7 +151,9 @@ class ScanInput(NamedTuple):
     bound: BoundInput | None = None
 
 
-def _empty_heaps(nq: int, k: int, dtype: Any = np.float32) -> tuple[NDArray[Any], NDArray[np.int64]]:
+def _empty_heaps(
+    nq: int, k: int, dtype: Any = np.float32
+) -> tuple[NDArray[Any], NDArray[np.int64]]:
     return np.full((nq, k), np.inf, dtype=dtype), np.full((nq, k), -1, dtype=np.int64)
 
 
@@ -160,7 +163,9 @@ _ULP = 2.0**-23
 
 def _tables(
     s: ScanInput, rows: slice
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float64], float]:
+) -> tuple[
+    NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float64], float
+]:
     """The lookup tables of queries ``rows`` (scanned and, one-byte norms, exact), their
     constants and (one-byte norms) each query's rounding margin of the scanned score
     and the margin of the scanned norm (cosine)."""
@@ -268,9 +273,7 @@ def _numpy_pass(
     return best_d, best_i, counts
 
 
-def _probed_rows(
-    s: ScanInput, rows: slice, lo: int, hi: int
-) -> Any:
+def _probed_rows(s: ScanInput, rows: slice, lo: int, hi: int) -> Any:
     """(query, positions, lists, constants) of every block the numpy scan reads: blocks
     of 4,096 codes for all queries (flat), or each query's probed lists (IVF)."""
     nq = s.queries[rows].shape[0]

@@ -207,8 +207,7 @@ class Store:
         elif self.norm in _norms.QUANTIZED:
             norms = self.norms
         elif self.norms is not None:
-            stored = _norms.encode_norms(new_norms)
-            norms = np.concatenate([np.asarray(self.norms), stored])
+            norms = np.concatenate([np.asarray(self.norms), _norms.encode_norms(new_norms)])
         codes, ids = p["codes"], p["ids"]
         if p["lists"] is not None:
             order = np.argsort(p["lists"], kind="stable")
