@@ -99,7 +99,9 @@ class BoundInput(NamedTuple):
     bound; ``sq32``/``sq64`` (M, K) ``||C_m[k]||^2``; ``stack`` (M, K, D) the codebooks
     (float32 when they are float32: exact, and half the bytes); ``cent`` (L, D) float64
     centroids (one zero row for a flat index) and ``cc32``/``cc64`` (L,) their squared
-    norms; ``cos`` cosine (else L2); ``vmax`` bounds the magnitude of the cross-term
+    norms; ``cos`` cosine (else L2); ``cmax`` (M,) the largest codeword norm of each
+    stage, ``sqmax`` the sum of the largest squared ones, ``fmax`` the largest ``|fold|``
+    (bounds of the tables' magnitudes); ``vmax`` bounds the magnitude of the cross-term
     values and bounds, ``nscale`` that of the scanned norm's terms (cosine) and ``r2``
     the squared norms (float64
     rounding), for the rounding margins;
@@ -121,6 +123,9 @@ class BoundInput(NamedTuple):
     cc32: NDArray[np.float32]
     cc64: NDArray[np.float64]
     cos: bool
+    cmax: NDArray[np.float64]
+    sqmax: float
+    fmax: float
     vmax: float
     nscale: float
     r2: float
@@ -187,7 +192,13 @@ def _tables(
     # constant's and the cross term's. The exact score (float64, the same float32 table
     # terms, the norm from the codes) is within the byte's bound of that exact sum, up to
     # float64 rounding of the squared norms (2^-40 r2 is far above it).
-    big = np.abs(lut).max(axis=2).sum(axis=1).astype(np.float64)
+    # Each table's largest magnitude is at most |factor| ||q|| max ||C_m[k]|| (+ the folded
+    # max ||C_m[k]||^2 and lo + step / 2), with the GEMM's float32 rounding (O(M) a query,
+    # not a pass over the tables; each row is checked again with its own terms)
+    qn = np.sqrt(np.einsum("qd,qd->q", s.queries[rows], s.queries[rows], dtype=np.float64))
+    d = s.queries.shape[1]
+    per = abs(s.factor) * b.cmax.sum() * qn * (1.0 + (d + 4) * _ULP)
+    big = per + (0.0 if b.cos else b.sqmax + b.fmax)
     big += np.abs(consts).max(axis=1, initial=0.0) + b.vmax
     margin = (m + 8) * _ULP * big + 2.0**-40 * b.r2
     nmargin = (m + 8) * _ULP * b.nscale + 2.0**-40 * b.r2
@@ -310,6 +321,8 @@ def _numpy_bound_pass(
     nq, m, _ = lut.shape
     best_d, best_i = _empty_heaps(nq, k, np.float64)
     counts = np.zeros(nq, dtype=np.int64)
+    # (L2) the smallest k-th upper bound of a block so far: no exact score above it is kept
+    ubk = np.full(nq, np.inf, dtype=np.float64)
     for qs, pos, lst, const in _probed_rows(s, rows, lo, hi):
         codes = s.codes[pos]
         qn = np.arange(nq)[qs]
@@ -324,12 +337,18 @@ def _numpy_bound_pass(
             e = b.err[g, byte].astype(np.float64) + nmargin
             lb = _cos_lower(sc.astype(np.float64) - margin[qs, None], sn - e, sn + e)
             lb -= 1e-6 * np.abs(lb)
-        elif b.lin:
-            lb = sc + b.step[g] * byte.astype(np.float32) - b.half[g]
-            lb = lb - margin[qs, None].astype(np.float32)
         else:
-            lb = sc + b.val[g, byte] - b.err[g, byte] - margin[qs, None].astype(np.float32)
-        top = best_d[qs].max(axis=1)
+            if b.lin:
+                sc += b.step[g] * byte.astype(np.float32)
+                e = b.half[g] + margin[qs, None].astype(np.float32)
+            else:
+                sc += b.val[g, byte]
+                e = b.err[g, byte] + margin[qs, None].astype(np.float32)
+            lb = sc - e
+            if pos.shape[0] >= k:  # the k-th smallest upper bound of the block
+                kth = np.partition(sc + e, k - 1, axis=1)[:, k - 1].astype(np.float64)
+                ubk[qs] = np.minimum(ubk[qs], kth)
+        top = np.minimum(best_d[qs].max(axis=1), ubk[qs])
         qq, cc = np.nonzero(lb <= top[:, None])
         if not qq.size:
             continue
