@@ -290,6 +290,33 @@ def test_norm_params_of_another_shape_or_dtype_are_refused(enc, X, tmp_path, nor
             load(tmp_path / "a.vgindex")
 
 
+@pytest.mark.parametrize("norm", ["qint8", "cqint8"])
+@pytest.mark.parametrize("nlist", [None, 4])
+@pytest.mark.parametrize("what", ["byte", "grid"])
+def test_a_norm_byte_or_bound_that_does_not_hold_is_refused(
+    enc, X, tmp_path, norm, nlist, what
+) -> None:
+    # A byte moved to another bin, or a bound shrunk below the error it states, passed
+    # every range check and silently dropped neighbours from the exact re-scoring.
+    index = built(enc, X, norm=norm, nlist=nlist)
+    s = index.store
+    if what == "byte":
+        s.norms = np.asarray(s.norms).copy()
+        s.norms[7] = (int(s.norms[7]) + 128) % 256
+    else:
+        s.norm_params = s.norm_params.copy()
+        first, byte = int(np.asarray(s.codes)[7, 0]), int(np.asarray(s.norms)[7])
+        if norm == "qint8":
+            s.norm_params[first, 2] = 0.0  # no bin centre is exact here
+        else:  # few rows a first code: every level is exact, its bound 0; move the level
+            level = s.norm_params[first, byte, 0]
+            s.norm_params[first, byte, 0] = level + 1e-6 * (1.0 + abs(level))
+    path = tmp_path / "a.vgindex"
+    index.save(path)
+    with pytest.raises(IndexFormatError, match=r"norms byte \d+ at row \d+ .* bound"):
+        load(path)
+
+
 def _legacy_file(enc, X, path, norm: str, nlist: int | None) -> RvqIndex:
     """An index file as the versions before ``norm_grid`` wrote it: one byte of the whole
     norm ||x'||^2 on one grid ([min, max] for qint8, 256 k-means levels for cqint8, F32),

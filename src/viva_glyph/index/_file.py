@@ -21,8 +21,9 @@ offset checked against the metadata and the file size before any tensor data
 is read), memory-maps codes, norms and ids and checks every value the
 constructor, :meth:`RvqIndex.add` and :meth:`RvqIndex.add_codes` would refuse.
 Quantizer parameters must be finite, within the scale the codebooks (and centroids)
-can reach, with steps and bounds >= 0 and levels sorted; the bounds themselves are
-trusted as written (checking them would decode every row).
+can reach, with steps and bounds >= 0 and levels sorted; every stored norm byte must
+decode to within its bound of the row's exact cross term, rebuilt from the codes (one
+pass over the codes, in blocks).
 
 qint8/cqint8 files written before ``norm_grid`` (one byte of the whole norm on one
 grid: ``norm_params`` (2,) ``[min, max]`` or (256,) levels, F32) still load: their
@@ -200,7 +201,39 @@ def load(path: PathLike) -> RvqIndex:
             _rebuild(index)
         else:
             s.norm_params = _check_params(path, index, small["norm_params"])
+            if index.norm in ("qint8", "cqint8"):
+                _check_bytes(path, index)
     return index
+
+
+#: Rows whose cross terms :func:`_check_bytes` rebuilds at a time (bounded memory).
+CHECK_ROWS = 1 << 16
+
+
+def _check_bytes(path: PathLike, index: RvqIndex) -> None:
+    """Every stored byte decodes to within its bound of the row's exact cross term (from
+    the codes): a byte or bound altered on disk would silently drop neighbours."""
+    s = index.store
+    assert s.norms is not None
+    val, bound = _norms.decode_cross(index.norm, s.norm_params)
+    for start in range(0, len(index), CHECK_ROWS):
+        stop = min(start + CHECK_ROWS, len(index))
+        codes = np.asarray(s.codes[start:stop])
+        rows = np.arange(start, stop, dtype=np.int64)
+        lists = s.list_of(rows) if s.centroids is not None else None
+        cross = index._cross_terms(codes, lists)
+        first, byte = codes[:, 0].astype(np.intp), np.asarray(s.norms[start:stop], dtype=np.intp)
+        # the search's float32 margins absorb far more than this relative slack
+        slack = bound[first, byte] + 1e-12 * np.abs(cross)
+        bad = np.flatnonzero(~(np.abs(cross - val[first, byte]) <= slack))
+        if bad.size:
+            row = start + int(bad[0])
+            raise _fail(
+                path,
+                f"norms byte {int(byte[bad[0]])} at row {row} is farther from the row's cross "
+                "term (from its codes) than its norm_params bound: the norm bytes or their "
+                "bounds were altered",
+            )
 
 
 def _check_legacy(path: PathLike, norm: str, params: NDArray[Any]) -> None:
