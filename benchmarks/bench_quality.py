@@ -280,8 +280,12 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     sets = list(dict.fromkeys(r["set"] for r in rows))
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
-    for ax, name in zip(axes[0], sets, strict=True):
+    cols = min(2, len(sets))
+    nrows = -(-len(sets) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(sets) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, sets, strict=False):
         part = [r for r in rows if r["set"] == name]
         ref = best_faiss(part) or min(r["mse"] for r in part)
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -296,7 +300,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         ax.set_ylabel("held-out MSE / FAISS best RQ")
         ax.set_title(name)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=6)  # each set has its own FAISS settings: its own legend
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"\nwrote {path}")
