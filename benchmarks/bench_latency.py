@@ -3,8 +3,8 @@
 Medians over many calls of the spec API (``vg.encode``, ``vg.decode``,
 ``vg.reconstruct``) and of ``encoder.encode`` on one row, for the default
 configuration (6-D, 4 x 256) and a 128-D, 8 x 256 model, against FAISS
-``ResidualQuantizer.compute_codes`` of one row (greedy, ``max_beam_size = 1``) on
-the same codebooks. Every function is timed in rounds that alternate between
+``ResidualQuantizer.compute_codes`` of one row (greedy, ``max_beam_size = 1``, one
+OpenMP thread) on the same codebooks. Every function is timed in rounds that alternate between
 them, and each round's time per call is a median over its calls, so a burst of
 load on the machine moves all of them alike.
 
@@ -40,6 +40,9 @@ def faiss_encoder(enc: vg.RvqEncoder) -> Any:
     """A FAISS ResidualQuantizer holding ``enc``'s codebooks, greedy."""
     import faiss
 
+    # One row is one thread's work; FAISS's idle OpenMP workers would otherwise spin on
+    # the other cores for a while after each call, slowing whatever is timed next.
+    faiss.omp_set_num_threads(1)
     c = enc.config
     rq = faiss.ResidualQuantizer(c.dimension, c.num_stages, int(np.log2(c.codebook_size)))
     rq.max_beam_size = 1
