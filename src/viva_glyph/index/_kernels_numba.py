@@ -243,13 +243,16 @@ def _flush(  # type: ignore[no-untyped-def]
 
 
 @compiled()
-def _scan_lin(  # type: ignore[no-untyped-def]
+def _scan_bytes(  # type: ignore[no-untyped-def]
     lut,
     lutx,
     codes,
     qbytes,
+    lin,
     step,
     half,
+    val,
+    err,
     hm,
     ceff,
     tiny,
@@ -267,8 +270,12 @@ def _scan_lin(  # type: ignore[no-untyped-def]
     counts,
     ubs,
 ):
-    """L2, qint8: the first table holds lo + step / 2, the byte adds step * byte, ``hm``
-    (nq, K) is the bound plus the query's margin.
+    """L2, one-byte cross terms. ``lin`` (qint8): the first table holds lo + step / 2, the
+    byte adds step * byte, and ``half`` is each first code's bound. Otherwise (cqint8): the
+    byte's level comes from the (first code, byte) table ``val``, with its own bound
+    ``err``. ``hm`` (nq, K) is each first code's (largest) bound plus the query's margin: a
+    row passes it first, then its own bound (one table in the loop, not two: they would not
+    stay in the cache).
 
     A row whose lower bound reaches the threshold (the k-th best exact score so far, or
     the k-th smallest upper bound ``ubs``) is buffered; the buffer is re-scored when it
@@ -294,91 +301,13 @@ def _scan_lin(  # type: ignore[no-untyped-def]
                 for j in range(m):
                     s += lut[q, j, codes[i, j]]
                 g = codes[i, 0]
-                t = step[g] * np.float32(qbytes[i])
+                b = qbytes[i]
+                t = step[g] * np.float32(b) if lin else val[g, b]
                 s += t
                 if s - hm[q, g] > top32:  # the query's margin: the largest terms of its tables
                     continue
-                e = half[g] + _row_margin(lut, codes, i, q, c0, t, ceff, tiny)
-                lb = s - e
-                if lb > top32:
-                    continue
-                ub = s + e
-                if ub < ubs[q, 0]:
-                    _push_bound(ubs, q, ub)
-                    top32 = min(top32, ubs[q, 0])
-                buf[nb] = i
-                blb[nb] = lb
-                c0s[nb] = c0
-                lsts[nb] = lst
-                nb += 1
-                if nb == cap:
-                    _flush(
-                        buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v,
-                        base, heap_d, heap_i, counts, ubs,
-                    )  # fmt: skip
-                    nb = 0
-                    top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
-        _flush(
-            buf, blb, nb, lutx, codes, q, c0s, lsts, stack, sq64, cent, cc64, v, base,
-            heap_d, heap_i, counts, ubs,
-        )  # fmt: skip
-
-
-@compiled()
-def _scan_levels(  # type: ignore[no-untyped-def]
-    lut,
-    lutx,
-    codes,
-    qbytes,
-    val,
-    err,
-    hm,
-    ceff,
-    tiny,
-    stack,
-    sq64,
-    cent,
-    cc64,
-    margin,
-    offsets,
-    probes,
-    consts,
-    base,
-    heap_d,
-    heap_i,
-    counts,
-    ubs,
-):
-    """L2, cqint8: the byte's level from the (first code, byte) table ``val``; a row passes
-    first against ``hm`` (nq, K), the first code's largest bound plus the query's margin,
-    then against its level's own bound ``err`` (one table in the loop, not two: they
-    would not stay in the cache); otherwise as :func:`_scan_lin`."""
-    nq, m, _ = lut.shape
-    v = np.empty(stack.shape[2], dtype=np.float64)
-    cap = 256
-    buf = np.empty(cap, dtype=np.int64)
-    blb = np.empty(cap, dtype=np.float32)
-    c0s = np.empty(cap, dtype=np.float32)
-    lsts = np.empty(cap, dtype=np.int64)
-    for q in range(nq):
-        top32 = min(_up32(heap_d[q, 0]), ubs[q, 0])
-        nb = 0
-        for p in range(probes.shape[1]):
-            lst = probes[q, p]
-            if lst < 0:
-                continue
-            c0 = consts[q, p]
-            for i in range(offsets[lst], offsets[lst + 1]):
-                s = c0
-                for j in range(m):
-                    s += lut[q, j, codes[i, j]]
-                g = codes[i, 0]
-                b = qbytes[i]
-                t = val[g, b]
-                s += t
-                if s - hm[q, g] > top32:
-                    continue
-                e = err[g, b] + _row_margin(lut, codes, i, q, c0, t, ceff, tiny)
+                e = half[g] if lin else err[g, b]
+                e += _row_margin(lut, codes, i, q, c0, t, ceff, tiny)
                 lb = s - e
                 if lb > top32:
                     continue
@@ -501,13 +430,7 @@ def scan_bound(
         # its terms): rows far smaller than the largest keep tight bounds
         ceff = np.float32((lut.shape[1] + 8) * 2.0**-23)
         tiny = np.float32(2.0**-40 * r2)
-        if lin:
-            _scan_lin(
-                lut, lutx, codes, qbytes, step, half, hm, ceff, tiny, stack, sq64, cent, cc64,
-                margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
-            )  # fmt: skip
-        else:
-            _scan_levels(
-                lut, lutx, codes, qbytes, val, err, hm, ceff, tiny, stack, sq64, cent, cc64, margin,
-                offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
-            )  # fmt: skip
+        _scan_bytes(
+            lut, lutx, codes, qbytes, lin, step, half, val, err, hm, ceff, tiny, stack, sq64,
+            cent, cc64, margin, offsets, probes, consts, base, heap_d, heap_i, counts, ubs,
+        )  # fmt: skip
