@@ -234,17 +234,22 @@ class RvqEncoder:
         self, X: object, *, rows: bool = False
     ) -> tuple[NDArray[np.float64], float, bool] | None:
         """``X`` as one float64 vector followed by a 1 (D + 1,), ``||x||^2`` and whether
-        ``X`` was 1-D, when it
-        plainly is one vector: a list, tuple or array of real numbers of shape (D,) (or
-        (1, D) with ``rows``), finite and well within the norm limit, for a model searched
-        unscaled. None sends it to the full checks (which name what is wrong, if anything)."""
-        if self._shift or not isinstance(X, (list, tuple, np.ndarray)):
-            return None
-        try:
-            arr = np.asarray(X)
-        except (ValueError, TypeError):
-            return None
+        ``X`` was 1-D, when it plainly is one vector: a list, tuple or array of real numbers
+        of shape (D,) (or (1, D) with ``rows``), finite and well within the norm limit, for
+        a model searched unscaled. None sends it to the full checks (which name what is
+        wrong, if anything)."""
         d = self.config.dimension
+        if self._shift:
+            return None
+        if isinstance(X, np.ndarray):
+            arr = X
+        elif isinstance(X, (list, tuple)) and (len(X) == d or (rows and len(X) == 1)):
+            try:  # a list of many rows is not converted here, only by the full checks
+                arr = np.asarray(X)
+            except (ValueError, TypeError):
+                return None
+        else:
+            return None
         flat = arr.shape == (d,)
         if arr.dtype.kind not in "iuf" or not (flat or (rows and arr.shape == (1, d))):
             return None
@@ -313,10 +318,6 @@ class RvqEncoder:
         m = stage_count(num_stages, self.config.num_stages)
         engine = self._engine
         books = engine.codebooks[:m]
-        if beam_size == 1 and x.shape[0] == 1:  # one row: the residual loop itself
-            few, residual = greedy(self._search_rows(x, 0), books)
-            err = np.ldexp(np.sqrt(residual.sq_errors()), -self._shift) if errors else None
-            return few.astype(self.code_dtype), err
         beam = check_beam_size(self.config, positive_int(beam_size, "beam_size"), m, self.dtype)
         n = x.shape[0]
         codes = np.empty((n, m), dtype=self.code_dtype)
