@@ -249,6 +249,26 @@ def test_numba_and_numpy_give_identical_one_byte_norm_results(monkeypatch) -> No
         np.testing.assert_array_equal(da_, db)
 
 
+@pytest.mark.parametrize("norm", ["float", "lut", "none"])
+def test_numpy_scan_keeps_the_lowest_positions_of_tied_scores(norm, monkeypatch) -> None:
+    # The numpy scan kept any of the rows tied at the k-th score (argpartition's pick);
+    # the kernel keeps the lowest positions: the two paths returned different ids.
+    rng = np.random.default_rng(5)
+    enc = RvqEncoder([Codebook(rng.standard_normal((16, 4)) * 0.7**s) for s in range(3)])
+    codes = rng.integers(0, 16, size=(9000, 3))
+    codes[::7] = codes[3]  # 1,286 rows with the same code, so the same score
+    metric = "ip" if norm == "none" else "l2"
+    q = enc.decode(codes[3:4]) + 1e-3 * rng.standard_normal((3, 4))  # nearest: the tied rows
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("VIVA_GLYPH_NUMBA", flag)
+        index = RvqIndex(enc, norm=norm, metric=metric)
+        index.add_codes(codes)
+        out.append(index.search(q, 20))
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+
+
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_one_byte_norms_split_over_threads_give_the_same_results(threads, monkeypatch) -> None:
     from viva_glyph.index import _scan

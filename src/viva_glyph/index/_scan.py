@@ -254,33 +254,15 @@ def _numpy_pass(
     nq, m, _ = lut.shape
     best_d, best_i = _empty_heaps(nq, k)
     counts = np.zeros(nq, dtype=np.int64)
-    flat = s.offsets.shape[0] == 2
-    if flat:
-        for b0 in range(lo, hi, 4096):
-            b1 = min(b0 + 4096, hi)
-            block = s.codes[b0:b1]
-            sc = np.repeat(s.consts[rows, :1], b1 - b0, axis=1)
-            for j in range(m):
-                sc += lut[:, j, block[:, j]]
-            pos = np.broadcast_to(np.arange(b0, b1, dtype=np.int64), sc.shape)
-            sc = _apply(sc, s, slice(b0, b1))
-            best_d, best_i = _keep(best_d, best_i, sc, pos, k)
-        return best_d, best_i, counts
-    probes, consts = s.probes[rows], s.consts[rows]
-    for q in range(nq):
-        lists = [(int(lst), c) for lst, c in zip(probes[q], consts[q], strict=True) if lst >= 0]
-        if not lists:
-            continue
-        pos = np.concatenate([np.arange(s.offsets[i], s.offsets[i + 1]) for i, _ in lists])
-        const = np.concatenate(
-            [np.full(s.offsets[i + 1] - s.offsets[i], c, np.float32) for i, c in lists]
-        )
-        sc = const
+    for qs, pos, _, const in _probed_rows(s, rows, lo, hi):
+        block = s.codes[pos]
+        sc = np.repeat(const, pos.size, axis=1) if const.shape[1] == 1 else const.copy()
         for j in range(m):
-            sc = sc + lut[q, j, s.codes[pos, j]]
-        sc = _apply(sc[None, :], s, pos)
-        d, i = _keep(best_d[q : q + 1], best_i[q : q + 1], sc, pos[None, :].astype(np.int64), k)
-        best_d[q], best_i[q] = d[0], i[0]
+            sc += lut[qs, j, block[:, j]]
+        sc = _apply(sc, s, pos)
+        best_d[qs], best_i[qs] = _keep(
+            best_d[qs], best_i[qs], sc, np.broadcast_to(pos, sc.shape), k
+        )
     return best_d, best_i, counts
 
 
@@ -445,12 +427,21 @@ def _apply(sc: NDArray[np.float32], s: ScanInput, at: Any) -> NDArray[np.float32
 def _keep(
     d0: NDArray[np.float32], i0: NDArray[np.int64], d1: NDArray[Any], i1: NDArray[Any], k: int
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """The k smallest (score, position) of each row of two candidate sets (partial selection)."""
+    """The k smallest (score, position) of each row of two candidate sets (partial selection;
+    of equal scores at the k-th, the lowest positions, as the kernel's heaps keep)."""
     d = np.concatenate([d0, d1.astype(np.float32, copy=False)], axis=1)
     i = np.concatenate([i0, i1], axis=1)
     if d.shape[1] > k:
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
-        d, i = np.take_along_axis(d, part, axis=1), np.take_along_axis(i, part, axis=1)
+        dk, ik = np.take_along_axis(d, part, axis=1), np.take_along_axis(i, part, axis=1)
+        kth = dk.max(axis=1, keepdims=True)
+        tied = np.flatnonzero((d == kth).sum(axis=1) > (dk == kth).sum(axis=1))
+        if tied.size:  # a score equal to the k-th was left out: decide those rows in full
+            key = np.where(i[tied] < 0, np.iinfo(np.int64).max, i[tied])
+            order = _row_lexsort(d[tied], key)[:, :k]
+            dk[tied] = np.take_along_axis(d[tied], order, axis=1)
+            ik[tied] = np.take_along_axis(i[tied], order, axis=1)
+        d, i = dk, ik
     return d, i
 
 
